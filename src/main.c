@@ -1,0 +1,43 @@
+/* bulwark — subcommand dispatch only. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command_t;
+
+static const command_t commands[] = {
+    {"serve", cli_serve, "serve -c bulwark.json        run the gateway in the foreground"},
+    {"check", cli_check, "check -c bulwark.json        validate config and policy files"},
+    {"token", cli_token, "token --secret-file F --iss I --aud A --sub S [--ttl 15m] [--claim k=v]..."
+                         "\n                               mint a token (development and tests)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: bulwark COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(f, "  %s\n", commands[i].summary);
+    fprintf(f, "  help                         this text; `bulwark COMMAND --help` for one command\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "bulwark: unknown command \"%s\" (try `bulwark help`)\n", argv[1]);
+    return 2;
+}
