@@ -1,0 +1,198 @@
+/*
+ * Private to src/proxy/: the structures shared by its files.
+ *
+ * Ownership: the server owns the listener, the session list, the cancel map
+ * and the current runtime (config generation + TLS contexts). A session holds
+ * a reference to the runtime it started with, so a reload never changes the
+ * rules under a live session. Everything here is touched by the loop thread
+ * only, except the resolver queue (see resolver.c).
+ */
+#ifndef BULWARK_PROXY_INTERNAL_H
+#define BULWARK_PROXY_INTERNAL_H
+
+#include <ev.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "util/buf.h"
+
+/* Per-direction buffering: read at most READ_CHUNK at a time; stop reading a
+ * side once the other side's output holds OUT_HIWAT unsent bytes and resume
+ * below OUT_LOWAT. Memory per session is bounded by about
+ * 2 * (IN_LIMIT + OUT_HIWAT + READ_CHUNK). */
+#define READ_CHUNK (64 * 1024)
+#define IN_LIMIT (256 * 1024)
+#define OUT_HIWAT (256 * 1024)
+#define OUT_LOWAT (64 * 1024)
+#define OUT_LIMIT (OUT_HIWAT + 2 * READ_CHUNK + 64 * 1024)
+/* PostgreSQL's own cap on a frontend message (PQ_LARGE_MESSAGE_LIMIT). */
+#define MAX_MESSAGE_BODY ((size_t)0x3fffffff - 4)
+/* Login-phase messages (both sides) are small; cap them. */
+#define MAX_LOGIN_MESSAGE (64 * 1024)
+#define CLOSE_FLUSH_TIMEOUT 5.0
+
+/* A config generation with what was built from it. */
+typedef struct runtime {
+    cfg_t *cfg;
+    SSL_CTX *server_tls;  /* NULL when no tls section */
+    SSL_CTX **target_tls; /* per target, for upstream TLS (NULL where sslmode=disable) */
+    int refcount;
+} runtime_t;
+
+runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz);
+runtime_t *runtime_retain(runtime_t *rt);
+void runtime_release(runtime_t *rt);
+
+/* One socket, optionally wrapped in TLS, with its in/out buffers. */
+typedef struct endpoint {
+    int fd;
+    SSL *ssl;
+    ev_io rw, ww;
+    buf_t in, out;
+    bool read_wants_write; /* TLS: SSL_read needs the socket writable */
+    bool force_write;      /* connecting or handshaking: wake on writable */
+    bool write_wants_read; /* TLS: SSL_write needs the socket readable */
+} endpoint_t;
+
+typedef enum { IO_OK = 1, IO_AGAIN = 0, IO_EOF = -1, IO_ERR = -2 } io_status_t;
+
+void ep_init(endpoint_t *e, struct ev_loop *loop, int fd, void (*cb)(struct ev_loop *, ev_io *, int),
+             void *data);
+void ep_close(endpoint_t *e, struct ev_loop *loop);
+/* Read what is available (up to READ_CHUNK) into e->in. */
+io_status_t ep_fill(endpoint_t *e);
+/* Write as much of e->out as the socket takes. IO_OK = all written. */
+io_status_t ep_flush(endpoint_t *e);
+/* Start/stop the watchers: reading when `want_read`, writing when output is pending. */
+void ep_watch(endpoint_t *e, struct ev_loop *loop, bool want_read);
+const char *ep_tls_version(const endpoint_t *e);
+
+typedef struct server server_t;
+typedef struct session session_t;
+
+typedef enum {
+    ST_STARTUP,        /* reading the startup packet (maybe after TLS) */
+    ST_TLS_ACCEPT,     /* client TLS handshake */
+    ST_PASSWORD,       /* asked for the token, waiting for 'p' */
+    ST_UPSTREAM_LOGIN, /* connecting and authenticating upstream */
+    ST_RELAY,          /* session running */
+    ST_CLOSING,        /* flushing a final message to the client, then close */
+    ST_DEAD            /* closed; freed by the server's reaper after this loop pass */
+} session_state_t;
+
+typedef enum {
+    UP_RESOLVING,
+    UP_CONNECTING,
+    UP_SSL_REQUEST,
+    UP_TLS_CONNECT,
+    UP_AUTH,
+    UP_READY
+} upstream_state_t;
+
+struct resolve_req;
+
+struct session {
+    server_t *srv;
+    runtime_t *rt;
+    session_t *prev, *next;      /* server's session list */
+    session_t *cancel_next;      /* cancel map chain */
+    char id[17];
+    session_state_t state;
+    upstream_state_t ustate;
+    endpoint_t client, upstream;
+    ev_timer timer;              /* login timeout, then close-flush timeout */
+    char peer[64];
+    bool client_tls;
+    bool client_paused, upstream_paused;
+    bool hs_want_read;           /* client TLS handshake direction */
+    bool upstream_open;
+    /* relay framing: bytes of the current message still to pass through */
+    size_t c2u_left, u2c_left;
+    char last_backend_type;
+    char tx_status;              /* from the last ReadyForQuery */
+    /* identity and routing, set during login */
+    const cfg_role_t *role;
+    const cfg_target_t *target;
+    int target_index;
+    char *role_name, *target_name, *subject;
+    buf_t params;                /* upstream startup params: key\0value\0 ... */
+    bool key_sent, in_cancel_map;
+    /* upstream */
+    struct sockaddr_storage uaddr;
+    socklen_t uaddr_len;
+    struct resolve_req *resolving;
+    void *scram;                 /* pgw_scram_t * while SCRAM runs */
+    uint32_t up_pid, up_key;     /* upstream BackendKeyData */
+    uint32_t my_pid, my_key;     /* what the client got */
+    uint64_t started_ms;
+    uint64_t bytes_c2u, bytes_u2c;
+};
+
+struct server {
+    struct ev_loop *loop;
+    runtime_t *rt;
+    char *config_path;
+    int listen_fd;
+    bool listener_loopback;
+    ev_io listen_w;
+    ev_timer accept_pause;
+    ev_signal sig_term, sig_int, sig_hup;
+    ev_timer grace;
+    bool draining;
+    session_t *sessions;
+    int nsessions;
+    session_t **cancel_map; /* by my_pid, CANCEL_BUCKETS chains */
+    session_t *graveyard;   /* closed sessions, freed by `reaper` */
+    ev_idle reaper;
+    struct resolver *resolver;
+};
+
+#define CANCEL_BUCKETS 4096
+
+/* server.c */
+void server_cancel_add(server_t *srv, session_t *s);
+void server_cancel_remove(server_t *srv, session_t *s);
+session_t *server_cancel_find(server_t *srv, uint32_t pid, uint32_t key);
+void server_session_gone(server_t *srv, session_t *s);
+
+/* session.c */
+session_t *session_new(server_t *srv, int fd, const struct sockaddr *peer);
+/* Send a FATAL (or ERROR) to the client, then close: the one way a session ends
+ * with a reason the client should see. */
+void session_fail(session_t *s, const char *severity, const char *sqlstate, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Close at once; `reason` goes to the log. */
+void session_close(session_t *s, const char *reason);
+/* Upstream login finished (upstream.c → session.c). */
+void session_upstream_ready(session_t *s);
+void session_update_watchers(session_t *s);
+void session_flush_client(session_t *s);
+void upstream_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+void session_free(session_t *s);
+
+/* upstream.c: from resolving the target to the upstream's first ReadyForQuery.
+ * Ends in session_upstream_ready() or session_fail(). */
+void upstream_start(session_t *s);
+void upstream_login_io(session_t *s, int revents);
+
+/* cancel.c: forward a cancel request to an upstream address, fire and forget. */
+void cancel_forward(server_t *srv, const struct sockaddr *addr, socklen_t len, uint32_t pid,
+                    uint32_t key);
+
+/* resolver.c: getaddrinfo off the loop thread. */
+struct resolver *resolver_new(struct ev_loop *loop);
+void resolver_free(struct resolver *r);
+typedef void (*resolve_cb)(void *arg, int err, const struct sockaddr *addr, socklen_t len);
+struct resolve_req *resolver_lookup(struct resolver *r, const char *host, int port, resolve_cb cb,
+                                    void *arg);
+/* The callback will not be called; the request is freed when the worker is done. */
+void resolver_cancel(struct resolve_req *req);
+
+uint64_t now_ms(void);
+
+#endif

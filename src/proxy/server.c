@@ -1,0 +1,431 @@
+/*
+ * The server: config generations (runtime_t), the listener, signals, the
+ * session list and the cancel map. SIGHUP loads the config anew and swaps it
+ * in only when it is valid; SIGTERM stops accepting and lets sessions finish
+ * for shutdown_grace; SIGINT ends them at once.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pgwire/pgwire.h"
+#include "proxy/internal.h"
+#include "proxy/proxy.h"
+#include "util/log.h"
+
+/* ---- runtime: a config and the TLS contexts built from it ------------------ */
+
+static SSL_CTX *server_tls_new(const cfg_t *cfg, char *err, size_t errsz)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1)
+        goto fail;
+    return ctx;
+fail:;
+    char e[200] = "unknown error";
+    unsigned long code = ERR_get_error();
+    if (code)
+        ERR_error_string_n(code, e, sizeof(e));
+    ERR_clear_error();
+    snprintf(err, errsz, "%s: tls: %s", cfg->path, e);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static SSL_CTX *target_tls_new(const cfg_target_t *t, char *err, size_t errsz)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (t->sslmode == CFG_SSL_VERIFY_FULL) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+        int ok = t->sslrootcert ? SSL_CTX_load_verify_locations(ctx, t->sslrootcert, NULL)
+                                : SSL_CTX_set_default_verify_paths(ctx);
+        if (ok != 1)
+            goto fail;
+    } else {
+        /* prefer/require encrypt without checking the certificate, as libpq
+         * does without a root certificate. */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx;
+fail:;
+    char e[200] = "unknown error";
+    unsigned long code = ERR_get_error();
+    if (code)
+        ERR_error_string_n(code, e, sizeof(e));
+    ERR_clear_error();
+    snprintf(err, errsz, "targets.%s: TLS: %s", t->name, e);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz)
+{
+    runtime_t *rt = calloc(1, sizeof(*rt));
+    if (!rt || !(rt->target_tls = calloc(cfg->n_targets + 1, sizeof(SSL_CTX *)))) {
+        free(rt);
+        snprintf(err, errsz, "out of memory");
+        return NULL;
+    }
+    rt->cfg = cfg;
+    rt->refcount = 1;
+    if (cfg->tls_cert_file && !(rt->server_tls = server_tls_new(cfg, err, errsz)))
+        goto fail;
+    for (size_t i = 0; i < cfg->n_targets; i++) {
+        if (cfg->targets[i].sslmode == CFG_SSL_DISABLE)
+            continue;
+        if (!(rt->target_tls[i] = target_tls_new(&cfg->targets[i], err, errsz)))
+            goto fail;
+    }
+    return rt;
+fail:
+    rt->cfg = NULL; /* the caller still owns cfg on failure */
+    runtime_release(rt);
+    return NULL;
+}
+
+runtime_t *runtime_retain(runtime_t *rt)
+{
+    rt->refcount++;
+    return rt;
+}
+
+void runtime_release(runtime_t *rt)
+{
+    if (!rt || --rt->refcount > 0)
+        return;
+    SSL_CTX_free(rt->server_tls);
+    if (rt->target_tls && rt->cfg)
+        for (size_t i = 0; i < rt->cfg->n_targets; i++)
+            SSL_CTX_free(rt->target_tls[i]);
+    free(rt->target_tls);
+    if (rt->cfg)
+        cfg_release(rt->cfg);
+    free(rt);
+}
+
+static runtime_t *load_runtime(const char *path)
+{
+    cfg_errors_t errs = {0};
+    cfg_t *cfg = cfg_load(path, &errs);
+    char q[600];
+    for (size_t i = 0; i < errs.n; i++)
+        log_event(LOG_ERROR, "config_error", "error=%s", log_q(q, sizeof(q), errs.msgs[i]));
+    cfg_errors_free(&errs);
+    if (!cfg)
+        return NULL;
+    char err[300];
+    runtime_t *rt = runtime_new(cfg, err, sizeof(err));
+    if (!rt) {
+        log_event(LOG_ERROR, "config_error", "error=%s", log_q(q, sizeof(q), err));
+        cfg_release(cfg);
+    }
+    return rt;
+}
+
+/* ---- cancel map ------------------------------------------------------------------ */
+
+void server_cancel_add(server_t *srv, session_t *s)
+{
+    uint32_t r[2];
+    do {
+        if (RAND_bytes((unsigned char *)r, sizeof(r)) != 1)
+            r[0] = (uint32_t)random();
+        s->my_pid = (r[0] & 0x7fffffff) | 1;
+        s->my_key = r[1];
+    } while (server_cancel_find(srv, s->my_pid, s->my_key) ||
+             s->my_pid == 0); /* unique pids keep cancel lookups unambiguous */
+    session_t **b = &srv->cancel_map[s->my_pid % CANCEL_BUCKETS];
+    s->cancel_next = *b;
+    *b = s;
+    s->in_cancel_map = true;
+}
+
+void server_cancel_remove(server_t *srv, session_t *s)
+{
+    for (session_t **p = &srv->cancel_map[s->my_pid % CANCEL_BUCKETS]; *p; p = &(*p)->cancel_next)
+        if (*p == s) {
+            *p = s->cancel_next;
+            break;
+        }
+    s->in_cancel_map = false;
+}
+
+session_t *server_cancel_find(server_t *srv, uint32_t pid, uint32_t key)
+{
+    for (session_t *s = srv->cancel_map[pid % CANCEL_BUCKETS]; s; s = s->cancel_next)
+        if (s->my_pid == pid && CRYPTO_memcmp(&s->my_key, &key, sizeof(key)) == 0)
+            return s;
+    return NULL;
+}
+
+/* ---- sessions ------------------------------------------------------------------- */
+
+static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    server_t *srv = w->data;
+    while (srv->graveyard) {
+        session_t *s = srv->graveyard;
+        srv->graveyard = s->next;
+        session_free(s);
+    }
+    ev_idle_stop(loop, w);
+    if (srv->draining && srv->nsessions == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+void server_session_gone(server_t *srv, session_t *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        srv->sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    srv->nsessions--;
+    s->prev = NULL;
+    s->next = srv->graveyard;
+    srv->graveyard = s;
+    ev_idle_start(srv->loop, &srv->reaper);
+}
+
+static void end_all_sessions(server_t *srv)
+{
+    session_t *s = srv->sessions;
+    while (s) {
+        session_t *next = s->next;
+        session_fail(s, "FATAL", "57P01", "bulwark: terminating connection: the gateway is shutting down");
+        s = next;
+    }
+}
+
+/* ---- listener ------------------------------------------------------------------- */
+
+static void refuse(int fd, const char *sqlstate, const char *msg)
+{
+    buf_t b;
+    buf_init(&b, 4096);
+    pgw_write_error(&b, "FATAL", sqlstate, msg);
+    if (!b.failed && write(fd, b.data, b.len) < 0) {
+        /* best effort: the connection is being refused anyway */
+    }
+    buf_free(&b);
+    close(fd);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    server_t *srv = w->data;
+    for (int i = 0; i < 128; i++) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof(peer);
+        int fd = accept4(srv->listen_fd, (struct sockaddr *)&peer, &plen,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                log_event(LOG_ERROR, "accept_paused", "error=%s", strerror(errno));
+                ev_io_stop(loop, &srv->listen_w);
+                ev_timer_start(loop, &srv->accept_pause);
+            }
+            return;
+        }
+        if (srv->nsessions >= srv->rt->cfg->max_client_conn) {
+            refuse(fd, "53300", "sorry, too many clients already");
+            continue;
+        }
+        session_t *s = session_new(srv, fd, (struct sockaddr *)&peer);
+        if (!s) {
+            close(fd);
+            continue;
+        }
+        s->next = srv->sessions;
+        if (srv->sessions)
+            srv->sessions->prev = s;
+        srv->sessions = s;
+        srv->nsessions++;
+    }
+}
+
+static void accept_resume(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    server_t *srv = t->data;
+    if (srv->listen_fd >= 0)
+        ev_io_start(loop, &srv->listen_w);
+}
+
+static bool addr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return false;
+}
+
+/* Runs before the loop starts, so a blocking lookup of the listen host is fine. */
+static int open_listener(server_t *srv, const cfg_t *cfg)
+{
+    char port[8];
+    snprintf(port, sizeof(port), "%d", cfg->listen_port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *res = NULL;
+    int rc = getaddrinfo(cfg->listen_host, port, &hints, &res);
+    if (rc != 0) {
+        log_event(LOG_ERROR, "listen_failed", "host=%s error=\"%s\"", cfg->listen_host,
+                  gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        log_event(LOG_ERROR, "listen_failed", "host=%s port=%d error=\"%s\"", cfg->listen_host,
+                  cfg->listen_port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    srv->listener_loopback = addr_is_loopback(res->ai_addr);
+    freeaddrinfo(res);
+    srv->listen_fd = fd;
+    return 0;
+}
+
+static void close_listener(server_t *srv)
+{
+    if (srv->listen_fd < 0)
+        return;
+    ev_io_stop(srv->loop, &srv->listen_w);
+    ev_timer_stop(srv->loop, &srv->accept_pause);
+    close(srv->listen_fd);
+    srv->listen_fd = -1;
+}
+
+/* ---- signals -------------------------------------------------------------------- */
+
+static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    server_t *srv = t->data;
+    log_event(LOG_WARN, "grace_expired", "sessions=%d", srv->nsessions);
+    end_all_sessions(srv);
+}
+
+static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    server_t *srv = w->data;
+    if (srv->draining)
+        return;
+    srv->draining = true;
+    close_listener(srv);
+    log_event(LOG_INFO, "draining", "sessions=%d grace_ms=%lld", srv->nsessions,
+              (long long)srv->rt->cfg->shutdown_grace_ms);
+    if (srv->nsessions == 0) {
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_set(&srv->grace, (double)srv->rt->cfg->shutdown_grace_ms / 1000.0, 0.);
+    ev_timer_start(loop, &srv->grace);
+}
+
+static void on_sigint(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    server_t *srv = w->data;
+    srv->draining = true;
+    close_listener(srv);
+    log_event(LOG_INFO, "stopping", "sessions=%d", srv->nsessions);
+    if (srv->nsessions == 0)
+        ev_break(loop, EVBREAK_ALL);
+    else
+        end_all_sessions(srv);
+}
+
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    server_t *srv = w->data;
+    runtime_t *rt = load_runtime(srv->config_path);
+    if (!rt) {
+        log_event(LOG_ERROR, "reload_failed", "config=%s keeping=previous", srv->config_path);
+        return;
+    }
+    if (strcmp(rt->cfg->listen_host, srv->rt->cfg->listen_host) ||
+        rt->cfg->listen_port != srv->rt->cfg->listen_port)
+        log_event(LOG_WARN, "reload_listen_unchanged", "reason=\"listen needs a restart\"");
+    runtime_release(srv->rt);
+    srv->rt = rt;
+    log_event(LOG_INFO, "reloaded", "roles=%zu targets=%zu", rt->cfg->n_roles,
+              rt->cfg->n_targets);
+}
+
+/* ---- entry point ------------------------------------------------------------------ */
+
+int proxy_serve(const char *config_path)
+{
+    signal(SIGPIPE, SIG_IGN);
+    server_t srv;
+    memset(&srv, 0, sizeof(srv));
+    srv.listen_fd = -1;
+    srv.config_path = (char *)config_path;
+    srv.rt = load_runtime(config_path);
+    if (!srv.rt)
+        return 1;
+    srv.loop = ev_default_loop(EVFLAG_AUTO);
+    srv.cancel_map = calloc(CANCEL_BUCKETS, sizeof(session_t *));
+    srv.resolver = resolver_new(srv.loop);
+    if (!srv.cancel_map || !srv.resolver || open_listener(&srv, srv.rt->cfg) < 0) {
+        runtime_release(srv.rt);
+        free(srv.cancel_map);
+        resolver_free(srv.resolver);
+        return 1;
+    }
+    ev_io_init(&srv.listen_w, accept_cb, srv.listen_fd, EV_READ);
+    ev_timer_init(&srv.accept_pause, accept_resume, 0.1, 0.);
+    ev_timer_init(&srv.grace, grace_cb, 1., 0.);
+    ev_idle_init(&srv.reaper, reaper_cb);
+    ev_signal_init(&srv.sig_term, on_sigterm, SIGTERM);
+    ev_signal_init(&srv.sig_int, on_sigint, SIGINT);
+    ev_signal_init(&srv.sig_hup, on_sighup, SIGHUP);
+    srv.listen_w.data = srv.accept_pause.data = srv.grace.data = srv.reaper.data = &srv;
+    srv.sig_term.data = srv.sig_int.data = srv.sig_hup.data = &srv;
+    ev_io_start(srv.loop, &srv.listen_w);
+    ev_signal_start(srv.loop, &srv.sig_term);
+    ev_signal_start(srv.loop, &srv.sig_int);
+    ev_signal_start(srv.loop, &srv.sig_hup);
+    const cfg_t *cfg = srv.rt->cfg;
+    if (!cfg->tls_cert_file && !(srv.listener_loopback && cfg->allow_plaintext_on_loopback))
+        log_event(LOG_WARN, "no_tls",
+                  "reason=\"no tls section and plaintext not allowed: every login is refused\"");
+    log_event(LOG_INFO, "listening", "addr=%s:%d tls=%s plaintext_loopback=%s pid=%d",
+              cfg->listen_host, cfg->listen_port, cfg->tls_cert_file ? "on" : "off",
+              srv.listener_loopback && cfg->allow_plaintext_on_loopback ? "allowed" : "refused",
+              (int)getpid());
+    ev_run(srv.loop, 0);
+    close_listener(&srv);
+    reaper_cb(srv.loop, &srv.reaper, 0);
+    ev_timer_stop(srv.loop, &srv.grace);
+    resolver_free(srv.resolver);
+    free(srv.cancel_map);
+    runtime_release(srv.rt);
+    log_event(LOG_INFO, "stopped", "pid=%d", (int)getpid());
+    return 0;
+}

@@ -1,0 +1,792 @@
+/*
+ * A client session: startup packet, TLS, token login, then the relay.
+ *
+ * The relay frames every message in both directions (PG docs 55.7: a type
+ * byte and an int32 length) so that the gateway always knows where a message
+ * starts, can refuse malformed ones, and can later inspect or rewrite whole
+ * messages. Bytes are forwarded as soon as they are read; nothing waits for
+ * ReadyForQuery (DESIGN.md 2.3).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "identity/ident.h"
+#include "pgwire/pgwire.h"
+#include "proxy/internal.h"
+#include "util/log.h"
+
+static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void client_readable(session_t *s);
+static void relay_c2u(session_t *s);
+static void relay_u2c(session_t *s);
+
+#define DEAD(s) ((s)->state == ST_DEAD)
+
+/* Settings a client may pass in its startup packet (directly or in `options`),
+ * as SPEC 5.1's safe list. standard_conforming_strings is pinned upstream. */
+static const char *const safe_settings[] = {
+    "application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
+    "extra_float_digits", "search_path", "statement_timeout", "lock_timeout",
+    "idle_in_transaction_session_timeout", "client_min_messages", "bytea_output",
+    "default_transaction_isolation", NULL};
+
+/* Startup parameters relayed as they are (SPEC 1). */
+static const char *const passthrough_params[] = {"application_name", "client_encoding",
+                                                 "DateStyle", "TimeZone", "extra_float_digits",
+                                                 NULL};
+
+static bool in_list(const char *const *list, const char *name)
+{
+    for (; *list; list++)
+        if (!strcasecmp(*list, name))
+            return true;
+    return false;
+}
+
+session_t *session_new(server_t *srv, int fd, const struct sockaddr *peer)
+{
+    session_t *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    uint8_t rnd[8];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        free(s);
+        return NULL;
+    }
+    for (int i = 0; i < 8; i++)
+        snprintf(s->id + 2 * i, 3, "%02x", rnd[i]);
+    s->srv = srv;
+    s->rt = runtime_retain(srv->rt);
+    s->state = ST_STARTUP;
+    s->upstream.fd = -1;
+    s->tx_status = 'I';
+    s->started_ms = now_ms();
+    buf_init(&s->params, 16 * 1024);
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (peer->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)peer;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+    } else if (peer->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)peer;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+    }
+    snprintf(s->peer, sizeof(s->peer), "%s:%d", host, port);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ep_init(&s->client, srv->loop, fd, client_io_cb, s);
+    ev_timer_init(&s->timer, session_timer_cb, (double)s->rt->cfg->login_timeout_ms / 1000.0, 0.);
+    s->timer.data = s;
+    ev_timer_start(srv->loop, &s->timer);
+    session_update_watchers(s);
+    return s;
+}
+
+void session_free(session_t *s)
+{
+    buf_free(&s->params);
+    free(s->role_name);
+    free(s->target_name);
+    free(s->subject);
+    free(s);
+}
+
+void session_update_watchers(session_t *s)
+{
+    struct ev_loop *loop = s->srv->loop;
+    bool cr = false, ur = false;
+    switch (s->state) {
+    case ST_STARTUP:
+    case ST_PASSWORD:
+        cr = true;
+        break;
+    case ST_TLS_ACCEPT:
+        cr = s->hs_want_read;
+        break;
+    case ST_RELAY:
+        cr = !s->client_paused;
+        ur = !s->upstream_paused;
+        break;
+    case ST_UPSTREAM_LOGIN:
+        ur = s->ustate == UP_SSL_REQUEST || s->ustate == UP_AUTH ||
+             (s->ustate == UP_TLS_CONNECT && !s->upstream.force_write);
+        break;
+    default:
+        break;
+    }
+    ep_watch(&s->client, loop, cr);
+    if (s->upstream.fd >= 0)
+        ep_watch(&s->upstream, loop, ur);
+}
+
+static void log_session_end(session_t *s, const char *reason)
+{
+    char q[256];
+    log_event(LOG_INFO, "session_end",
+              "session=%s reason=%s role=%s target=%s duration_ms=%llu bytes_in=%llu "
+              "bytes_out=%llu",
+              s->id, log_q(q, sizeof(q), reason), s->role_name ? s->role_name : "-",
+              s->target_name ? s->target_name : "-",
+              (unsigned long long)(now_ms() - s->started_ms), (unsigned long long)s->bytes_c2u,
+              (unsigned long long)s->bytes_u2c);
+}
+
+/* Close the upstream side: a Terminate first when we are between messages. */
+static void upstream_close(session_t *s)
+{
+    if (s->resolving) {
+        resolver_cancel(s->resolving);
+        s->resolving = NULL;
+    }
+    if (s->scram) {
+        pgw_scram_free(s->scram);
+        free(s->scram);
+        s->scram = NULL;
+    }
+    if (s->upstream.fd < 0)
+        return;
+    if (s->ustate == UP_READY && s->c2u_left == 0) {
+        pgw_write_terminate(&s->upstream.out);
+        (void)ep_flush(&s->upstream);
+    }
+    ep_close(&s->upstream, s->srv->loop);
+}
+
+void session_close(session_t *s, const char *reason)
+{
+    if (DEAD(s))
+        return;
+    log_session_end(s, reason);
+    upstream_close(s);
+    ev_timer_stop(s->srv->loop, &s->timer);
+    ep_close(&s->client, s->srv->loop);
+    if (s->in_cancel_map)
+        server_cancel_remove(s->srv, s);
+    runtime_release(s->rt);
+    s->rt = NULL;
+    s->state = ST_DEAD;
+    server_session_gone(s->srv, s);
+}
+
+void session_fail(session_t *s, const char *severity, const char *sqlstate, const char *fmt, ...)
+{
+    if (DEAD(s) || s->state == ST_CLOSING)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* A message can only be injected between two messages, and never into a
+     * TLS handshake in progress. */
+    if (s->state == ST_TLS_ACCEPT || s->u2c_left > 0) {
+        session_close(s, msg);
+        return;
+    }
+    char q[600];
+    log_event(LOG_INFO, "session_error", "session=%s sqlstate=%s message=%s", s->id, sqlstate,
+              log_q(q, sizeof(q), msg));
+    upstream_close(s);
+    pgw_write_error(&s->client.out, severity, sqlstate, msg);
+    s->state = ST_CLOSING;
+    ev_timer_stop(s->srv->loop, &s->timer);
+    ev_timer_set(&s->timer, CLOSE_FLUSH_TIMEOUT, 0.);
+    ev_timer_start(s->srv->loop, &s->timer);
+    session_flush_client(s);
+    if (!DEAD(s) && buf_unread(&s->client.out) == 0)
+        session_close(s, msg);
+}
+
+static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    session_t *s = w->data;
+    if (s->state == ST_CLOSING)
+        session_close(s, "client did not read its final message");
+    else if (s->state == ST_UPSTREAM_LOGIN)
+        session_fail(s, "FATAL", "08006",
+                     "bulwark: upstream server for target \"%s\" did not answer within "
+                     "login_timeout",
+                     s->target_name);
+    else if (s->state != ST_RELAY)
+        session_fail(s, "FATAL", "57014", "bulwark: canceling authentication due to timeout");
+}
+
+/* Write pending output to the client; on the way down past the low-water mark,
+ * let the upstream side read again. */
+void session_flush_client(session_t *s)
+{
+    io_status_t st = ep_flush(&s->client);
+    if (st == IO_EOF || st == IO_ERR) {
+        session_close(s, "client connection lost");
+        return;
+    }
+    if (s->state == ST_CLOSING && buf_unread(&s->client.out) == 0) {
+        session_close(s, "closed after error");
+        return;
+    }
+    if (s->upstream_paused && buf_unread(&s->client.out) < OUT_LOWAT) {
+        s->upstream_paused = false;
+        relay_u2c(s);
+        if (DEAD(s))
+            return;
+        /* TLS may hold decrypted bytes the socket no longer signals. */
+        if (!s->upstream_paused && s->upstream.ssl && SSL_pending(s->upstream.ssl) > 0)
+            ev_feed_event(s->srv->loop, &s->upstream.rw, EV_READ);
+    }
+    session_update_watchers(s);
+}
+
+static void flush_upstream(session_t *s)
+{
+    io_status_t st = ep_flush(&s->upstream);
+    if (st == IO_EOF || st == IO_ERR) {
+        session_fail(s, "ERROR", "08006", "bulwark: lost connection to the upstream server");
+        return;
+    }
+    if (s->client_paused && buf_unread(&s->upstream.out) < OUT_LOWAT) {
+        s->client_paused = false;
+        client_readable(s);
+        if (DEAD(s))
+            return;
+    }
+    session_update_watchers(s);
+}
+
+/* ---- TLS ------------------------------------------------------------- */
+
+static void tls_accept_step(session_t *s)
+{
+    ERR_clear_error();
+    int r = SSL_accept(s->client.ssl);
+    if (r == 1) {
+        s->client_tls = true;
+        s->client.force_write = false;
+        s->state = ST_STARTUP;
+        session_update_watchers(s);
+        return;
+    }
+    int err = SSL_get_error(s->client.ssl, r);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        s->hs_want_read = err == SSL_ERROR_WANT_READ;
+        s->client.force_write = err == SSL_ERROR_WANT_WRITE;
+        session_update_watchers(s);
+        return;
+    }
+    char e[160];
+    ERR_error_string_n(ERR_get_error(), e, sizeof(e));
+    ERR_clear_error();
+    session_close(s, e[0] ? e : "TLS handshake failed");
+}
+
+static void answer_ssl_request(session_t *s)
+{
+    SSL_CTX *ctx = s->rt->server_tls;
+    if (s->client_tls) {
+        session_fail(s, "FATAL", "08P01", "bulwark: SSLRequest received on a TLS connection");
+        return;
+    }
+    /* CVE-2021-23214: bytes that arrived with the SSLRequest were not protected. */
+    if (buf_unread(&s->client.in) > 0) {
+        session_fail(s, "FATAL", "08P01", "bulwark: received unencrypted data after SSL request");
+        return;
+    }
+    char answer = ctx ? 'S' : 'N';
+    buf_append(&s->client.out, &answer, 1);
+    if (ep_flush(&s->client) != IO_OK) {
+        session_close(s, "could not answer SSLRequest");
+        return;
+    }
+    if (!ctx)
+        return;
+    s->client.ssl = SSL_new(ctx);
+    if (!s->client.ssl || SSL_set_fd(s->client.ssl, s->client.fd) != 1) {
+        session_close(s, "SSL_new failed");
+        return;
+    }
+    s->state = ST_TLS_ACCEPT;
+    tls_accept_step(s);
+}
+
+/* ---- startup --------------------------------------------------------- */
+
+/* `options` may only carry -c settings of the safe list (SPEC 1); returns
+ * the offending setting name, or NULL when all are safe. */
+static const char *unsafe_option(const char *opts, char *name, size_t namesz)
+{
+    const char *p = opts;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            break;
+        const char *setting;
+        if (!strncmp(p, "-c", 2)) {
+            p += 2;
+            while (*p == ' ')
+                p++;
+            setting = p;
+        } else if (!strncmp(p, "--", 2)) {
+            setting = p + 2;
+        } else {
+            snprintf(name, namesz, "%.*s", (int)strcspn(p, " "), p);
+            return name;
+        }
+        size_t n = strcspn(setting, "=");
+        snprintf(name, namesz, "%.*s", (int)n, setting);
+        for (char *c = name; *c; c++)
+            if (*c == '-')
+                *c = '_';
+        if (!setting[n] || !in_list(safe_settings, name))
+            return name;
+        /* skip the value, honouring backslash-escaped spaces */
+        p = setting + n;
+        while (*p && *p != ' ') {
+            if (*p == '\\' && p[1])
+                p++;
+            p++;
+        }
+    }
+    return NULL;
+}
+
+static void add_param(session_t *s, const char *k, const char *v)
+{
+    buf_put_cstr(&s->params, k);
+    buf_put_cstr(&s->params, v);
+}
+
+/* Checks in the order a client can act on: protocol, transport, names. */
+static void handle_startup(session_t *s, const pgw_startup_t *st)
+{
+    const cfg_t *cfg = s->rt->cfg;
+    unsigned major = st->code >> 16, minor = st->code & 0xffff;
+    if (major != 3) {
+        session_fail(s, "FATAL", "0A000",
+                     "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0", major,
+                     minor);
+        return;
+    }
+    const char *unrecognized[PGW_MAX_PARAMS];
+    int nunrec = 0;
+    for (int i = 0; i < st->nparams; i++)
+        if (!strncmp(st->keys[i], "_pq_.", 5))
+            unrecognized[nunrec++] = st->keys[i];
+    if (minor > 0 || nunrec > 0)
+        pgw_write_negotiate_version(&s->client.out, 0, unrecognized, nunrec);
+
+    if (!s->client_tls && !(s->srv->listener_loopback && cfg->allow_plaintext_on_loopback)) {
+        session_fail(s, "FATAL", "28000",
+                     "bulwark: plaintext connections are refused; connect with sslmode=require");
+        return;
+    }
+    const char *user = pgw_startup_get(st, "user");
+    const char *db = pgw_startup_get(st, "database");
+    const char *opts = pgw_startup_get(st, "options");
+    const char *repl = pgw_startup_get(st, "replication");
+    if (!user || !*user) {
+        session_fail(s, "FATAL", "28000", "no PostgreSQL user name specified in startup packet");
+        return;
+    }
+    if (!db || !*db)
+        db = user;
+    s->role_name = strdup(user);
+    s->target_name = strdup(db);
+    if (!s->role_name || !s->target_name) {
+        session_close(s, "out of memory");
+        return;
+    }
+    if (repl && strcasecmp(repl, "false") && strcasecmp(repl, "off") && strcmp(repl, "0")) {
+        session_fail(s, "FATAL", "28000", "bulwark: replication connections are not supported");
+        return;
+    }
+    char bad[128];
+    if (opts && unsafe_option(opts, bad, sizeof(bad))) {
+        session_fail(s, "FATAL", "28000",
+                     "bulwark: startup option \"%s\" is not allowed (only -c settings of the safe "
+                     "list)",
+                     bad);
+        return;
+    }
+    s->role = cfg_find_role(cfg, user);
+    if (!s->role) {
+        session_fail(s, "FATAL", "28000", "bulwark: role \"%s\" does not exist", user);
+        return;
+    }
+    s->target = cfg_find_target(cfg, db);
+    if (!s->target) {
+        session_fail(s, "FATAL", "3D000", "bulwark: target \"%s\" does not exist", db);
+        return;
+    }
+    s->target_index = (int)(s->target - cfg->targets);
+    if (!cfg_role_upstream(s->role, db)) {
+        session_fail(s, "FATAL", "28000", "bulwark: role \"%s\" has no access to target \"%s\"",
+                     user, db);
+        return;
+    }
+    for (int i = 0; i < st->nparams; i++)
+        if (in_list(passthrough_params, st->keys[i]))
+            add_param(s, st->keys[i], st->vals[i]);
+    if (opts && *opts)
+        add_param(s, "options", opts);
+    if (s->params.failed) {
+        session_fail(s, "FATAL", "08P01", "bulwark: startup parameters too long");
+        return;
+    }
+    pgw_write_auth_cleartext(&s->client.out);
+    s->state = ST_PASSWORD;
+    session_flush_client(s);
+}
+
+static void handle_cancel(session_t *s, const pgw_startup_t *st)
+{
+    session_t *target = server_cancel_find(s->srv, st->cancel_pid, st->cancel_key);
+    if (target && target->upstream.fd >= 0 && target->ustate == UP_READY) {
+        log_event(LOG_INFO, "cancel", "session=%s from=%s", target->id, s->peer);
+        cancel_forward(s->srv, (struct sockaddr *)&target->uaddr, target->uaddr_len,
+                       target->up_pid, target->up_key);
+    } else {
+        log_event(LOG_INFO, "cancel_unknown", "from=%s", s->peer);
+    }
+    session_close(s, "cancel request");
+}
+
+static void process_startup(session_t *s)
+{
+    while (s->state == ST_STARTUP) {
+        uint32_t len;
+        int r = pgw_startup_len(buf_head(&s->client.in), buf_unread(&s->client.in), &len);
+        if (r < 0) {
+            session_fail(s, "FATAL", "08P01", "bulwark: invalid length of startup packet");
+            return;
+        }
+        if (r == 0 || buf_unread(&s->client.in) < len)
+            return;
+        pgw_startup_t st;
+        if (pgw_parse_startup(buf_head(&s->client.in), len, &st) < 0) {
+            session_fail(s, "FATAL", "08P01", "bulwark: invalid startup packet layout");
+            return;
+        }
+        if (st.code == PGW_SSL_REQUEST) {
+            buf_consume(&s->client.in, len);
+            answer_ssl_request(s);
+        } else if (st.code == PGW_GSSENC_REQUEST) {
+            buf_consume(&s->client.in, len);
+            buf_put_u8(&s->client.out, 'N');
+            session_flush_client(s);
+        } else if (st.code == PGW_CANCEL_REQUEST) {
+            handle_cancel(s, &st);
+        } else {
+            handle_startup(s, &st); /* copies what it keeps before the consume */
+            if (!DEAD(s))
+                buf_consume(&s->client.in, len);
+        }
+        if (DEAD(s))
+            return;
+    }
+}
+
+/* ---- password (the token) ---------------------------------------------- */
+
+static void process_password(session_t *s)
+{
+    pgw_hdr_t h;
+    int r = pgw_frame(buf_head(&s->client.in), buf_unread(&s->client.in), MAX_LOGIN_MESSAGE, &h);
+    if (r < 0) {
+        session_fail(s, "FATAL", "08P01", "bulwark: invalid message length in password packet");
+        return;
+    }
+    if (r == 0 || buf_unread(&s->client.in) < 5 + (size_t)h.len)
+        return;
+    if (h.type != 'p') {
+        session_fail(s, "FATAL", "08P01", "expected password response, got message type %d",
+                     h.type);
+        return;
+    }
+    uint8_t *body = s->client.in.data + s->client.in.rpos + 5;
+    const char *tok;
+    size_t toklen;
+    if (pgw_read_password(body, h.len, &tok, &toklen) < 0) {
+        session_fail(s, "FATAL", "08P01", "bulwark: invalid password packet");
+        return;
+    }
+    ident_t id;
+    memset(&id, 0, sizeof(id));
+    char reason[256] = "";
+    ident_status_t st =
+        ident_login(s->rt->cfg, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
+    OPENSSL_cleanse(body, h.len);
+    buf_consume(&s->client.in, 5 + (size_t)h.len);
+    char q[300];
+    if (st != IDENT_OK) {
+        log_event(LOG_WARN, "login_failed", "session=%s peer=%s role=%s reason=%s detail=%s",
+                  s->id, s->peer, s->role_name, ident_status_name(st),
+                  log_q(q, sizeof(q), reason));
+        ident_free(&id);
+        session_fail(s, "FATAL", ident_status_sqlstate(st),
+                     "bulwark: authentication failed for role \"%s\": %s", s->role_name, reason);
+        return;
+    }
+    s->subject = strdup(id.subject ? id.subject : "");
+    ident_free(&id);
+    server_cancel_add(s->srv, s);
+    s->state = ST_UPSTREAM_LOGIN;
+    session_update_watchers(s);
+    upstream_start(s);
+}
+
+/* ---- relay --------------------------------------------------------------- */
+
+static bool frontend_type_ok(char t)
+{
+    return t && strchr("QPBDESHCdcfFX", t) != NULL;
+}
+
+static bool backend_type_ok(char t)
+{
+    return t && strchr("RSKZTDCENAI123nstGHWdcVv", t) != NULL;
+}
+
+/* Pass `n` bytes from one endpoint's input to the other's output. */
+static void pass(endpoint_t *from, endpoint_t *to, size_t n)
+{
+    buf_append(&to->out, buf_head(&from->in), n);
+    buf_consume(&from->in, n);
+}
+
+static void relay_c2u(session_t *s)
+{
+    endpoint_t *c = &s->client, *u = &s->upstream;
+    size_t before = buf_unread(&c->in);
+    while (buf_unread(&c->in) > 0 && !s->client_paused) {
+        if (s->c2u_left > 0) {
+            size_t n = buf_unread(&c->in) < s->c2u_left ? buf_unread(&c->in) : s->c2u_left;
+            pass(c, u, n);
+            s->c2u_left -= n;
+            continue;
+        }
+        pgw_hdr_t h;
+        int r = pgw_frame(buf_head(&c->in), buf_unread(&c->in), MAX_MESSAGE_BODY, &h);
+        if (r == 0)
+            break;
+        if (r < 0 || !frontend_type_ok(h.type)) {
+            session_fail(s, "FATAL", "08P01",
+                         r < 0 ? "bulwark: invalid message length"
+                               : "bulwark: invalid frontend message type %d",
+                         (unsigned char)h.type);
+            return;
+        }
+        if (h.type == 'X') {
+            session_close(s, "client terminated");
+            return;
+        }
+        size_t total = 5 + (size_t)h.len;
+        size_t n = buf_unread(&c->in) < total ? buf_unread(&c->in) : total;
+        pass(c, u, n);
+        s->c2u_left = total - n;
+        if (buf_unread(&u->out) > OUT_HIWAT)
+            s->client_paused = true;
+    }
+    s->bytes_c2u += before - buf_unread(&c->in);
+    if (u->out.failed) {
+        session_fail(s, "FATAL", "53200", "bulwark: out of memory relaying to upstream");
+        return;
+    }
+    flush_upstream(s);
+}
+
+static void client_readable(session_t *s)
+{
+    for (int rounds = 0; rounds < 4 && !DEAD(s); rounds++) {
+        if (s->state == ST_RELAY && s->client_paused)
+            return;
+        io_status_t st = ep_fill(&s->client);
+        if (st == IO_EOF || st == IO_ERR) {
+            session_close(s, st == IO_EOF ? "client closed the connection" : "client read error");
+            return;
+        }
+        bool more = st == IO_OK;
+        switch (s->state) {
+        case ST_STARTUP:
+            process_startup(s);
+            break;
+        case ST_PASSWORD:
+            process_password(s);
+            break;
+        case ST_RELAY:
+            relay_c2u(s);
+            break;
+        default:
+            return;
+        }
+        /* TLS may hold decrypted bytes the socket no longer signals. */
+        if (!more || DEAD(s) || !s->client.ssl || SSL_pending(s->client.ssl) == 0)
+            return;
+    }
+    if (!DEAD(s) && s->client.ssl && SSL_pending(s->client.ssl) > 0)
+        ev_feed_event(s->srv->loop, &s->client.rw, EV_READ);
+}
+
+static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    session_t *s = w->data;
+    if (s->state == ST_TLS_ACCEPT) {
+        tls_accept_step(s);
+        return;
+    }
+    if ((revents & EV_WRITE) || s->client.write_wants_read) {
+        session_flush_client(s);
+        if (DEAD(s))
+            return;
+    }
+    if ((revents & EV_READ) && s->state != ST_CLOSING) {
+        client_readable(s);
+        /* A client that closed while we wait on the upstream is noticed here. */
+    }
+}
+
+/* After the upstream's ReadyForQuery the session runs; anything the client
+ * pipelined behind its password is relayed now. */
+void session_upstream_ready(session_t *s)
+{
+    s->state = ST_RELAY;
+    ev_timer_stop(s->srv->loop, &s->timer);
+    char q1[300], q2[300];
+    log_event(LOG_INFO, "session_start",
+              "session=%s peer=%s role=%s target=%s sub=%s tls=%s application_name=%s", s->id,
+              s->peer, s->role_name, s->target_name, log_q(q1, sizeof(q1), s->subject),
+              ep_tls_version(&s->client), log_q(q2, sizeof(q2), ""));
+    if (buf_unread(&s->client.in) > 0)
+        relay_c2u(s);
+    if (DEAD(s))
+        return;
+    session_flush_client(s);
+}
+
+/* Upstream → client. Only ReadyForQuery is looked into (for the transaction
+ * status); everything else streams. */
+static bool relay_u2c_some(session_t *s)
+{
+    endpoint_t *c = &s->client, *u = &s->upstream;
+    size_t before = buf_unread(&u->in);
+    while (buf_unread(&u->in) > 0 && !s->upstream_paused) {
+        if (s->u2c_left > 0) {
+            size_t n = buf_unread(&u->in) < s->u2c_left ? buf_unread(&u->in) : s->u2c_left;
+            pass(u, c, n);
+            s->u2c_left -= n;
+            continue;
+        }
+        pgw_hdr_t h;
+        int r = pgw_frame(buf_head(&u->in), buf_unread(&u->in), MAX_MESSAGE_BODY, &h);
+        if (r == 0)
+            break;
+        if (r < 0 || !backend_type_ok(h.type)) {
+            session_fail(s, "FATAL", "08P01", "bulwark: invalid message from the upstream server");
+            return false;
+        }
+        size_t total = 5 + (size_t)h.len;
+        if (h.type == 'Z') {
+            if (buf_unread(&u->in) < total)
+                break;
+            char status;
+            if (pgw_read_ready(buf_head(&u->in) + 5, h.len, &status) == 0)
+                s->tx_status = status;
+        }
+        s->last_backend_type = h.type;
+        size_t n = buf_unread(&u->in) < total ? buf_unread(&u->in) : total;
+        pass(u, c, n);
+        s->u2c_left = total - n;
+        if (buf_unread(&c->out) > OUT_HIWAT)
+            s->upstream_paused = true;
+    }
+    s->bytes_u2c += before - buf_unread(&u->in);
+    if (c->out.failed) {
+        session_close(s, "out of memory relaying to client");
+        return false;
+    }
+    io_status_t st = ep_flush(c);
+    if (st == IO_EOF || st == IO_ERR) {
+        session_close(s, "client connection lost");
+        return false;
+    }
+    if (s->upstream_paused && buf_unread(&c->out) < OUT_LOWAT) {
+        s->upstream_paused = false;
+        return buf_unread(&u->in) > 0;
+    }
+    return false;
+}
+
+static void relay_u2c(session_t *s)
+{
+    while (relay_u2c_some(s))
+        ;
+    if (!DEAD(s))
+        session_update_watchers(s);
+}
+
+static void upstream_lost(session_t *s)
+{
+    if (s->u2c_left > 0) {
+        session_close(s, "upstream closed mid-message");
+        return;
+    }
+    if (s->last_backend_type == 'E') {
+        /* The server said why (e.g. FATAL 57P01); let that be the last word. */
+        upstream_close(s);
+        s->state = ST_CLOSING;
+        ev_timer_set(&s->timer, CLOSE_FLUSH_TIMEOUT, 0.);
+        ev_timer_start(s->srv->loop, &s->timer);
+        session_flush_client(s);
+        return;
+    }
+    session_fail(s, "ERROR", "08006", "bulwark: lost connection to the upstream server");
+}
+
+static void upstream_relay_readable(session_t *s)
+{
+    for (int rounds = 0; rounds < 4 && !DEAD(s) && !s->upstream_paused; rounds++) {
+        io_status_t st = ep_fill(&s->upstream);
+        if (st == IO_EOF || st == IO_ERR) {
+            relay_u2c(s); /* what was read before the end still goes out */
+            if (!DEAD(s))
+                upstream_lost(s);
+            return;
+        }
+        if (st == IO_AGAIN)
+            return;
+        relay_u2c(s);
+        if (!s->upstream.ssl || SSL_pending(s->upstream.ssl) == 0)
+            return;
+    }
+    if (!DEAD(s) && s->upstream.ssl && SSL_pending(s->upstream.ssl) > 0 && !s->upstream_paused)
+        ev_feed_event(s->srv->loop, &s->upstream.rw, EV_READ);
+}
+
+void upstream_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    session_t *s = w->data;
+    if (s->state != ST_RELAY) {
+        upstream_login_io(s, revents);
+        return;
+    }
+    if ((revents & EV_WRITE) || s->upstream.write_wants_read) {
+        flush_upstream(s);
+        if (DEAD(s))
+            return;
+    }
+    if (revents & EV_READ)
+        upstream_relay_readable(s);
+}
