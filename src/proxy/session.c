@@ -29,6 +29,7 @@
 static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void client_readable(session_t *s);
+static void client_process(session_t *s);
 static void relay_c2u(session_t *s);
 static void relay_u2c(session_t *s);
 
@@ -277,6 +278,7 @@ static void tls_accept_step(session_t *s)
         s->client.force_write = false;
         s->state = ST_STARTUP;
         session_update_watchers(s);
+        client_readable(s); /* the startup packet may already sit in OpenSSL */
         return;
     }
     int err = SSL_get_error(s->client.ssl, r);
@@ -608,6 +610,30 @@ static void relay_c2u(session_t *s)
     flush_upstream(s);
 }
 
+/* Handle what the client sent, in whatever state it leaves us: a startup
+ * packet and the password may arrive in one read. */
+static void client_process(session_t *s)
+{
+    for (;;) {
+        session_state_t before = s->state;
+        switch (before) {
+        case ST_STARTUP:
+            process_startup(s);
+            break;
+        case ST_PASSWORD:
+            process_password(s);
+            break;
+        case ST_RELAY:
+            relay_c2u(s);
+            return;
+        default:
+            return;
+        }
+        if (DEAD(s) || s->state == before || buf_unread(&s->client.in) == 0)
+            return;
+    }
+}
+
 static void client_readable(session_t *s)
 {
     for (int rounds = 0; rounds < 4 && !DEAD(s); rounds++) {
@@ -619,19 +645,7 @@ static void client_readable(session_t *s)
             return;
         }
         bool more = st == IO_OK;
-        switch (s->state) {
-        case ST_STARTUP:
-            process_startup(s);
-            break;
-        case ST_PASSWORD:
-            process_password(s);
-            break;
-        case ST_RELAY:
-            relay_c2u(s);
-            break;
-        default:
-            return;
-        }
+        client_process(s);
         /* TLS may hold decrypted bytes the socket no longer signals. */
         if (!more || DEAD(s) || !s->client.ssl || SSL_pending(s->client.ssl) == 0)
             return;
