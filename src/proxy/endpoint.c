@@ -143,7 +143,7 @@ void ep_watch(endpoint_t *e, struct ev_loop *loop, bool want_read)
     if (e->fd < 0)
         return;
     bool r = want_read || e->write_wants_read;
-    bool w = buf_unread(&e->out) > 0 || e->read_wants_write;
+    bool w = buf_unread(&e->out) > 0 || e->read_wants_write || e->force_write;
     if (r && !ev_is_active(&e->rw))
         ev_io_start(loop, &e->rw);
     else if (!r && ev_is_active(&e->rw))

@@ -119,7 +119,7 @@ struct session {
     const cfg_role_t *role;
     const cfg_target_t *target;
     int target_index;
-    char *role_name, *target_name, *subject;
+    char *role_name, *target_name, *subject, *app_name;
     buf_t params;                /* upstream startup params: key\0value\0 ... */
     bool key_sent, in_cancel_map;
     /* upstream */

@@ -103,6 +103,7 @@ void session_free(session_t *s)
     free(s->role_name);
     free(s->target_name);
     free(s->subject);
+    free(s->app_name);
     free(s);
 }
 
@@ -405,9 +406,11 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
     }
     if (!db || !*db)
         db = user;
+    const char *app = pgw_startup_get(st, "application_name");
     s->role_name = strdup(user);
     s->target_name = strdup(db);
-    if (!s->role_name || !s->target_name) {
+    s->app_name = strdup(app ? app : "");
+    if (!s->role_name || !s->target_name || !s->app_name) {
         session_close(s, "out of memory");
         return;
     }
@@ -682,7 +685,7 @@ void session_upstream_ready(session_t *s)
     log_event(LOG_INFO, "session_start",
               "session=%s peer=%s role=%s target=%s sub=%s tls=%s application_name=%s", s->id,
               s->peer, s->role_name, s->target_name, log_q(q1, sizeof(q1), s->subject),
-              ep_tls_version(&s->client), log_q(q2, sizeof(q2), ""));
+              ep_tls_version(&s->client), log_q(q2, sizeof(q2), s->app_name));
     if (buf_unread(&s->client.in) > 0)
         relay_c2u(s);
     if (DEAD(s))
