@@ -245,24 +245,9 @@ void upstream_start(session_t *s)
 
 /* ---- authentication ------------------------------------------------------------ */
 
-static bool has_mechanism(const uint8_t *p, size_t n, const char *want)
-{
-    size_t i = 0;
-    while (i < n && p[i]) {
-        const char *m = (const char *)p + i;
-        size_t l = strnlen(m, n - i);
-        if (l == n - i)
-            return false;
-        if (!strcmp(m, want))
-            return true;
-        i += l + 1;
-    }
-    return false;
-}
-
 static void sasl_start(session_t *s, const pgw_auth_t *a, const char *password)
 {
-    if (!has_mechanism(a->data, a->len, "SCRAM-SHA-256")) {
+    if (!pgw_auth_sasl_has(a, "SCRAM-SHA-256")) {
         fail_upstream(s, "server offers no SASL mechanism the gateway supports");
         return;
     }
@@ -313,18 +298,24 @@ static void handle_auth(session_t *s, const uint8_t *body, size_t len)
     }
     const cfg_upstream_t *cred = credential(s);
     const char *pw = cred->password;
-    if (a.code != 0 && a.code != 11 && a.code != 12 && !pw) {
+    bool sasl_step = a.code == PGW_AUTH_SASL_CONTINUE || a.code == PGW_AUTH_SASL_FINAL;
+    if (a.code != PGW_AUTH_OK && !sasl_step && !pw) {
         fail_upstream(s, "the server asks for a password but none is configured");
         return;
     }
+    if ((a.code == PGW_AUTH_OK || a.code == PGW_AUTH_SASL) && s->scram) {
+        /* As libpq: a server that skips SASLFinal never proved it knows the password. */
+        fail_upstream(s, "the server skipped SCRAM verification");
+        return;
+    }
     switch (a.code) {
-    case 0:
+    case PGW_AUTH_OK:
         pgw_write_auth_ok(&s->client.out);
         break;
-    case 3:
+    case PGW_AUTH_CLEARTEXT:
         pgw_write_password(&s->upstream.out, pw);
         break;
-    case 5: {
+    case PGW_AUTH_MD5: {
         char md5[36];
         if (a.len != 4) {
             fail_upstream(s, "invalid MD5 salt");
@@ -334,13 +325,13 @@ static void handle_auth(session_t *s, const uint8_t *body, size_t len)
         pgw_write_password(&s->upstream.out, md5);
         break;
     }
-    case 10:
+    case PGW_AUTH_SASL:
         sasl_start(s, &a, pw);
         break;
-    case 11:
+    case PGW_AUTH_SASL_CONTINUE:
         sasl_continue(s, &a);
         break;
-    case 12:
+    case PGW_AUTH_SASL_FINAL:
         sasl_final(s, &a);
         break;
     default:
