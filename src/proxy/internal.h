@@ -106,6 +106,8 @@ struct session {
     upstream_state_t ustate;
     endpoint_t client, upstream;
     ev_timer timer;              /* login timeout, then close-flush timeout */
+    ev_timer expiry;             /* end_session_at_token_expiry */
+    int64_t token_exp;           /* the token's exp, seconds since the epoch */
     char peer[64];
     bool client_tls;
     bool client_paused, upstream_paused;

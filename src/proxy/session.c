@@ -28,6 +28,7 @@
 
 static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void client_readable(session_t *s);
 static void client_process(session_t *s);
 static void relay_c2u(session_t *s);
@@ -93,6 +94,8 @@ session_t *session_new(server_t *srv, int fd, const struct sockaddr *peer)
     ev_timer_init(&s->timer, session_timer_cb, (double)s->rt->cfg->login_timeout_ms / 1000.0, 0.);
     s->timer.data = s;
     ev_timer_start(srv->loop, &s->timer);
+    ev_init(&s->expiry, expiry_cb);
+    s->expiry.data = s;
     session_update_watchers(s);
     return s;
 }
@@ -175,6 +178,7 @@ void session_close(session_t *s, const char *reason)
     log_session_end(s, reason);
     upstream_close(s);
     ev_timer_stop(s->srv->loop, &s->timer);
+    ev_timer_stop(s->srv->loop, &s->expiry);
     ep_close(&s->client, s->srv->loop);
     if (s->in_cancel_map)
         server_cancel_remove(s->srv, s);
@@ -211,6 +215,11 @@ void session_fail(session_t *s, const char *severity, const char *sqlstate, cons
     session_flush_client(s);
     if (!DEAD(s) && buf_unread(&s->client.out) == 0)
         session_close(s, msg);
+}
+
+static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    session_fail(w->data, "FATAL", "28P01", "bulwark: terminating connection: the token expired");
 }
 
 static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -532,7 +541,7 @@ static void process_password(session_t *s)
     memset(&id, 0, sizeof(id));
     char reason[256] = "";
     ident_status_t st =
-        ident_login(s->rt->cfg, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
+        ident_login(s->rt->cfg, NULL, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
     OPENSSL_cleanse(body, h.len);
     buf_consume(&s->client.in, 5 + (size_t)h.len);
     char q[300];
@@ -546,6 +555,7 @@ static void process_password(session_t *s)
         return;
     }
     s->subject = strdup(id.subject ? id.subject : "");
+    s->token_exp = id.exp;
     ident_free(&id);
     server_cancel_add(s->srv, s);
     s->state = ST_UPSTREAM_LOGIN;
@@ -681,6 +691,11 @@ void session_upstream_ready(session_t *s)
 {
     s->state = ST_RELAY;
     ev_timer_stop(s->srv->loop, &s->timer);
+    if (s->role->end_session_at_token_expiry) {
+        double left = (double)s->token_exp - ev_now(s->srv->loop);
+        ev_timer_set(&s->expiry, left > 0 ? left : 0., 0.);
+        ev_timer_start(s->srv->loop, &s->expiry);
+    }
     char q1[300], q2[300];
     log_event(LOG_INFO, "session_start",
               "session=%s peer=%s role=%s target=%s sub=%s tls=%s application_name=%s", s->id,
