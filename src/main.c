@@ -13,6 +13,8 @@ typedef struct command {
 static const command_t commands[] = {
     {"serve", cli_serve, "serve -c bulwark.json        run the gateway in the foreground"},
     {"check", cli_check, "check -c bulwark.json        validate config and policy files"},
+    {"explain", cli_explain, "explain -c bulwark.json --role R [--json] SQL"
+                             "\n                               show what the gateway would do with SQL"},
     {"token", cli_token, "token --secret-file F --iss I --aud A --sub S [--ttl 15m] [--claim k=v]..."
                          "\n                               mint a token (development and tests)"},
 };

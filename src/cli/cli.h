@@ -9,6 +9,7 @@
 
 int cli_serve(int argc, char **argv);
 int cli_check(int argc, char **argv);
+int cli_explain(int argc, char **argv);
 int cli_token(int argc, char **argv);
 
 #endif

@@ -541,7 +541,7 @@ static void process_password(session_t *s)
     memset(&id, 0, sizeof(id));
     char reason[256] = "";
     ident_status_t st =
-        ident_login(s->rt->cfg, NULL, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
+        ident_login(s->rt->cfg, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
     OPENSSL_cleanse(body, h.len);
     buf_consume(&s->client.in, 5 + (size_t)h.len);
     char q[300];
