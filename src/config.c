@@ -16,6 +16,7 @@
 #include <openssl/crypto.h>
 
 #include "config/internal.h"
+#include "identity/jwks.h"
 
 #define HS256_MIN_SECRET 32 /* RFC 7518 section 3.2: a key at least as long as the hash */
 
@@ -244,22 +245,26 @@ static void load_hs256_secret(load_t *L, cfg_issuer_t *is)
                     cfg_q(q, sizeof(q), is->hs256_secret_file), HS256_MIN_SECRET);
 }
 
-/* The JWKS itself is loaded by the identity module (later issue); here: its shape. */
-static void check_jwks_file(load_t *L, const char *path)
+/* The keys are parsed now, so that a bad file fails `bulwark check` and a
+ * reload (which then keeps the old config); errors name the file and the key:
+ * "keys/idp.json: keys[1].crv: unsupported curve "P-192"". */
+static void load_jwks_file(load_t *L, cfg_issuer_t *is)
 {
     cfgw_t w2;
-    cfgw_init(&w2, L->w.errs, path);
-    cJSON *j = cfgw_load_json(&w2, path);
-    if (j && !cJSON_IsArray(cfgw_get(j, "keys")))
-        cfgw_err(&w2, "a JWKS must be an object with a \"keys\" array");
+    char why[256];
+    cfgw_init(&w2, L->w.errs, is->jwks_file);
+    cJSON *j = cfgw_load_json(&w2, is->jwks_file);
+    if (j && !(is->jwks = ident_jwks_parse(j, why, sizeof(why))))
+        cfgw_err(&w2, "%s", why);
     cJSON_Delete(j);
     L->w.n_err += w2.n_err;
 }
 
 static void load_issuer(load_t *L, const cJSON *v, cfg_issuer_t *is)
 {
-    static const char *const keys[] = {"issuer",   "audience",   "hs256_secret_file", "jwks_file",
-                                       "jwks_url", "algorithms", "refresh",           NULL};
+    static const char *const keys[] = {"issuer",     "audience", "hs256_secret_file",
+                                       "jwks_file",  "jwks_url", "jwks_ca_file",
+                                       "algorithms", "refresh",  NULL};
     if (!cfgw_object(&L->w, v, keys))
         return;
     const char *s;
@@ -281,7 +286,7 @@ static void load_issuer(load_t *L, const cJSON *v, cfg_issuer_t *is)
     if (hs > 0)
         load_hs256_secret(L, is);
     if (jf > 0)
-        check_jwks_file(L, is->jwks_file);
+        load_jwks_file(L, is);
     if (hs >= 0 && jf >= 0 && ju >= 0)
         load_algorithms(L, v, is);
     is->refresh_ms = 600000;
@@ -289,6 +294,10 @@ static void load_issuer(load_t *L, const cJSON *v, cfg_issuer_t *is)
         cfgw_err_at(&L->w, "refresh", "only valid with jwks_url");
     else
         (void)cfgw_dur(&L->w, v, "refresh", 0, 10000, INT64_MAX, &is->refresh_ms);
+    if (cfgw_get(v, "jwks_ca_file") && ju <= 0)
+        cfgw_err_at(&L->w, "jwks_ca_file", "only valid with jwks_url");
+    else
+        (void)readable_key(L, v, "jwks_ca_file", 0, &is->jwks_ca_file);
 }
 
 static void load_identity(load_t *L, const cJSON *root)
@@ -394,11 +403,31 @@ static void load_targets(load_t *L, const cJSON *root)
     L->targets_ok = L->w.n_err == before;
 }
 
+/* audit.retention: {"max_age": "90d", "max_size": "800MiB"}, either or both (docs/audit.md). */
+static void load_retention(load_t *L, const cJSON *a)
+{
+    static const char *const keys[] = {"max_age", "max_size", NULL};
+    cfg_t *c = L->c;
+    const cJSON *r;
+    if (cfgw_objval(&L->w, a, "retention", 0, &r) <= 0)
+        return;
+    size_t m = cfgw_key(&L->w, "retention");
+    if (cfgw_object(&L->w, r, keys)) {
+        (void)cfgw_dur(&L->w, r, "max_age", 0, 60000, INT64_MAX / 1000,
+                       &c->audit.retention_max_age_ms);
+        if (cfgw_size(&L->w, r, "max_size", 0, 1u << 19, UINT64_MAX,
+                      &c->audit.retention_max_size) > 0 &&
+            c->audit.retention_max_size >= c->audit.map_size)
+            cfgw_err_at(&L->w, "max_size", "must be less than audit.map_size");
+    }
+    cfgw_pop(&L->w, m);
+}
+
 static void load_audit(load_t *L, const cJSON *root)
 {
     static const char *const keys[] = {
         "path",          "map_size",         "durability", "capture_rows",
-        "capture_bytes", "signing_key_file", "on_failure", NULL};
+        "capture_bytes", "signing_key_file", "on_failure", "retention", NULL};
     static const char *const durability[] = {"strict", "strict-writes", "batched", NULL};
     static const char *const on_failure[] = {"deny", "allow", NULL};
     cfg_t *c = L->c;
@@ -419,6 +448,7 @@ static void load_audit(load_t *L, const cJSON *root)
         (void)readable_key(L, a, "signing_key_file", 0, &c->audit.signing_key_file);
         if (cfgw_enum(&L->w, a, "on_failure", 0, "value", on_failure, &f) > 0)
             c->audit.on_failure_allow = f == 1;
+        load_retention(L, a);
     }
     cfgw_pop(&L->w, m);
 }
@@ -548,6 +578,48 @@ static void load_policies(load_t *L, const cJSON *root)
     free(seen.v);
 }
 
+/* ---- files to watch ---- */
+
+static bool watch_add(cfg_t *c, const char *path)
+{
+    if (!path)
+        return true;
+    for (size_t i = 0; i < c->n_watch_files; i++)
+        if (!strcmp(c->watch_files[i], path))
+            return true;
+    char **v = realloc(c->watch_files, (c->n_watch_files + 1) * sizeof(*v));
+    if (!v)
+        return false;
+    c->watch_files = v;
+    return (v[c->n_watch_files] = strdup(path)) && ++c->n_watch_files;
+}
+
+static bool collect_watch_files(cfg_t *c)
+{
+    bool ok = watch_add(c, c->path) && watch_add(c, c->tls_cert_file) &&
+              watch_add(c, c->tls_key_file) && watch_add(c, c->audit.signing_key_file);
+    for (size_t i = 0; ok && i < c->n_issuers; i++) {
+        const cfg_issuer_t *is = &c->issuers[i];
+        ok = watch_add(c, is->hs256_secret_file) && watch_add(c, is->jwks_file) &&
+             watch_add(c, is->jwks_ca_file);
+    }
+    for (size_t i = 0; ok && i < c->n_targets; i++)
+        ok = watch_add(c, c->targets[i].sslrootcert);
+    for (size_t i = 0; ok && i < c->n_roles; i++) {
+        const cfg_role_t *r = &c->roles[i];
+        ok = watch_add(c, r->source_file);
+        for (size_t k = 0; ok && k < r->n_upstreams; k++)
+            ok = watch_add(c, r->upstreams[k].password_file);
+    }
+    return ok;
+}
+
+size_t cfg_watch_files(const cfg_t *c, const char *const **out)
+{
+    *out = c ? (const char *const *)c->watch_files : NULL;
+    return c ? c->n_watch_files : 0;
+}
+
 /* ---- load, lifecycle ---- */
 
 static void set_defaults(cfg_t *c)
@@ -601,6 +673,8 @@ cfg_t *cfg_load(const char *path, cfg_errors_t *errs)
             load_root(&L, root);
         cJSON_Delete(root);
     }
+    if (!L.w.n_err && !collect_watch_files(L.c))
+        cfgw_err(&L.w, "out of memory");
     free(L.dir);
     cfg_errors_free(&local);
     if (L.w.n_err) {
@@ -668,6 +742,8 @@ void cfg_release(cfg_t *c)
         free_secret(is->hs256_secret, is->hs256_secret_len);
         free(is->jwks_file);
         free(is->jwks_url);
+        free(is->jwks_ca_file);
+        ident_keyset_release(is->jwks);
         for (size_t k = 0; k < is->n_algorithms; k++)
             free(is->algorithms[k]);
         free(is->algorithms);
@@ -687,6 +763,9 @@ void cfg_release(cfg_t *c)
     for (size_t i = 0; i < c->n_roles; i++)
         cfg_role_free(&c->roles[i]);
     free(c->roles);
+    for (size_t i = 0; i < c->n_watch_files; i++)
+        free(c->watch_files[i]);
+    free(c->watch_files);
     free(c);
 }
 

@@ -77,12 +77,17 @@ typedef struct cfg_role {
     cJSON *rules, *masks; /* validated, owned copies for later issues; empty arrays if absent */
 } cfg_role_t;
 
+struct ident_keyset; /* identity/jwks.h */
+
 typedef struct cfg_issuer {
     char *issuer, *audience;
     char *hs256_secret_file; /* resolved path */
     uint8_t *hs256_secret;   /* file contents minus one trailing newline; >= 32 bytes */
     size_t hs256_secret_len;
     char *jwks_file, *jwks_url; /* exactly one of the three sources is set */
+    struct ident_keyset *jwks;  /* jwks_file's keys, parsed at load (identity/jwks.h) */
+    char *jwks_ca_file;         /* jwks_url only: resolved path of the CA bundle to trust
+                                   instead of the system store, or NULL */
     char **algorithms;          /* HS: {"HS256"}; JWKS default {"RS256", "ES256"} */
     size_t n_algorithms;
     int64_t refresh_ms; /* jwks_url only; default 10m */
@@ -109,6 +114,8 @@ typedef struct cfg {
         uint64_t capture_bytes;      /* default 64KiB */
         char *signing_key_file;      /* resolved, or NULL */
         bool on_failure_allow;       /* default false (deny) */
+        int64_t retention_max_age_ms; /* "retention.max_age"; 0 = keep forever */
+        uint64_t retention_max_size;  /* "retention.max_size"; 0 = no size limit */
     } audit;
     struct {
         char *webhook_url;        /* or NULL */
@@ -122,6 +129,8 @@ typedef struct cfg {
     int64_t shutdown_grace_ms;    /* "shutdown_grace", default "30s" */
     int64_t login_timeout_ms;     /* "login_timeout", default "15s" */
     int max_client_conn;          /* "max_client_conn", default 10000 */
+    char **watch_files;           /* see cfg_watch_files */
+    size_t n_watch_files;         /* (its count) */
     int refcount;                 /* owned by the loop thread: cfg_retain/cfg_release */
 } cfg_t;
 
@@ -141,6 +150,14 @@ const cfg_role_t *cfg_find_role(const cfg_t *c, const char *name);
 const cfg_target_t *cfg_find_target(const cfg_t *c, const char *name);
 const cfg_upstream_t *cfg_role_upstream(const cfg_role_t *r, const char *target);
 const cfg_issuer_t *cfg_find_issuer(const cfg_t *c, const char *issuer);
+
+/* Every file this config was built from, each once, as resolved at load time:
+ * the config file, the policy files, HS256 secret files, JWKS files, JWKS CA
+ * files, upstream password files, TLS certificate and key files, target root
+ * certificates and the audit signing key. When one of them changes, loading the
+ * config anew picks the change up (key and password rotation without a
+ * restart). *out points into c and lives as long as c; returns the count. */
+size_t cfg_watch_files(const cfg_t *c, const char *const **out);
 
 /* Helpers shared with identity and the CLI. */
 

@@ -17,6 +17,12 @@ static const command_t commands[] = {
                              "\n                               show what the gateway would do with SQL"},
     {"token", cli_token, "token --secret-file F --iss I --aud A --sub S [--ttl 15m] [--claim k=v]..."
                          "\n                               mint a token (development and tests)"},
+    {"sessions", cli_sessions, "sessions -c bulwark.json [--since 1h] [--role R] [--sub S] [--json]"
+                               "\n                               list recorded sessions"},
+    {"replay", cli_replay, "replay -c bulwark.json SESSION [--json]"
+                           "\n                               print a session as a transcript"},
+    {"audit", cli_audit, "audit verify|export|pubkey -c bulwark.json"
+                         "\n                               check the record chain; stream records"},
 };
 
 static void usage(FILE *f)

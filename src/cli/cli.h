@@ -11,5 +11,19 @@ int cli_serve(int argc, char **argv);
 int cli_check(int argc, char **argv);
 int cli_explain(int argc, char **argv);
 int cli_token(int argc, char **argv);
+int cli_sessions(int argc, char **argv);
+int cli_replay(int argc, char **argv);
+int cli_audit(int argc, char **argv);
+
+/* Shared by audit, sessions and replay (src/cli/audit.c): one option with a
+ * value ("--name V" or "--name=V"; 1 taken, 0 not this option, -1 value
+ * missing, reported); load the config and open its audit store read-only
+ * (NULL after printing why; *cfg_out, if given, to be released); the clock. */
+struct audit_reader;
+struct cfg;
+int cli_audit_opt(const char *cmd, int argc, char **argv, int *i, const char *name,
+                  const char **out);
+struct audit_reader *cli_audit_reader(const char *cmd, const char *config, struct cfg **cfg_out);
+long long cli_audit_now_us(void);
 
 #endif

@@ -1,6 +1,7 @@
 /*
- * bulwark token: mint an HS256 token for development and tests (SPEC section 2).
- * RS256/ES256 minting (--key, --kid, --alg) arrives with JWKS support.
+ * bulwark token: mint a token for development and tests (SPEC section 2): HS256
+ * from an issuer's secret file, or RS/PS/ES/EdDSA from a PEM private key whose
+ * public half is in the issuer's JWKS under --kid.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -17,27 +18,35 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: bulwark token --secret-file F --iss I --aud A --sub S [--ttl 15m]\n"
-               "                     [--claim k=v]... [--iat N] [--exp N]\n"
-               "\n"
-               "Print an HS256 JWT on stdout, signed with the secret in F (one trailing\n"
-               "newline ignored, as the gateway reads it).\n"
-               "\n"
-               "  --secret-file F  the issuer's hs256_secret_file\n"
-               "  --iss I          issuer (iss)\n"
-               "  --aud A          audience (aud)\n"
-               "  --sub S          subject (sub)\n"
-               "  --ttl D          lifetime, a duration such as 15m (default 15m)\n"
-               "  --iat N          issued-at, seconds since the epoch (default now)\n"
-               "  --exp N          expiry, seconds since the epoch (default iat + ttl)\n"
-               "  --claim k=v      an extra claim, repeatable; v is taken as JSON if it parses\n"
-               "                   (5, true, [\"a\",\"b\"]), else as a string; replaces a claim\n"
-               "                   of the same name set by the options above\n"
-               "  -h, --help       this text\n");
+    fprintf(f,
+            "usage: bulwark token --secret-file F --iss I --aud A --sub S [options]\n"
+            "       bulwark token --key PEM [--kid K] [--alg A] --iss I --aud A --sub S [options]\n"
+            "\n"
+            "Print a JWT on stdout: HS256, signed with the secret in F (one trailing\n"
+            "newline ignored, as the gateway reads it), or signed with the private key\n"
+            "in PEM, whose public key the issuer's JWKS holds under kid K.\n"
+            "\n"
+            "  --secret-file F  the issuer's hs256_secret_file\n"
+            "  --key PEM        a PEM private key: RSA (2048 bits or more), EC P-256,\n"
+            "                   P-384, P-521, or Ed25519\n"
+            "  --kid K          the key's kid in the JWKS (header kid)\n"
+            "  --alg A          RS256 (default for RSA), RS384, RS512, PS256, PS384,\n"
+            "                   PS512; ES256/ES384/ES512 (the EC key's curve decides);\n"
+            "                   EdDSA\n"
+            "  --iss I          issuer (iss)\n"
+            "  --aud A          audience (aud)\n"
+            "  --sub S          subject (sub)\n"
+            "  --ttl D          lifetime, a duration such as 15m (default 15m)\n"
+            "  --iat N          issued-at, seconds since the epoch (default now)\n"
+            "  --exp N          expiry, seconds since the epoch (default iat + ttl)\n"
+            "  --claim k=v      an extra claim, repeatable; v is taken as JSON if it parses\n"
+            "                   (5, true, [\"a\",\"b\"]), else as a string; replaces a claim\n"
+            "                   of the same name set by the options above\n"
+            "  -h, --help       this text\n");
 }
 
 typedef struct opts {
-    const char *secret_file, *iss, *aud, *sub, *ttl, *iat, *exp;
+    const char *secret_file, *key, *kid, *alg, *iss, *aud, *sub, *ttl, *iat, *exp;
     cJSON *extra; /* the --claim values, in order */
 } opts_t;
 
@@ -87,12 +96,14 @@ static int add_claim(opts_t *o, const char *kv)
 /* 0 ok, 2 bad arguments, -1 --help printed */
 static int parse_args(int argc, char **argv, opts_t *o)
 {
-    static const char *const unsupported[] = {"--key", "--kid", "--alg"};
     struct {
         const char *name;
         const char **dst;
     } flags[] = {
         {"--secret-file", &o->secret_file},
+        {"--key", &o->key},
+        {"--kid", &o->kid},
+        {"--alg", &o->alg},
         {"--iss", &o->iss},
         {"--aud", &o->aud},
         {"--sub", &o->sub},
@@ -105,12 +116,6 @@ static int parse_args(int argc, char **argv, opts_t *o)
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help"))
             return -1;
-        for (size_t k = 0; k < sizeof(unsupported) / sizeof(unsupported[0]); k++) {
-            size_t n = strlen(unsupported[k]);
-            if (!strncmp(a, unsupported[k], n) && (a[n] == 0 || a[n] == '='))
-                return bad("%s is not yet supported: only HS256 with --secret-file for now",
-                           unsupported[k]);
-        }
         size_t k = 0, n = 0;
         for (; k < sizeof(flags) / sizeof(flags[0]); k++) {
             n = strlen(flags[k].name);
@@ -133,11 +138,24 @@ static int parse_args(int argc, char **argv, opts_t *o)
             *flags[k].dst = val;
         }
     }
-    const char *missing = !o->secret_file ? "--secret-file"
-                          : !o->iss       ? "--iss"
-                          : !o->aud       ? "--aud"
-                          : !o->sub       ? "--sub"
-                                          : NULL;
+    static const char *const algs[] = {"RS256", "RS384", "RS512", "PS256", "PS384",
+                                       "PS512", "ES256", "ES384", "ES512", "EdDSA"};
+    bool alg_known = !o->alg;
+    for (size_t k = 0; o->alg && k < sizeof(algs) / sizeof(algs[0]); k++)
+        alg_known |= !strcmp(o->alg, algs[k]);
+    if (!alg_known)
+        return bad("--alg must be RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, "
+                   "ES512 or EdDSA, got \"%s\"",
+                   o->alg);
+    if (o->secret_file && o->key)
+        return bad("%s", "--secret-file and --key exclude each other");
+    if (o->secret_file && (o->kid || o->alg))
+        return bad("%s", "--kid and --alg go with --key (--secret-file always signs HS256)");
+    const char *missing = !o->secret_file && !o->key ? "--secret-file or --key"
+                          : !o->iss                  ? "--iss"
+                          : !o->aud                  ? "--aud"
+                          : !o->sub                  ? "--sub"
+                                                     : NULL;
     if (missing)
         return bad("%s is required (try `bulwark token --help`)", missing);
     if (o->ttl && o->exp)
@@ -183,6 +201,46 @@ static cJSON *build_claims(const opts_t *o, int *rc)
     return c;
 }
 
+static char *sign_with_secret(const opts_t *o, const cJSON *claims, int *rc)
+{
+    uint8_t *secret;
+    size_t len;
+    char why[256];
+    *rc = 1;
+    if (cfg_read_secret_file(o->secret_file, &secret, &len, why, sizeof(why)) < 0) {
+        fprintf(stderr, "bulwark token: cannot read %s: %s\n", o->secret_file, why);
+        return NULL;
+    }
+    char *tok = ident_sign_hs256(secret, len, claims);
+    OPENSSL_cleanse(secret, len);
+    free(secret);
+    if (!tok)
+        fprintf(stderr, "bulwark token: could not sign\n");
+    return tok;
+}
+
+static char *sign_with_key(const opts_t *o, const cJSON *claims, int *rc)
+{
+    uint8_t *pem;
+    size_t len;
+    char why[256];
+    *rc = 1;
+    /* a PEM key is a secret file too: same size cap, wiped after use */
+    if (cfg_read_secret_file(o->key, &pem, &len, why, sizeof(why)) < 0) {
+        fprintf(stderr, "bulwark token: cannot read %s: %s\n", o->key, why);
+        return NULL;
+    }
+    char *tok = ident_sign_pem((const char *)pem, len, o->alg, o->kid, claims, why, sizeof(why));
+    OPENSSL_cleanse(pem, len);
+    free(pem);
+    if (!tok) {
+        fprintf(stderr, "bulwark token: %s: %s\n", o->key, why);
+        if (o->alg)
+            *rc = 2; /* most likely --alg does not fit the key */
+    }
+    return tok;
+}
+
 int cli_token(int argc, char **argv)
 {
     opts_t o = {0};
@@ -197,22 +255,10 @@ int cli_token(int argc, char **argv)
     cJSON_Delete(o.extra);
     if (!claims)
         return rc;
-    uint8_t *secret;
-    size_t len;
-    char why[256];
-    if (cfg_read_secret_file(o.secret_file, &secret, &len, why, sizeof(why)) < 0) {
-        fprintf(stderr, "bulwark token: cannot read %s: %s\n", o.secret_file, why);
-        cJSON_Delete(claims);
-        return 1;
-    }
-    char *tok = ident_sign_hs256(secret, len, claims);
-    OPENSSL_cleanse(secret, len);
-    free(secret);
+    char *tok = o.key ? sign_with_key(&o, claims, &rc) : sign_with_secret(&o, claims, &rc);
     cJSON_Delete(claims);
-    if (!tok) {
-        fprintf(stderr, "bulwark token: could not sign\n");
-        return 1;
-    }
+    if (!tok)
+        return rc;
     printf("%s\n", tok);
     OPENSSL_cleanse(tok, strlen(tok));
     free(tok);

@@ -16,6 +16,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include "identity/internal.h"
+#include "identity/jwks.h"
 #include "util/b64.h"
 #include "util/glob.h"
 
@@ -141,14 +143,15 @@ static int numeric_date(const cJSON *payload, const char *name, int64_t *out)
 
 /* ---- keys ---- */
 
-/* The key a token is checked with, chosen from the issuer's config only. RS/ES
- * keys from a JWKS (by kid) slot in here as another kind. */
-typedef enum { KEY_HS256 } key_kind_t;
+/* The key a token is checked with, chosen from the issuer's config only. */
+typedef enum { KEY_HS256, KEY_JWK } key_kind_t;
 
 typedef struct key {
     key_kind_t kind;
-    const uint8_t *secret;
+    const uint8_t *secret; /* HS256 */
     size_t secret_len;
+    const ident_jwk_t *jwk; /* JWK: a key of `set` */
+    ident_keyset_t *set;    /* retained while the key is in use */
 } ident_key_t;
 
 static bool issuer_accepts(const cfg_issuer_t *is, const char *alg)
@@ -159,11 +162,75 @@ static bool issuer_accepts(const cfg_issuer_t *is, const char *alg)
     return false;
 }
 
-static ident_status_t resolve_key(const cfg_issuer_t *is, const cJSON *header, const char *alg,
-                                  ident_key_t *key, char *reason, size_t rsz)
+/* The issuer's JWKS: the file's keys (parsed with the config), or the key
+ * store's last good set for its URL. */
+static ident_keyset_t *issuer_keys(const cfg_issuer_t *is, ident_keystore_t *ks, char *why,
+                                   size_t whysz)
+{
+    if (is->jwks_file) {
+        if (!is->jwks)
+            snprintf(why, whysz, "its jwks_file was not loaded");
+        return ident_keyset_retain(is->jwks);
+    }
+    if (!ks) {
+        snprintf(why, whysz, "no key store fetches its jwks_url");
+        return NULL;
+    }
+    return ident_keystore_keys(ks, is, why, whysz);
+}
+
+/* kid unknown (or no set yet): for a jwks_url issuer, ask for a refetch and
+ * have the caller wait for it. */
+static ident_status_t key_missing(const cfg_issuer_t *is, ident_keystore_t *ks, const char *kid,
+                                  const ident_keyset_t *set, const char *setwhy, char *reason,
+                                  size_t rsz)
+{
+    char b1[64], b2[64], why[160] = "";
+    if (is->jwks_url && ks && ident_keystore_refetch(ks, is, why, sizeof(why)))
+        return fail(reason, rsz, IDENT_KEY_PENDING, "waiting for the keys of issuer %s",
+                    q(b1, sizeof(b1), is->issuer));
+    if (!set)
+        return fail(reason, rsz, IDENT_UNKNOWN_KEY, "issuer %s has no keys: %s",
+                    q(b1, sizeof(b1), is->issuer), setwhy);
+    if (!kid)
+        return fail(reason, rsz, IDENT_UNKNOWN_KEY, "token has no kid and issuer %s has %zu keys",
+                    q(b1, sizeof(b1), is->issuer), ident_keyset_count(set));
+    return fail(reason, rsz, IDENT_UNKNOWN_KEY, "issuer %s has no key with kid %s%s%s",
+                q(b1, sizeof(b1), is->issuer), q(b2, sizeof(b2), kid), *why ? "; " : "", why);
+}
+
+static ident_status_t resolve_jwk(const cfg_issuer_t *is, ident_keystore_t *ks, const cJSON *header,
+                                  const char *alg, ident_key_t *key, char *reason, size_t rsz)
+{
+    char b1[64], b2[64], b3[32], why[160] = "";
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(header, "kid");
+    const char *kid = cJSON_IsString(k) ? k->valuestring : NULL;
+    ident_keyset_t *set = issuer_keys(is, ks, why, sizeof(why));
+    const ident_jwk_t *jwk = ident_keyset_find(set, kid);
+    if (!jwk) {
+        ident_status_t st = key_missing(is, ks, kid, set, why, reason, rsz);
+        ident_keyset_release(set);
+        return st;
+    }
+    /* the key decides what it accepts, never the token: RS256 against an EC
+     * key, or HS256 keyed with an RSA key's public PEM, fail here */
+    if (!ident_jwk_accepts(jwk, alg)) {
+        fail(reason, rsz, IDENT_BAD_ALG, "key %s (%s) accepts %s, not %s",
+             q(b1, sizeof(b1), jwk->kid ? jwk->kid : ""), ident_jwk_describe(jwk, b3, sizeof(b3)),
+             ident_jwk_accepted(jwk), q(b2, sizeof(b2), alg));
+        ident_keyset_release(set);
+        return IDENT_BAD_ALG;
+    }
+    key->kind = KEY_JWK;
+    key->jwk = jwk;
+    key->set = set;
+    return IDENT_OK;
+}
+
+static ident_status_t resolve_key(const cfg_issuer_t *is, ident_keystore_t *ks, const cJSON *header,
+                                  const char *alg, ident_key_t *key, char *reason, size_t rsz)
 {
     char b1[64], b2[64];
-    (void)header; /* `kid` will pick the JWKS key */
     if (is->hs256_secret_file) {
         if (strcmp(alg, "HS256") != 0)
             return fail(reason, rsz, IDENT_BAD_ALG, "issuer %s accepts only HS256, not %s",
@@ -173,12 +240,11 @@ static ident_status_t resolve_key(const cfg_issuer_t *is, const cJSON *header, c
         key->secret_len = is->hs256_secret_len;
         return IDENT_OK;
     }
+    /* a JWKS issuer never takes an HMAC: its "secret" would be public */
     if (!issuer_accepts(is, alg) || !strncmp(alg, "HS", 2))
         return fail(reason, rsz, IDENT_BAD_ALG, "issuer %s does not accept alg %s",
                     q(b1, sizeof(b1), is->issuer), q(b2, sizeof(b2), alg));
-    return fail(reason, rsz, IDENT_UNKNOWN_KEY,
-                "issuer %s uses JWKS keys, which this build cannot verify yet",
-                q(b1, sizeof(b1), is->issuer));
+    return resolve_jwk(is, ks, header, alg, key, reason, rsz);
 }
 
 static bool hmac_sha256(const uint8_t *key, size_t key_len, const char *msg, size_t len,
@@ -189,20 +255,29 @@ static bool hmac_sha256(const uint8_t *key, size_t key_len, const char *msg, siz
            n == 32;
 }
 
-/* signing input = the first two segments and the dot between them */
-static bool verify(const ident_key_t *key, const char *token, const parts_t *p, const uint8_t *sig,
-                   size_t sig_len)
+static bool verify_hs256(const ident_key_t *key, const char *msg, size_t len, const uint8_t *sig,
+                         size_t sig_len)
 {
     uint8_t mac[32];
-    size_t in_len = p->len[0] + 1 + p->len[1];
-    if (key->kind != KEY_HS256 || !key->secret || key->secret_len == 0 || sig_len != sizeof(mac))
+    /* never an empty key: HMAC with "" is a MAC anyone can compute */
+    if (!key->secret || key->secret_len == 0 || key->secret_len > INT32_MAX ||
+        sig_len != sizeof(mac))
         return false;
-    if (key->secret_len > INT32_MAX ||
-        !hmac_sha256(key->secret, key->secret_len, token, in_len, mac))
+    if (!hmac_sha256(key->secret, key->secret_len, msg, len, mac))
         return false;
     bool ok = CRYPTO_memcmp(mac, sig, sizeof(mac)) == 0;
     OPENSSL_cleanse(mac, sizeof(mac));
     return ok;
+}
+
+/* signing input = the first two segments and the dot between them */
+static bool verify(const ident_key_t *key, const char *alg, const char *token, const parts_t *p,
+                   const uint8_t *sig, size_t sig_len)
+{
+    size_t in_len = p->len[0] + 1 + p->len[1];
+    if (key->kind == KEY_HS256)
+        return verify_hs256(key, token, in_len, sig, sig_len);
+    return key->jwk && ident_jwk_verify(key->jwk, alg, token, in_len, sig, sig_len);
 }
 
 /* ---- header and claims ---- */
@@ -352,10 +427,21 @@ bool ident_matches_role(const ident_t *id, const cfg_role_t *role)
 
 /* ---- login ---- */
 
+/* After the signature verified, the subject is the issuer's word: name it in
+ * the reason of a claim failure (expired, audience, ...) for the operator. */
+static void name_subject(const cJSON *payload, char *reason, size_t rsz)
+{
+    const cJSON *sub = cJSON_GetObjectItemCaseSensitive(payload, "sub");
+    size_t n = rsz ? strlen(reason) : 0;
+    char b[64];
+    if (cJSON_IsString(sub) && *sub->valuestring && n + 1 < rsz)
+        snprintf(reason + n, rsz - n, " (subject %s)", q(b, sizeof(b), sub->valuestring));
+}
+
 /* Everything up to a verified signature: the header, the issuer, the key. */
-static ident_status_t verify_token(const cfg_t *cfg, const char *token, const parts_t *p,
-                                   cJSON *header, const cJSON *payload, const cfg_issuer_t **isp,
-                                   char *reason, size_t rsz)
+static ident_status_t verify_token(const cfg_t *cfg, ident_keystore_t *ks, const char *token,
+                                   const parts_t *p, cJSON *header, const cJSON *payload,
+                                   const cfg_issuer_t **isp, char *reason, size_t rsz)
 {
     char b[64];
     const char *alg = NULL;
@@ -370,22 +456,24 @@ static ident_status_t verify_token(const cfg_t *cfg, const char *token, const pa
         return fail(reason, rsz, IDENT_UNKNOWN_ISSUER, "unknown issuer %s",
                     q(b, sizeof(b), iss->valuestring));
     ident_key_t key = {0};
-    if ((st = resolve_key(is, header, alg, &key, reason, rsz)) != IDENT_OK)
+    if ((st = resolve_key(is, ks, header, alg, &key, reason, rsz)) != IDENT_OK)
         return st;
     size_t sig_len;
     uint8_t *sig = b64_decode_alloc(p->seg[2], p->len[2], B64_URL, &sig_len);
+    bool ok = sig && verify(&key, alg, token, p, sig, sig_len);
+    free(sig);
+    ident_keyset_release(key.set);
     if (!sig)
         return fail(reason, rsz, IDENT_MALFORMED, "token signature is not base64url");
-    bool ok = verify(&key, token, p, sig, sig_len);
-    free(sig);
     if (!ok)
         return fail(reason, rsz, IDENT_SIGNATURE, "signature does not verify");
     *isp = is;
     return IDENT_OK;
 }
 
-ident_status_t ident_login(const cfg_t *cfg, const cfg_role_t *role, const char *token, size_t len,
-                           int64_t now_s, ident_t *out, char *reason, size_t reasonsz)
+ident_status_t ident_login(const cfg_t *cfg, ident_keystore_t *ks, const cfg_role_t *role,
+                           const char *token, size_t len, int64_t now_s, ident_t *out, char *reason,
+                           size_t reasonsz)
 {
     memset(out, 0, sizeof(*out));
     if (reasonsz)
@@ -405,13 +493,16 @@ ident_status_t ident_login(const cfg_t *cfg, const cfg_role_t *role, const char 
     }
     const cfg_issuer_t *is = NULL;
     times_t t = {0};
-    ident_status_t st = verify_token(cfg, token, &p, header, payload, &is, reason, reasonsz);
+    ident_status_t st = verify_token(cfg, ks, token, &p, header, payload, &is, reason, reasonsz);
     cJSON_Delete(header);
+    bool verified = st == IDENT_OK;
     if (st == IDENT_OK)
         st = check_claim_types(payload, &t, reason, reasonsz);
     if (st == IDENT_OK)
         st = check_claims(cfg, is, payload, &t, now_s, reason, reasonsz);
     if (st != IDENT_OK) {
+        if (verified)
+            name_subject(payload, reason, reasonsz);
         cJSON_Delete(payload);
         return st;
     }
@@ -452,9 +543,9 @@ void ident_free(ident_t *id)
 static const char *const status_names[] = {
     [IDENT_OK] = "ok",
     [IDENT_MALFORMED] = "malformed",
-    [IDENT_TOO_LARGE] = "too_large",
+    [IDENT_TOO_LARGE] = "size",
     [IDENT_BAD_ALG] = "bad_alg",
-    [IDENT_UNKNOWN_ISSUER] = "unknown_issuer",
+    [IDENT_UNKNOWN_ISSUER] = "issuer",
     [IDENT_UNKNOWN_KEY] = "unknown_key",
     [IDENT_SIGNATURE] = "signature",
     [IDENT_EXPIRED] = "expired",
@@ -463,6 +554,7 @@ static const char *const status_names[] = {
     [IDENT_AUDIENCE] = "audience",
     [IDENT_LIFETIME] = "lifetime",
     [IDENT_ROLE_MISMATCH] = "role_mismatch",
+    [IDENT_KEY_PENDING] = "key_pending",
 };
 
 const char *ident_status_name(ident_status_t s)

@@ -19,6 +19,7 @@
 #include <sys/types.h>
 
 #include "config.h"
+#include "policy/policy.h"
 #include "util/buf.h"
 
 /* Per-direction buffering: read at most READ_CHUNK at a time; stop reading a
@@ -35,12 +36,16 @@
 /* Login-phase messages (both sides) are small; cap them. */
 #define MAX_LOGIN_MESSAGE (64 * 1024)
 #define CLOSE_FLUSH_TIMEOUT 5.0
+/* Parse cache per loop: statement texts of the extended protocol repeat. */
+#define POLICY_CACHE_ENTRIES 4096
+#define POLICY_CACHE_BYTES (32u * 1024 * 1024)
 
 /* A config generation with what was built from it. */
 typedef struct runtime {
     cfg_t *cfg;
     SSL_CTX *server_tls;  /* NULL when no tls section */
     SSL_CTX **target_tls; /* per target, for upstream TLS (NULL where sslmode=disable) */
+    policy_set_t *policies; /* every role's rules, compiled */
     int refcount;
 } runtime_t;
 
@@ -91,10 +96,12 @@ typedef enum {
     UP_SSL_REQUEST,
     UP_TLS_CONNECT,
     UP_AUTH,
+    UP_PROBE, /* reading search_path and the schemas for the policy session */
     UP_READY
 } upstream_state_t;
 
 struct resolve_req;
+typedef struct gate gate_t;
 
 struct session {
     server_t *srv;
@@ -113,8 +120,15 @@ struct session {
     bool client_paused, upstream_paused;
     bool hs_want_read;           /* client TLS handshake direction */
     bool upstream_open;
-    /* relay framing: bytes of the current message still to pass through */
-    size_t c2u_left, u2c_left;
+    /* relay framing: bytes of the current message still to pass through, or
+     * to drop (a refused message too large to hold) */
+    size_t c2u_left, u2c_left, c2u_skip;
+    gate_t *gate;                /* the policy in the data path */
+    char probe_status;           /* upstream's first ReadyForQuery, held during the probe */
+    int probe_set;               /* result set being read by the probe */
+    char *probe_search_path;
+    char **probe_schemas;
+    size_t probe_nschemas;
     char last_backend_type;
     char tx_status;              /* from the last ReadyForQuery */
     /* identity and routing, set during login */
@@ -152,6 +166,7 @@ struct server {
     session_t *graveyard;   /* closed sessions, freed by `reaper` */
     ev_idle reaper;
     struct resolver *resolver;
+    policy_cache_t *policy_cache; /* parse cache of this loop */
 };
 
 #define CANCEL_BUCKETS 4096
@@ -181,6 +196,27 @@ void session_free(session_t *s);
  * Ends in session_upstream_ready() or session_fail(). */
 void upstream_start(session_t *s);
 void upstream_login_io(session_t *s, int revents);
+
+/* gate.c: the policy in the data path (see gate.c's header comment). */
+typedef enum {
+    GATE_FORWARD,   /* pass the message on unchanged */
+    GATE_REPLACED,  /* a sentinel went upstream instead; drop the message */
+    GATE_SKIP,      /* like REPLACED, for a message not held whole: drop its bytes */
+    GATE_MALFORMED, /* FATAL 08P01 */
+    GATE_FAILED     /* out of memory or too many refusals in flight: end the session */
+} gate_verdict_t;
+gate_t *gate_new(const char *search_path, const char *session_user, const char *const *schemas,
+                 size_t nschemas);
+void gate_free(gate_t *g);
+/* Q, P, F, C: the whole body; B: a prefix holding its two names (gate_bind_prefix_len). */
+gate_verdict_t gate_frontend(session_t *s, char type, const uint8_t *body, size_t len);
+size_t gate_bind_prefix_len(const uint8_t *body, size_t avail); /* 0 = need more */
+gate_verdict_t gate_oversized(session_t *s, char type, const uint8_t *body, size_t avail,
+                              size_t len);
+bool gate_expects_errors(const session_t *s);
+bool gate_backend_error(session_t *s, const uint8_t *body, size_t len); /* true: rewritten */
+void gate_command_complete(session_t *s, const uint8_t *body, size_t len);
+void gate_ready(session_t *s, char status);
 
 /* cancel.c: forward a cancel request to an upstream address, fire and forget. */
 void cancel_forward(server_t *srv, const struct sockaddr *addr, socklen_t len, uint32_t pid,

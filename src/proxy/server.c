@@ -95,6 +95,10 @@ runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz)
         if (!(rt->target_tls[i] = target_tls_new(&cfg->targets[i], err, errsz)))
             goto fail;
     }
+    if (!(rt->policies = policy_set_new(cfg))) {
+        snprintf(err, errsz, "out of memory compiling the policies");
+        goto fail;
+    }
     return rt;
 fail:
     rt->cfg = NULL; /* the caller still owns cfg on failure */
@@ -112,6 +116,7 @@ void runtime_release(runtime_t *rt)
 {
     if (!rt || --rt->refcount > 0)
         return;
+    policy_set_free(rt->policies);
     SSL_CTX_free(rt->server_tls);
     if (rt->target_tls && rt->cfg)
         for (size_t i = 0; i < rt->cfg->n_targets; i++)
@@ -392,7 +397,10 @@ int proxy_serve(const char *config_path)
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     srv.cancel_map = calloc(CANCEL_BUCKETS, sizeof(session_t *));
     srv.resolver = resolver_new(srv.loop);
-    if (!srv.cancel_map || !srv.resolver || open_listener(&srv, srv.rt->cfg) < 0) {
+    srv.policy_cache = policy_cache_new(POLICY_CACHE_ENTRIES, POLICY_CACHE_BYTES);
+    if (!srv.cancel_map || !srv.resolver || !srv.policy_cache ||
+        open_listener(&srv, srv.rt->cfg) < 0) {
+        policy_cache_free(srv.policy_cache);
         runtime_release(srv.rt);
         free(srv.cancel_map);
         resolver_free(srv.resolver);
@@ -426,6 +434,12 @@ int proxy_serve(const char *config_path)
     resolver_free(srv.resolver);
     free(srv.cancel_map);
     runtime_release(srv.rt);
+    policy_cache_stats_t cs;
+    policy_cache_stats(srv.policy_cache, &cs);
+    log_event(LOG_INFO, "parse_cache", "hits=%llu misses=%llu evictions=%llu",
+              (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+              (unsigned long long)cs.evictions);
+    policy_cache_free(srv.policy_cache);
     log_event(LOG_INFO, "stopped", "pid=%d", (int)getpid());
     return 0;
 }

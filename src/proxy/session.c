@@ -103,6 +103,7 @@ session_t *session_new(server_t *srv, int fd, const struct sockaddr *peer)
 void session_free(session_t *s)
 {
     buf_free(&s->params);
+    gate_free(s->gate);
     free(s->role_name);
     free(s->target_name);
     free(s->subject);
@@ -127,7 +128,7 @@ void session_update_watchers(session_t *s)
         ur = !s->upstream_paused;
         break;
     case ST_UPSTREAM_LOGIN:
-        ur = s->ustate == UP_SSL_REQUEST || s->ustate == UP_AUTH ||
+        ur = s->ustate == UP_SSL_REQUEST || s->ustate == UP_AUTH || s->ustate == UP_PROBE ||
              (s->ustate == UP_TLS_CONNECT && !s->upstream.force_write);
         break;
     default:
@@ -151,8 +152,20 @@ static void log_session_end(session_t *s, const char *reason)
 }
 
 /* Close the upstream side: a Terminate first when we are between messages. */
+static void probe_free(session_t *s)
+{
+    free(s->probe_search_path);
+    s->probe_search_path = NULL;
+    for (size_t i = 0; i < s->probe_nschemas; i++)
+        free(s->probe_schemas[i]);
+    free(s->probe_schemas);
+    s->probe_schemas = NULL;
+    s->probe_nschemas = 0;
+}
+
 static void upstream_close(session_t *s)
 {
+    probe_free(s);
     if (s->resolving) {
         resolver_cancel(s->resolving);
         s->resolving = NULL;
@@ -541,7 +554,7 @@ static void process_password(session_t *s)
     memset(&id, 0, sizeof(id));
     char reason[256] = "";
     ident_status_t st =
-        ident_login(s->rt->cfg, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
+        ident_login(s->rt->cfg, NULL, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
     OPENSSL_cleanse(body, h.len);
     buf_consume(&s->client.in, 5 + (size_t)h.len);
     char q[300];
@@ -582,6 +595,73 @@ static void pass(endpoint_t *from, endpoint_t *to, size_t n)
     buf_consume(&from->in, n);
 }
 
+/* Drop a message the gate replaced: what is buffered now, the rest as it comes. */
+static void skip_message(session_t *s, size_t total)
+{
+    size_t n = buf_unread(&s->client.in) < total ? buf_unread(&s->client.in) : total;
+    buf_consume(&s->client.in, n);
+    s->c2u_skip = total - n;
+}
+
+static int gate_verdict(session_t *s, gate_verdict_t v, size_t total)
+{
+    switch (v) {
+    case GATE_FORWARD:
+        return 1;
+    case GATE_REPLACED:
+    case GATE_SKIP:
+        skip_message(s, total);
+        return 2;
+    case GATE_MALFORMED:
+        session_fail(s, "FATAL", "08P01", "bulwark: malformed protocol message");
+        return -1;
+    default:
+        session_fail(s, "FATAL", "53000",
+                     "bulwark: cannot check more statements in this session (out of memory or "
+                     "too many refusals in flight)");
+        return -1;
+    }
+}
+
+/* The gate's share of one frontend message (header h at the buffer's head).
+ * 1 = stream it on, 2 = it was handled (consumed or being skipped),
+ * 0 = wait for more bytes, -1 = the session ended. */
+static int gate_message(session_t *s, const pgw_hdr_t *h)
+{
+    endpoint_t *c = &s->client;
+    size_t total = 5 + (size_t)h->len;
+    size_t avail = buf_unread(&c->in) - 5 < h->len ? buf_unread(&c->in) - 5 : h->len;
+    const uint8_t *body = buf_head(&c->in) + 5;
+    switch (h->type) {
+    case 'Q':
+    case 'P':
+    case 'F':
+    case 'C':
+        if (total > c->in.limit) {
+            if (h->type == 'C')
+                return gate_verdict(s, GATE_MALFORMED, total);
+            if (h->type == 'P' && !memchr(body, 0, avail) && avail < 1024)
+                return 0; /* the statement name is still on its way */
+            if (h->type == 'F')
+                return gate_verdict(s, gate_frontend(s, 'F', body, avail), total);
+            return gate_verdict(s, gate_oversized(s, h->type, body, avail, h->len), total);
+        }
+        if (buf_unread(&c->in) < total)
+            return 0;
+        return gate_verdict(s, gate_frontend(s, h->type, body, h->len), total);
+    case 'B': {
+        size_t plen = gate_bind_prefix_len(body, avail);
+        if (plen == 0)
+            return avail == h->len || avail >= 4096 ? gate_verdict(s, GATE_MALFORMED, total) : 0;
+        return gate_verdict(s, gate_frontend(s, 'B', body, plen), total);
+    }
+    case 'S':
+        return gate_verdict(s, gate_frontend(s, 'S', body, 0), total);
+    default:
+        return 1;
+    }
+}
+
 static void relay_c2u(session_t *s)
 {
     endpoint_t *c = &s->client, *u = &s->upstream;
@@ -591,6 +671,12 @@ static void relay_c2u(session_t *s)
             size_t n = buf_unread(&c->in) < s->c2u_left ? buf_unread(&c->in) : s->c2u_left;
             pass(c, u, n);
             s->c2u_left -= n;
+            continue;
+        }
+        if (s->c2u_skip > 0) {
+            size_t n = buf_unread(&c->in) < s->c2u_skip ? buf_unread(&c->in) : s->c2u_skip;
+            buf_consume(&c->in, n);
+            s->c2u_skip -= n;
             continue;
         }
         pgw_hdr_t h;
@@ -608,6 +694,13 @@ static void relay_c2u(session_t *s)
             session_close(s, "client terminated");
             return;
         }
+        int g = gate_message(s, &h);
+        if (g < 0)
+            return;
+        if (g == 0)
+            break;
+        if (g == 2)
+            continue;
         size_t total = 5 + (size_t)h.len;
         size_t n = buf_unread(&c->in) < total ? buf_unread(&c->in) : total;
         pass(c, u, n);
@@ -691,6 +784,10 @@ void session_upstream_ready(session_t *s)
 {
     s->state = ST_RELAY;
     ev_timer_stop(s->srv->loop, &s->timer);
+    /* Query and Parse are held whole for the policy, up to max_statement_bytes. */
+    uint64_t hold = s->rt->cfg->max_statement_bytes + 64 * 1024;
+    if (hold > s->client.in.limit)
+        s->client.in.limit = hold;
     if (s->role->end_session_at_token_expiry) {
         double left = (double)s->token_exp - ev_now(s->srv->loop);
         ev_timer_set(&s->expiry, left > 0 ? left : 0., 0.);
@@ -730,12 +827,22 @@ static bool relay_u2c_some(session_t *s)
             return false;
         }
         size_t total = 5 + (size_t)h.len;
-        if (h.type == 'Z') {
+        if ((h.type == 'Z' || h.type == 'E' || h.type == 'C') && total <= MAX_LOGIN_MESSAGE) {
             if (buf_unread(&u->in) < total)
                 break;
+            const uint8_t *body = buf_head(&u->in) + 5;
+            s->last_backend_type = h.type;
+            if (h.type == 'E' && gate_backend_error(s, body, h.len)) {
+                buf_consume(&u->in, total);
+                continue;
+            }
+            if (h.type == 'C')
+                gate_command_complete(s, body, h.len);
             char status;
-            if (pgw_read_ready(buf_head(&u->in) + 5, h.len, &status) == 0)
+            if (h.type == 'Z' && pgw_read_ready(body, h.len, &status) == 0) {
                 s->tx_status = status;
+                gate_ready(s, status);
+            }
         }
         s->last_backend_type = h.type;
         size_t n = buf_unread(&u->in) < total ? buf_unread(&u->in) : total;

@@ -369,11 +369,95 @@ static void forward_whole(session_t *s, const uint8_t *msg, size_t n)
     buf_append(&s->client.out, msg, n);
 }
 
+static void handle_login_error(session_t *s, const uint8_t *body, size_t len);
+
+/* ---- probe: what the policy session needs to resolve names ----------------------- */
+
+/* The client's ReadyForQuery waits until the upstream has said what its
+ * search_path is and which schemas exist (SPEC 5.1: unqualified names resolve
+ * through the session's search_path). */
+static void start_probe(session_t *s)
+{
+    s->probe_status = s->tx_status;
+    s->probe_set = 0;
+    pgw_write_query(&s->upstream.out, "SHOW search_path; "
+                                      "SELECT nspname FROM pg_catalog.pg_namespace");
+    s->ustate = UP_PROBE;
+}
+
+static int probe_row(session_t *s, const uint8_t *body, size_t len)
+{
+    pgw_datarow_t row;
+    const uint8_t *v;
+    int32_t vlen;
+    if (pgw_read_datarow(body, len, &row) < 0 || pgw_values_next(&row.cols, &v, &vlen) != 1 ||
+        vlen < 0)
+        return 0;
+    char *str = strndup((const char *)v, (size_t)vlen);
+    if (!str)
+        return -1;
+    if (s->probe_set == 1) {
+        free(s->probe_search_path);
+        s->probe_search_path = str;
+        return 0;
+    }
+    char **n = realloc(s->probe_schemas, (s->probe_nschemas + 1) * sizeof(char *));
+    if (!n) {
+        free(str);
+        return -1;
+    }
+    s->probe_schemas = n;
+    s->probe_schemas[s->probe_nschemas++] = str;
+    return 0;
+}
+
+static void finish_probe(session_t *s)
+{
+    s->gate = gate_new(s->probe_search_path, credential(s)->user,
+                       (const char *const *)s->probe_schemas, s->probe_nschemas);
+    if (!s->gate) {
+        fail_upstream(s, "out of memory");
+        return;
+    }
+    pgw_write_ready(&s->client.out, s->probe_status);
+    s->ustate = UP_READY;
+}
+
+static void probe_message(session_t *s, char type, const uint8_t *body, size_t len)
+{
+    switch (type) {
+    case 'T':
+        s->probe_set++;
+        break;
+    case 'D':
+        if (probe_row(s, body, len) < 0)
+            fail_upstream(s, "out of memory");
+        break;
+    case 'C':
+    case 'N':
+    case 'S':
+        break;
+    case 'Z':
+        finish_probe(s);
+        break;
+    case 'E':
+        handle_login_error(s, body, len);
+        break;
+    default:
+        fail_upstream(s, "unexpected message while reading the search_path");
+        break;
+    }
+}
+
 /* One whole login-phase message. */
 static void login_message(session_t *s, char type, const uint8_t *msg, size_t total)
 {
     const uint8_t *body = msg + 5;
     size_t len = total - 5;
+    if (s->ustate == UP_PROBE) {
+        probe_message(s, type, body, len);
+        return;
+    }
     switch (type) {
     case 'R':
         handle_auth(s, body, len);
@@ -397,8 +481,7 @@ static void login_message(session_t *s, char type, const uint8_t *msg, size_t to
             fail_upstream(s, "invalid ReadyForQuery");
             return;
         }
-        forward_whole(s, msg, total);
-        s->ustate = UP_READY;
+        start_probe(s);
         break;
     case 'E':
         handle_login_error(s, body, len);
@@ -478,6 +561,7 @@ void upstream_login_io(session_t *s, int revents)
         tls_connect_step(s);
         break;
     case UP_AUTH:
+    case UP_PROBE:
         if (revents & EV_WRITE)
             flush_both(s);
         if (!DEAD(s) && s->state == ST_UPSTREAM_LOGIN && (revents & EV_READ))

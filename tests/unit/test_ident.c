@@ -1,5 +1,6 @@
 /*
- * Unit tests for identity: a table of HS256 tokens, each built here from
+ * Unit tests for identity: a table of HS256 tokens (RS/ES/EdDSA and the shared
+ * case table are in test_ident_tokens.c), each built here from
  * explicit header and payload text with this file's own base64url and HMAC
  * (not the module's), so every forgery case reads as what goes on the wire.
  * BULWARK_TEST_VERBOSE=1 prints every case's status and reason.
@@ -167,9 +168,9 @@ static const tcase_t cases[] = {
     {"hs256_against_jwks_issuer", NULL,
      "{\"iss\":\"https://idp.example.com\",\"sub\":\"svc-agent-7\"," CLAIMS_AFTER_SUB "}", K_DEV,
      .want = IDENT_BAD_ALG},
-    {"rs256_jwks_not_loadable_yet", "{\"alg\":\"RS256\",\"kid\":\"k\"}",
+    {"rs256_jwks_file_not_loaded", "{\"alg\":\"RS256\",\"kid\":\"k\"}",
      "{\"iss\":\"https://idp.example.com\",\"sub\":\"svc-agent-7\"," CLAIMS_AFTER_SUB "}", K_DEV,
-     .want = IDENT_UNKNOWN_KEY},
+     .want = IDENT_UNKNOWN_KEY, .reason = "jwks_file was not loaded"},
     {"jku_header", "{\"alg\":\"HS256\",\"jku\":\"https://evil.example/jwks\"}", GOOD, K_DEV,
      .want = IDENT_UNKNOWN_KEY, .reason = "jku"},
     {"x5u_header", "{\"alg\":\"HS256\",\"x5u\":\"https://evil.example/cert\"}", GOOD, K_DEV,
@@ -380,8 +381,8 @@ static void validates_token_table(void **state)
         ident_t id;
         char reason[256];
         memset(reason, 'Z', sizeof(reason));
-        ident_status_t st = ident_login(&cfg, c->no_role ? NULL : &analyst, tok, strlen(tok), NOW,
-                                        &id, reason, sizeof(reason));
+        ident_status_t st = ident_login(&cfg, NULL, c->no_role ? NULL : &analyst, tok, strlen(tok),
+                                        NOW, &id, reason, sizeof(reason));
         bool ok = st == c->want;
         if (ok && c->reason && !strstr(reason, c->reason))
             ok = false;
@@ -419,7 +420,8 @@ static void returns_verified_identity(void **state)
     ident_t id;
     char reason[128];
     assert_int_equal(
-        ident_login(&cfg, &analyst, tok, strlen(tok), NOW, &id, reason, sizeof(reason)), IDENT_OK);
+        ident_login(&cfg, NULL, &analyst, tok, strlen(tok), NOW, &id, reason, sizeof(reason)),
+        IDENT_OK);
     assert_string_equal(id.subject, "svc-agent-7");
     assert_string_equal(id.issuer, "dev");
     assert_int_equal(id.exp, 1800000600);
@@ -435,11 +437,12 @@ static void returns_verified_identity(void **state)
     char *longer = malloc(len + 2);
     memcpy(longer, tok, len);
     memcpy(longer + len, "x", 2);
-    assert_int_equal(ident_login(&cfg, &analyst, longer, len, NOW, &id, reason, sizeof(reason)),
-                     IDENT_OK);
+    assert_int_equal(
+        ident_login(&cfg, NULL, &analyst, longer, len, NOW, &id, reason, sizeof(reason)), IDENT_OK);
     ident_free(&id);
-    assert_int_equal(ident_login(&cfg, &analyst, longer, len + 1, NOW, &id, reason, sizeof(reason)),
-                     IDENT_SIGNATURE);
+    assert_int_equal(
+        ident_login(&cfg, NULL, &analyst, longer, len + 1, NOW, &id, reason, sizeof(reason)),
+        IDENT_SIGNATURE);
     free(longer);
     free(tok);
 }
@@ -458,7 +461,8 @@ static void signs_tokens_that_verify(void **state)
     ident_t id;
     char reason[128];
     assert_int_equal(
-        ident_login(&cfg, &analyst, tok, strlen(tok), NOW, &id, reason, sizeof(reason)), IDENT_OK);
+        ident_login(&cfg, NULL, &analyst, tok, strlen(tok), NOW, &id, reason, sizeof(reason)),
+        IDENT_OK);
     assert_int_equal(id.exp, 1800000900);
     ident_free(&id);
     free(tok);
@@ -471,6 +475,11 @@ static void names_statuses_and_sqlstates(void **state)
     assert_string_equal(ident_status_name(IDENT_EXPIRED), "expired");
     assert_string_equal(ident_status_name(IDENT_AUDIENCE), "audience");
     assert_string_equal(ident_status_name(IDENT_ROLE_MISMATCH), "role_mismatch");
+    assert_string_equal(ident_status_name(IDENT_TOO_LARGE), "size");
+    assert_string_equal(ident_status_name(IDENT_UNKNOWN_ISSUER), "issuer");
+    assert_string_equal(ident_status_name(IDENT_UNKNOWN_KEY), "unknown_key");
+    assert_string_equal(ident_status_name(IDENT_SIGNATURE), "signature");
+    assert_string_equal(ident_status_name(IDENT_KEY_PENDING), "key_pending");
     assert_string_equal(ident_status_name((ident_status_t)99), "unknown");
     for (int s = IDENT_MALFORMED; s < IDENT_ROLE_MISMATCH; s++)
         assert_string_equal(ident_status_sqlstate((ident_status_t)s), "28P01");
