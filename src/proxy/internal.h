@@ -84,6 +84,7 @@ typedef enum {
     ST_STARTUP,        /* reading the startup packet (maybe after TLS) */
     ST_TLS_ACCEPT,     /* client TLS handshake */
     ST_PASSWORD,       /* asked for the token, waiting for 'p' */
+    ST_KEY_PENDING,    /* the token's key is being fetched (jwks_url) */
     ST_UPSTREAM_LOGIN, /* connecting and authenticating upstream */
     ST_RELAY,          /* session running */
     ST_CLOSING,        /* flushing a final message to the client, then close */
@@ -115,6 +116,8 @@ struct session {
     ev_timer timer;              /* login timeout, then close-flush timeout */
     ev_timer expiry;             /* end_session_at_token_expiry */
     int64_t token_exp;           /* the token's exp, seconds since the epoch */
+    char *pending_token;         /* ST_KEY_PENDING: the token, wiped when done */
+    size_t pending_token_len;
     char peer[64];
     bool client_tls;
     bool client_paused, upstream_paused;
@@ -167,6 +170,11 @@ struct server {
     ev_idle reaper;
     struct resolver *resolver;
     policy_cache_t *policy_cache; /* parse cache of this loop */
+    struct ident_keystore *keystore; /* jwks_url keys, fetched by a worker */
+    ev_async keys_w;                 /* the keystore's notify */
+    ev_stat *watches;                /* files of the current config */
+    size_t nwatches;
+    ev_timer reload_delay;           /* debounce file changes */
 };
 
 #define CANCEL_BUCKETS 4096
@@ -188,6 +196,7 @@ void session_close(session_t *s, const char *reason);
 /* Upstream login finished (upstream.c → session.c). */
 void session_upstream_ready(session_t *s);
 void session_update_watchers(session_t *s);
+void session_try_login(session_t *s, const char *tok, size_t toklen);
 void session_flush_client(session_t *s);
 void upstream_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 void session_free(session_t *s);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "identity/ident.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
 #include "proxy/proxy.h"
@@ -365,9 +366,11 @@ static void on_sigint(struct ev_loop *loop, ev_signal *w, int revents)
         end_all_sessions(srv);
 }
 
-static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
+static void watch_files(server_t *srv);
+
+static void reload(server_t *srv, const char *why)
 {
-    server_t *srv = w->data;
+    log_event(LOG_INFO, "reloading", "cause=%s", why);
     runtime_t *rt = load_runtime(srv->config_path);
     if (!rt) {
         log_event(LOG_ERROR, "reload_failed", "config=%s keeping=previous", srv->config_path);
@@ -376,10 +379,79 @@ static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
     if (strcmp(rt->cfg->listen_host, srv->rt->cfg->listen_host) ||
         rt->cfg->listen_port != srv->rt->cfg->listen_port)
         log_event(LOG_WARN, "reload_listen_unchanged", "reason=\"listen needs a restart\"");
-    runtime_release(srv->rt);
+    runtime_t *old = srv->rt;
     srv->rt = rt;
+    watch_files(srv); /* before the old config (holding the old paths) may go */
+    runtime_release(old);
+    ident_keystore_sync(srv->keystore, rt->cfg);
     log_event(LOG_INFO, "reloaded", "roles=%zu targets=%zu", rt->cfg->n_roles,
               rt->cfg->n_targets);
+}
+
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    reload(w->data, "SIGHUP");
+}
+
+/* ---- file changes: key, secret and password rotation without a restart ---------- */
+
+static void reload_delay_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    reload(t->data, "file_changed");
+}
+
+static void file_changed(struct ev_loop *loop, ev_stat *w, int revents)
+{
+    server_t *srv = w->data;
+    /* A rotation often writes several files; take them in one reload. */
+    ev_timer_stop(loop, &srv->reload_delay);
+    ev_timer_set(&srv->reload_delay, 0.2, 0.);
+    ev_timer_start(loop, &srv->reload_delay);
+}
+
+static void unwatch_files(server_t *srv)
+{
+    for (size_t i = 0; i < srv->nwatches; i++)
+        ev_stat_stop(srv->loop, &srv->watches[i]);
+    free(srv->watches);
+    srv->watches = NULL;
+    srv->nwatches = 0;
+}
+
+/* ev_stat keeps a pointer to the path: the paths live in the current cfg,
+ * which outlives the watchers (they are rebuilt at every reload). */
+static void watch_files(server_t *srv)
+{
+    unwatch_files(srv);
+    const char *const *files;
+    size_t n = cfg_watch_files(srv->rt->cfg, &files);
+    srv->watches = calloc(n ? n : 1, sizeof(ev_stat));
+    if (!srv->watches)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        ev_stat_init(&srv->watches[i], file_changed, files[i], 1.0);
+        srv->watches[i].data = srv;
+        ev_stat_start(srv->loop, &srv->watches[i]);
+    }
+    srv->nwatches = n;
+}
+
+/* ---- the key store's notify: logins waiting on a JWKS fetch go on ------------------ */
+
+static void keys_notify(void *arg)
+{
+    server_t *srv = arg; /* worker thread: only the async send */
+    ev_async_send(srv->loop, &srv->keys_w);
+}
+
+static void keys_ready(struct ev_loop *loop, ev_async *w, int revents)
+{
+    server_t *srv = w->data;
+    for (session_t *s = srv->sessions, *next; s; s = next) {
+        next = s->next;
+        if (s->state == ST_KEY_PENDING)
+            session_try_login(s, s->pending_token, s->pending_token_len);
+    }
 }
 
 /* ---- entry point ------------------------------------------------------------------ */
@@ -398,9 +470,15 @@ int proxy_serve(const char *config_path)
     srv.cancel_map = calloc(CANCEL_BUCKETS, sizeof(session_t *));
     srv.resolver = resolver_new(srv.loop);
     srv.policy_cache = policy_cache_new(POLICY_CACHE_ENTRIES, POLICY_CACHE_BYTES);
-    if (!srv.cancel_map || !srv.resolver || !srv.policy_cache ||
+    ev_async_init(&srv.keys_w, keys_ready);
+    srv.keys_w.data = &srv;
+    ev_async_start(srv.loop, &srv.keys_w);
+    srv.keystore = ident_keystore_new(keys_notify, &srv);
+    if (!srv.cancel_map || !srv.resolver || !srv.policy_cache || !srv.keystore ||
         open_listener(&srv, srv.rt->cfg) < 0) {
         policy_cache_free(srv.policy_cache);
+        if (srv.keystore)
+            ident_keystore_free(srv.keystore);
         runtime_release(srv.rt);
         free(srv.cancel_map);
         resolver_free(srv.resolver);
@@ -415,6 +493,10 @@ int proxy_serve(const char *config_path)
     ev_signal_init(&srv.sig_hup, on_sighup, SIGHUP);
     srv.listen_w.data = srv.accept_pause.data = srv.grace.data = srv.reaper.data = &srv;
     srv.sig_term.data = srv.sig_int.data = srv.sig_hup.data = &srv;
+    ev_timer_init(&srv.reload_delay, reload_delay_cb, 0.2, 0.);
+    srv.reload_delay.data = &srv;
+    ident_keystore_sync(srv.keystore, srv.rt->cfg);
+    watch_files(&srv);
     ev_io_start(srv.loop, &srv.listen_w);
     ev_signal_start(srv.loop, &srv.sig_term);
     ev_signal_start(srv.loop, &srv.sig_int);
@@ -431,6 +513,10 @@ int proxy_serve(const char *config_path)
     close_listener(&srv);
     reaper_cb(srv.loop, &srv.reaper, 0);
     ev_timer_stop(srv.loop, &srv.grace);
+    unwatch_files(&srv);
+    ev_timer_stop(srv.loop, &srv.reload_delay);
+    ident_keystore_free(srv.keystore);
+    ev_async_stop(srv.loop, &srv.keys_w);
     resolver_free(srv.resolver);
     free(srv.cancel_map);
     runtime_release(srv.rt);

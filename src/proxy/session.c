@@ -31,6 +31,7 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void expiry_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void client_readable(session_t *s);
 static void client_process(session_t *s);
+static void forget_token(session_t *s);
 static void relay_c2u(session_t *s);
 static void relay_u2c(session_t *s);
 
@@ -104,6 +105,7 @@ void session_free(session_t *s)
 {
     buf_free(&s->params);
     gate_free(s->gate);
+    forget_token(s);
     free(s->role_name);
     free(s->target_name);
     free(s->subject);
@@ -550,23 +552,54 @@ static void process_password(session_t *s)
         session_fail(s, "FATAL", "08P01", "bulwark: invalid password packet");
         return;
     }
+    session_try_login(s, tok, toklen);
+    OPENSSL_cleanse(body, h.len);
+    if (!DEAD(s))
+        buf_consume(&s->client.in, 5 + (size_t)h.len);
+}
+
+static void forget_token(session_t *s)
+{
+    if (s->pending_token) {
+        OPENSSL_cleanse(s->pending_token, s->pending_token_len);
+        free(s->pending_token);
+        s->pending_token = NULL;
+    }
+}
+
+/* Validate the token; on IDENT_KEY_PENDING keep a copy and wait in
+ * ST_KEY_PENDING for the key store's notify (server.c calls this again). */
+void session_try_login(session_t *s, const char *tok, size_t toklen)
+{
     ident_t id;
     memset(&id, 0, sizeof(id));
     char reason[256] = "";
-    ident_status_t st =
-        ident_login(s->rt->cfg, NULL, s->role, tok, toklen, (int64_t)time(NULL), &id, reason, sizeof(reason));
-    OPENSSL_cleanse(body, h.len);
-    buf_consume(&s->client.in, 5 + (size_t)h.len);
+    ident_status_t st = ident_login(s->rt->cfg, s->srv->keystore, s->role, tok, toklen,
+                                    (int64_t)time(NULL), &id, reason, sizeof(reason));
+    if (st == IDENT_KEY_PENDING) {
+        if (!s->pending_token && !(s->pending_token = malloc(toklen + 1))) {
+            session_fail(s, "FATAL", "53200", "bulwark: out of memory");
+            return;
+        }
+        if (tok != s->pending_token)
+            memcpy(s->pending_token, tok, toklen);
+        s->pending_token_len = toklen;
+        s->state = ST_KEY_PENDING;
+        session_update_watchers(s);
+        return;
+    }
     char q[300];
     if (st != IDENT_OK) {
         log_event(LOG_WARN, "login_failed", "session=%s peer=%s role=%s reason=%s detail=%s",
                   s->id, s->peer, s->role_name, ident_status_name(st),
                   log_q(q, sizeof(q), reason));
         ident_free(&id);
+        forget_token(s);
         session_fail(s, "FATAL", ident_status_sqlstate(st),
                      "bulwark: authentication failed for role \"%s\": %s", s->role_name, reason);
         return;
     }
+    forget_token(s);
     s->subject = strdup(id.subject ? id.subject : "");
     s->token_exp = id.exp;
     ident_free(&id);
