@@ -552,10 +552,20 @@ static void process_password(session_t *s)
         session_fail(s, "FATAL", "08P01", "bulwark: invalid password packet");
         return;
     }
-    session_try_login(s, tok, toklen);
+    /* Take the token out of the input buffer (and wipe it there) before the
+     * login may end the session and free that buffer. */
+    char *copy = malloc(toklen + 1);
+    if (copy)
+        memcpy(copy, tok, toklen + 1);
     OPENSSL_cleanse(body, h.len);
-    if (!DEAD(s))
-        buf_consume(&s->client.in, 5 + (size_t)h.len);
+    buf_consume(&s->client.in, 5 + (size_t)h.len);
+    if (!copy) {
+        session_fail(s, "FATAL", "53200", "bulwark: out of memory");
+        return;
+    }
+    session_try_login(s, copy, toklen);
+    OPENSSL_cleanse(copy, toklen);
+    free(copy);
 }
 
 static void forget_token(session_t *s)
