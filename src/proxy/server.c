@@ -370,7 +370,7 @@ static void watch_files(server_t *srv);
 
 static void reload(server_t *srv, const char *why)
 {
-    log_event(LOG_INFO, "reloading", "cause=%s", why);
+    log_event(LOG_INFO, "reloading", "trigger=%s", why);
     runtime_t *rt = load_runtime(srv->config_path);
     if (!rt) {
         log_event(LOG_ERROR, "reload_failed", "config=%s keeping=previous", srv->config_path);

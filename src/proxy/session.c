@@ -594,6 +594,9 @@ void session_try_login(session_t *s, const char *tok, size_t toklen)
         if (tok != s->pending_token)
             memcpy(s->pending_token, tok, toklen);
         s->pending_token_len = toklen;
+        if (s->state != ST_KEY_PENDING)
+            log_event(LOG_INFO, "login_waiting_for_keys", "session=%s role=%s", s->id,
+                      s->role_name);
         s->state = ST_KEY_PENDING;
         session_update_watchers(s);
         return;
