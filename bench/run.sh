@@ -187,7 +187,7 @@ TOKEN=$("$BIN" token --secret-file "$WORK/bulwark/bench.hs256" --iss bench --aud
 say "starting Bulwark on 127.0.0.1:$GW_PORT"
 "$BIN" serve -c "$WORK/bulwark/bulwark.json" 2>"$WORK/bulwark/bulwark.log" &
 BULWARK_PID=$!
-for _ in $(seq 100); do
+for _ in $(seq 200); do
     grep -q 'event=listening' "$WORK/bulwark/bulwark.log" 2>/dev/null && break
     kill -0 "$BULWARK_PID" 2>/dev/null || break
     sleep 0.1
@@ -227,10 +227,11 @@ run_stream() {
         echo NA
     fi
 }
-median() {   # median of the numeric arguments; NA if none
+median() {   # median FORMAT VALUE...: median of the numeric values, printed with FORMAT; NA if none
+    local fmt=$1; shift
     printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g |
-        awk '{ v[NR] = $1 } END { if (!NR) print "NA"; else if (NR % 2) print v[(NR + 1) / 2];
-                                  else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+        awk -v fmt="$fmt\n" '{ v[NR] = $1 } END { if (!NR) print "NA"; else if (NR % 2) printf fmt, v[(NR + 1) / 2];
+                                                  else printf fmt, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 # run_case KIND ARGS...: rounds of all three targets, rotated; sets MED[target]
 declare -A MED
@@ -249,7 +250,7 @@ run_case() {
     done
     for t in "${TARGETS[@]}"; do
         # shellcheck disable=SC2086
-        MED[$t]=$(median ${vals[$t]})
+        MED[$t]=$(median "$([ "$kind" = pgbench ] && echo %.0f || echo %.2f)" ${vals[$t]})
     done
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f\n", a / b }'; }

@@ -128,12 +128,12 @@ TOKEN=$("$BIN" token --secret-file "$DEMO/secrets/demo.hs256" --iss demo --aud b
 LOG=$DEMO/bulwark.log
 "$BIN" serve -c "$DEMO/bulwark.json" 2>"$LOG" &
 BULWARK_PID=$!
-for _ in $(seq 100); do
+for _ in $(seq 200); do
     grep -q 'event=listening' "$LOG" 2>/dev/null && break
     kill -0 "$BULWARK_PID" 2>/dev/null || { cat "$LOG" >&2; die "bulwark serve exited during startup"; }
     sleep 0.1
 done
-grep -q 'event=listening' "$LOG" || { cat "$LOG" >&2; die "bulwark serve did not report event=listening within 10s"; }
+grep -q 'event=listening' "$LOG" || { cat "$LOG" >&2; die "bulwark serve did not report event=listening within 20s"; }
 
 PSQL_URI="postgresql://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=verify-full&sslrootcert=$DEMO/certs/ca.crt"
 SA_URI="postgresql+psycopg2://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=require"
@@ -170,8 +170,12 @@ cat <<EOF
 
     $BIN token --secret-file $DEMO/secrets/demo.hs256 --iss demo --aud bulwark --sub langchain-1
 
-  Note: this build authenticates the token and holds the database password, but the
-  policy's rules and masks are only validated so far: enforcing them is planned.
+  Try what the analyst may not do: DELETE FROM orders; SELECT * FROM internal.api_keys;
+  SELECT pg_read_file('/etc/passwd'). Each is refused, naming the rule. The policy's
+  masks are validated but not applied yet (planned), so PII still shows in results.
+  What would the gateway do with a statement?
+
+    $BIN explain -c $DEMO/bulwark.json --role analyst "DELETE FROM orders"
 
   Gateway log follows. Ctrl-C stops everything and removes $DEMO.
 

@@ -680,8 +680,17 @@ static int span_cmp(const void *a, const void *b)
    methods differ is marked DET_MIXED (masked with redact). */
 static void spans_normalize(const mask_rules_t *r, mask_scratch_t *s)
 {
-    if (s->nspans > 1)
+    if (s->nspans > 16) {
         qsort(s->spans, s->nspans, sizeof(*s->spans), span_cmp);
+    } else { /* usually a handful, nearly sorted: insertion sort */
+        for (size_t i = 1; i < s->nspans; i++) {
+            mask_span_t x = s->spans[i];
+            size_t j = i;
+            for (; j > 0 && span_cmp(&s->spans[j - 1], &x) > 0; j--)
+                s->spans[j] = s->spans[j - 1];
+            s->spans[j] = x;
+        }
+    }
     size_t w = 0;
     for (size_t i = 0; i < s->nspans; i++) {
         mask_span_t x = s->spans[i];
@@ -713,17 +722,36 @@ static bool ensure_scratch(const mask_rules_t *r, mask_scratch_t *s)
     return true;
 }
 
+/* Values closer than this share one hs_scan call; farther apart (masked or
+   non-text columns in between), each group gets its own: a call costs about
+   as much as scanning this many bytes, and the bytes between would only feed
+   matches that fall outside every region. */
+#define SCAN_GAP 48
+
+static int scan_range(const mask_rules_t *r, mask_scratch_t *s, const uint8_t *data, size_t lo,
+                      size_t hi)
+{
+    s->scan_off = lo;
+    hs_error_t rc =
+        hs_scan(r->db, (const char *)data + lo, (unsigned)(hi - lo), 0, s->hs, on_match, s);
+    if (rc == HS_INVALID) { /* scratch built for another database at the same address */
+        s->hs_for = NULL;
+        if (!ensure_scratch(r, s))
+            return -1;
+        rc = hs_scan(r->db, (const char *)data + lo, (unsigned)(hi - lo), 0, s->hs, on_match, s);
+    }
+    return (rc != HS_SUCCESS && rc != HS_SCAN_TERMINATED) || s->failed ? -1 : 0;
+}
+
 int mask_detect(const mask_rules_t *r, mask_scratch_t *s, const uint8_t *data, size_t n,
                 const mask_region_t *regions, size_t nregions)
 {
     s->nspans = 0;
     if (!r->db || !nregions)
         return 0;
-    size_t lo = regions[0].start, hi = regions[nregions - 1].end;
-    if (hi > n || lo > hi || hi - lo > 0xffffffffu)
+    if (regions[nregions - 1].end > n || regions[0].start > regions[nregions - 1].end ||
+        n > 0xffffffffu)
         return -1;
-    if (hi == lo)
-        return 0;
     if (!ensure_scratch(r, s))
         return -1;
     if (s->regions != regions) {
@@ -735,20 +763,14 @@ int mask_detect(const mask_rules_t *r, mask_scratch_t *s, const uint8_t *data, s
     memset(s->done, 0, sizeof(s->done));
     s->rules = r;
     s->base = data;
-    s->scan_off = lo;
     s->failed = false;
-    hs_error_t rc =
-        hs_scan(r->db, (const char *)data + lo, (unsigned)(hi - lo), 0, s->hs, on_match, s);
-    if (rc == HS_INVALID) { /* scratch built for another database at the same address */
-        s->hs_for = NULL;
-        if (!ensure_scratch(r, s))
+    for (size_t i = 0; i < nregions;) {
+        size_t lo = s->regions[i].start, hi = s->regions[i].end;
+        for (i++; i < nregions && s->regions[i].start <= hi + SCAN_GAP; i++)
+            hi = s->regions[i].end;
+        if (hi > lo && scan_range(r, s, data, lo, hi) < 0)
             return -1;
-        s->nspans = 0;
-        memset(s->done, 0, sizeof(s->done));
-        rc = hs_scan(r->db, (const char *)data + lo, (unsigned)(hi - lo), 0, s->hs, on_match, s);
     }
-    if ((rc != HS_SUCCESS && rc != HS_SCAN_TERMINATED) || s->failed)
-        return -1;
     spans_normalize(r, s);
     return (int)s->nspans;
 }

@@ -47,8 +47,23 @@ typedef struct refused {
     char *message;
 } refused_t;
 
+/* Allowed prepared statements (for the audit: which STATEMENT record an
+ * Execute belongs to) and the portals bound to them. */
+typedef struct named {
+    struct named *next;
+    char *name;
+    uint64_t seq;
+    cJSON *params; /* portals: the Bind values, for the RESULT record */
+} named_t;
+
+#define STMT_BUCKETS 256
+#define GATE_MAX_NAMED 100000
+
 struct gate {
     policy_session_t *ps;
+    named_t *stmts[STMT_BUCKETS];
+    size_t nstmts;
+    named_t *portals;
     char nonce[17];
     uint32_t next_n;
     uint64_t syncs_sent, syncs_recv;
@@ -77,6 +92,71 @@ fail:
     return NULL;
 }
 
+static void named_free(named_t *n)
+{
+    free(n->name);
+    cJSON_Delete(n->params);
+    free(n);
+}
+
+static void named_clear(named_t **list)
+{
+    for (named_t *n = *list, *next; n; n = next) {
+        next = n->next;
+        named_free(n);
+    }
+    *list = NULL;
+}
+
+static named_t **named_find(named_t **list, const char *name)
+{
+    while (*list && strcmp((*list)->name, name))
+        list = &(*list)->next;
+    return list;
+}
+
+static named_t **stmt_bucket(gate_t *g, const char *name)
+{
+    uint32_t h = 2166136261u;
+    for (const char *c = name; *c; c++)
+        h = (h ^ (uint8_t)*c) * 16777619u;
+    return &g->stmts[h % STMT_BUCKETS];
+}
+
+/* Replace (or drop, with seq 0) what is known under `name`. */
+static int named_set(named_t **list, const char *name, uint64_t seq, cJSON *params, size_t *count)
+{
+    named_t **p = named_find(list, name);
+    if (*p) {
+        named_t *old = *p;
+        *p = old->next;
+        named_free(old);
+        if (count)
+            (*count)--;
+    }
+    if (!seq) {
+        cJSON_Delete(params);
+        return 0;
+    }
+    if (count && *count >= GATE_MAX_NAMED) {
+        cJSON_Delete(params);
+        return -1;
+    }
+    named_t *n = calloc(1, sizeof(*n));
+    if (!n || !(n->name = strdup(name))) {
+        free(n);
+        cJSON_Delete(params);
+        return -1;
+    }
+    n->seq = seq;
+    n->params = params;
+    n->next = *list;
+    *list = n;
+    if (count)
+        (*count)++;
+    return 0;
+}
+
 static void sentinel_pop(gate_t *g)
 {
     free(g->q[g->qhead].message);
@@ -96,6 +176,9 @@ void gate_free(gate_t *g)
         free(r->message);
         free(r);
     }
+    for (size_t i = 0; i < STMT_BUCKETS; i++)
+        named_clear(&g->stmts[i]);
+    named_clear(&g->portals);
     policy_session_free(g->ps);
     free(g);
 }
@@ -174,46 +257,137 @@ static int send_sentinel(session_t *s, char kind, const char *stmt, const char *
 static void log_refusal(session_t *s, const char *what, const policy_result_t *r)
 {
     char q[400];
-    log_event(LOG_INFO, "statement_refused", "session=%s role=%s message_type=%s sqlstate=%s rule=%s reason=%s",
-              s->id, s->role_name, what, r->sqlstate[0] ? r->sqlstate : "42501",
-              r->rule ? r->rule : "-", log_q(q, sizeof(q), r->message ? r->message : ""));
+    log_event(LOG_INFO, "statement_refused",
+              "session=%s role=%s message_type=%s sqlstate=%s rule=%s reason=%s", s->id,
+              s->role_name, what, r->sqlstate[0] ? r->sqlstate : "42501", r->rule ? r->rule : "-",
+              log_q(q, sizeof(q), r->message ? r->message : ""));
 }
 
-/* Decide one query string. 1 = allowed (effects applied), 0 = refused (out
- * holds what the client must see), -1 = out of memory. */
-static int decide(session_t *s, const char *what, const char *sql, size_t len,
-                  policy_result_t *r)
+static const char *decision_name(policy_decision_t d)
+{
+    return d == POLICY_ALLOW ? "allow" : d == POLICY_REVIEW ? "review" : "deny";
+}
+
+#define AUDIT_REFUSED_MSG "bulwark: the audit store cannot record this statement; refused (audit.on_failure is deny)"
+
+/* A decided statement: record it, then refuse it, hold it, or let it go.
+ * kind 'Q' or 'P' (stmt: the Parse's statement name). */
+typedef struct decided {
+    char kind;
+    const char *stmt;
+    const char *sql;
+    policy_result_t r;
+} decided_t;
+
+static gate_verdict_t refuse(session_t *s, const decided_t *d, const char *sqlstate,
+                             const char *message, int position, uint64_t seq)
+{
+    gate_t *g = s->gate;
+    int rc = 0;
+    if (d->kind == 'P')
+        rc = refused_remember(g, d->stmt, message ? message : "refused");
+    if (rc == 0)
+        rc = send_sentinel(s, d->kind, d->stmt, sqlstate, message, position);
+    if (d->kind == 'P')
+        named_set(stmt_bucket(g, d->stmt), d->stmt, 0, NULL, &g->nstmts);
+    rec_refused_result(s, seq, sqlstate, message);
+    return rc < 0 ? GATE_FAILED : GATE_REPLACED;
+}
+
+/* What happens once an allowed statement goes upstream. */
+static gate_verdict_t allowed(session_t *s, char kind, const char *stmt, uint64_t seq)
+{
+    gate_t *g = s->gate;
+    if (kind == 'Q') {
+        rec_inflight_push(s, seq, 'Q', g->syncs_sent, NULL);
+        return GATE_FORWARD;
+    }
+    refused_forget(g, stmt);
+    if (s->srv->audit && named_set(stmt_bucket(g, stmt), stmt, seq, NULL, &g->nstmts) < 0)
+        return GATE_FAILED;
+    return GATE_FORWARD;
+}
+
+static gate_verdict_t settle(session_t *s, decided_t *d)
+{
+    policy_result_t *r = &d->r;
+    bool ok = r->decision == POLICY_ALLOW;
+    if (!ok)
+        log_refusal(s, d->kind == 'Q' ? "Query" : "Parse", r);
+    rec_stmt_t st = {.protocol = d->kind == 'Q' ? "simple" : "extended",
+                     .sql = d->sql,
+                     .decision = decision_name(r->decision),
+                     .rule = r->rule,
+                     .message = r->message,
+                     .writes = r->writes,
+                     .refused = !ok};
+    uint64_t seq;
+    bool wait;
+    int rc = rec_statement(s, &st, &seq, &wait);
+    if (!ok)
+        return refuse(s, d, r->sqlstate, r->message, r->cursorpos, seq);
+    if (rc < 0 && !s->rt->cfg->audit.on_failure_allow)
+        return refuse(s, d, "58030", AUDIT_REFUSED_MSG, 0, 0);
+    if (wait) {
+        s->holding = true;
+        s->hold_seq = seq;
+        return GATE_HOLD;
+    }
+    return allowed(s, d->kind, d->stmt, seq);
+}
+
+/* Decide one query string (the statement of a Parse, or a Query's text). */
+static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
 {
     const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
-    if (!role)
-        return -1;
-    if (policy_check(role, s->srv->policy_cache, s->gate->ps, sql, len, r) < 0)
-        return -1;
-    if (r->decision == POLICY_ALLOW) {
-        policy_session_apply(s->gate->ps, r);
-        return 1;
+    if (!role || policy_check(role, s->srv->policy_cache, s->gate->ps, d->sql, len, &d->r) < 0)
+        return GATE_FAILED;
+    if (d->r.decision == POLICY_ALLOW)
+        policy_session_apply(s->gate->ps, &d->r);
+    return settle(s, d);
+}
+
+/* The message at the input's head waited for its record to be durable. */
+gate_verdict_t gate_resume(session_t *s, char type, const uint8_t *body, size_t len)
+{
+    if (!rec_durable(s, s->hold_seq)) {
+        if (!rec_failing(s) || s->rt->cfg->audit.on_failure_allow)
+            return GATE_HOLD;
+        /* SPEC 3 on_failure deny: what cannot be recorded does not run. */
+        s->holding = false;
+        decided_t d = {.kind = type == 'Q' ? 'Q' : 'P', .stmt = ""};
+        pgw_parse_t p;
+        if (type == 'P' && pgw_read_parse(body, len, &p) == 0)
+            d.stmt = p.stmt;
+        gate_verdict_t v = refuse(s, &d, "58030", AUDIT_REFUSED_MSG, 0, s->hold_seq);
+        if (type == 'Q')
+            s->gate->syncs_sent++;
+        return v;
     }
-    log_refusal(s, what, r);
-    return 0;
+    s->holding = false;
+    gate_verdict_t v = GATE_FORWARD;
+    if (type == 'Q') {
+        v = allowed(s, 'Q', NULL, s->hold_seq);
+        s->gate->syncs_sent++;
+    } else {
+        pgw_parse_t p;
+        v = pgw_read_parse(body, len, &p) < 0 ? GATE_MALFORMED
+                                              : allowed(s, 'P', p.stmt, s->hold_seq);
+    }
+    return v;
 }
 
 /* ---- frontend messages ---------------------------------------------------------- */
 
 static gate_verdict_t on_query(session_t *s, const uint8_t *body, size_t len)
 {
-    const char *sql;
-    if (pgw_read_query(body, len, &sql) < 0)
+    decided_t d = {.kind = 'Q'};
+    if (pgw_read_query(body, len, &d.sql) < 0)
         return GATE_MALFORMED;
-    policy_result_t r;
-    int d = decide(s, "Query", sql, strlen(sql), &r);
-    gate_verdict_t v = GATE_FORWARD;
-    if (d < 0)
-        v = GATE_FAILED;
-    else if (d == 0 && send_sentinel(s, 'Q', NULL, r.sqlstate, r.message, r.cursorpos) < 0)
-        v = GATE_FAILED;
-    else if (d == 0)
-        v = GATE_REPLACED;
-    policy_result_free(&r);
+    gate_verdict_t v = decide(s, &d, strlen(d.sql));
+    policy_result_free(&d.r);
+    if (v != GATE_HOLD)
+        s->gate->syncs_sent++;
     return v;
 }
 
@@ -222,42 +396,85 @@ static gate_verdict_t on_parse(session_t *s, const uint8_t *body, size_t len)
     pgw_parse_t p;
     if (pgw_read_parse(body, len, &p) < 0)
         return GATE_MALFORMED;
-    policy_result_t r;
-    int d = decide(s, "Parse", p.sql, p.sql_len, &r);
-    gate_verdict_t v = GATE_FORWARD;
-    if (d < 0) {
-        v = GATE_FAILED;
-    } else if (d == 1) {
-        refused_forget(s->gate, p.stmt);
-    } else if (refused_remember(s->gate, p.stmt, r.message ? r.message : "refused") < 0 ||
-               send_sentinel(s, 'P', p.stmt, r.sqlstate, r.message, r.cursorpos) < 0) {
-        v = GATE_FAILED;
-    } else {
-        v = GATE_REPLACED;
-    }
-    policy_result_free(&r);
+    decided_t d = {.kind = 'P', .stmt = p.stmt, .sql = p.sql};
+    gate_verdict_t v = decide(s, &d, p.sql_len);
+    policy_result_free(&d.r);
     return v;
 }
 
-/* Bind names its statement before its (maybe huge) parameters: `prefix` holds
- * at least the portal and statement names. */
-static gate_verdict_t on_bind(session_t *s, const uint8_t *prefix, size_t n)
+/* Bind values for the RESULT record: text as is, binary as hex. */
+static cJSON *bind_params(const uint8_t *body, size_t len)
 {
-    const char *portal = (const char *)prefix;
+    pgw_bind_t b;
+    if (pgw_read_bind(body, len, &b) < 0)
+        return NULL;
+    cJSON *arr = cJSON_CreateArray();
+    const uint8_t *v;
+    int32_t vlen;
+    pgw_iter_t it = b.params;
+    for (unsigned i = 0; pgw_values_next(&it, &v, &vlen) == 1; i++) {
+        if (vlen < 0) {
+            cJSON_AddItemToArray(arr, cJSON_CreateNull());
+            continue;
+        }
+        char *str;
+        if (pgw_format_of(&b.param_formats, i) == PGW_FMT_BINARY) {
+            str = malloc(2 * (size_t)vlen + 3);
+            if (str) {
+                strcpy(str, "\\x");
+                for (int32_t k = 0; k < vlen; k++)
+                    snprintf(str + 2 + 2 * k, 3, "%02x", v[k]);
+            }
+        } else {
+            str = strndup((const char *)v, (size_t)vlen);
+        }
+        cJSON_AddItemToArray(arr, str ? cJSON_CreateString(str) : cJSON_CreateNull());
+        free(str);
+    }
+    return arr;
+}
+
+/* Bind names its statement before its (maybe huge) parameters: body holds at
+ * least the two names, and the whole message when whole is true. */
+static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool whole)
+{
+    const char *portal = (const char *)body;
     size_t pl = strnlen(portal, n);
     if (pl == n)
         return GATE_MALFORMED;
     const char *stmt = portal + pl + 1;
     if (strnlen(stmt, n - pl - 1) == n - pl - 1)
         return GATE_MALFORMED;
-    refused_t *r = *refused_find(s->gate, stmt);
-    if (!r)
-        return GATE_FORWARD;
-    char msg[600];
-    snprintf(msg, sizeof(msg), "%s", r->message);
-    char name[96];
-    snprintf(name, sizeof(name), SENTINEL_PREFIX "%s", s->gate->nonce);
-    return send_sentinel(s, 'P', name, "42501", msg, 0) < 0 ? GATE_FAILED : GATE_SKIP;
+    gate_t *g = s->gate;
+    refused_t *r = *refused_find(g, stmt);
+    if (r) {
+        char msg[600];
+        snprintf(msg, sizeof(msg), "%s", r->message);
+        char name[96];
+        snprintf(name, sizeof(name), SENTINEL_PREFIX "%s", g->nonce);
+        return send_sentinel(s, 'P', name, "42501", msg, 0) < 0 ? GATE_FAILED : GATE_SKIP;
+    }
+    named_t *st = *named_find(stmt_bucket(g, stmt), stmt);
+    if (st && s->srv->audit) {
+        cJSON *params = whole ? bind_params(body, n) : NULL;
+        if (!whole)
+            params = cJSON_CreateString("(not captured: Bind larger than 64 KiB)");
+        if (named_set(&g->portals, portal, st->seq, params, NULL) < 0)
+            return GATE_FAILED;
+    }
+    return GATE_FORWARD;
+}
+
+static gate_verdict_t on_execute(session_t *s, const uint8_t *body, size_t len)
+{
+    const char *portal = (const char *)body;
+    if (!len || strnlen(portal, len) == len)
+        return GATE_MALFORMED;
+    named_t *p = *named_find(&s->gate->portals, portal);
+    if (p)
+        rec_inflight_push(s, p->seq, 'E', s->gate->syncs_sent,
+                          p->params ? cJSON_Duplicate(p->params, true) : NULL);
+    return GATE_FORWARD;
 }
 
 static gate_verdict_t on_close(session_t *s, const uint8_t *body, size_t len)
@@ -265,8 +482,12 @@ static gate_verdict_t on_close(session_t *s, const uint8_t *body, size_t len)
     pgw_target_t t;
     if (pgw_read_close(body, len, &t) < 0)
         return GATE_MALFORMED;
-    if (t.kind == 'S')
+    if (t.kind == 'S') {
         refused_forget(s->gate, t.name);
+        named_set(stmt_bucket(s->gate, t.name), t.name, 0, NULL, &s->gate->nstmts);
+    } else {
+        named_set(&s->gate->portals, t.name, 0, NULL, NULL);
+    }
     return GATE_FORWARD;
 }
 
@@ -287,14 +508,12 @@ size_t gate_bind_prefix_len(const uint8_t *body, size_t avail)
     return b ? (size_t)(b + 1 - body) : 0;
 }
 
-gate_verdict_t gate_frontend(session_t *s, char type, const uint8_t *body, size_t len)
+gate_verdict_t gate_frontend(session_t *s, char type, const uint8_t *body, size_t len, bool whole)
 {
     gate_verdict_t v;
     switch (type) {
     case 'Q':
-        v = on_query(s, body, len);
-        s->gate->syncs_sent++;
-        return v;
+        return on_query(s, body, len);
     case 'F':
         v = on_function_call(s);
         s->gate->syncs_sent++;
@@ -302,7 +521,9 @@ gate_verdict_t gate_frontend(session_t *s, char type, const uint8_t *body, size_
     case 'P':
         return on_parse(s, body, len);
     case 'B':
-        return on_bind(s, body, len);
+        return on_bind(s, body, len, whole);
+    case 'E':
+        return on_execute(s, body, len);
     case 'C':
         return on_close(s, body, len);
     case 'S':
@@ -322,18 +543,25 @@ gate_verdict_t gate_oversized(session_t *s, char type, const uint8_t *body, size
              len, (unsigned long long)s->rt->cfg->max_statement_bytes);
     log_event(LOG_INFO, "statement_refused", "session=%s role=%s reason=too_long bytes=%zu",
               s->id, s->role_name, len);
-    if (type == 'Q') {
-        int rc = send_sentinel(s, 'Q', NULL, "54000", msg, 0);
-        s->gate->syncs_sent++;
-        return rc < 0 ? GATE_FAILED : GATE_SKIP;
+    decided_t d = {.kind = type == 'Q' ? 'Q' : 'P', .stmt = ""};
+    if (type == 'P') {
+        d.stmt = (const char *)body; /* the statement name comes first */
+        if (strnlen(d.stmt, avail) == avail)
+            return GATE_MALFORMED;
     }
-    /* Parse: the statement name comes first in the body. */
-    const char *stmt = (const char *)body;
-    if (strnlen(stmt, avail) == avail)
-        return GATE_MALFORMED;
-    if (refused_remember(s->gate, stmt, msg) < 0 || send_sentinel(s, 'P', stmt, "54000", msg, 0) < 0)
-        return GATE_FAILED;
-    return GATE_SKIP;
+    rec_stmt_t st = {.protocol = type == 'Q' ? "simple" : "extended",
+                     .sql = "(not recorded: larger than max_statement_bytes)",
+                     .decision = "deny",
+                     .rule = "builtin:max_statement_bytes",
+                     .message = msg,
+                     .refused = true};
+    uint64_t seq;
+    bool wait;
+    (void)rec_statement(s, &st, &seq, &wait);
+    gate_verdict_t v = refuse(s, &d, "54000", msg, 0, seq);
+    if (type == 'Q')
+        s->gate->syncs_sent++;
+    return v == GATE_REPLACED ? GATE_SKIP : v;
 }
 
 /* ---- backend messages ---------------------------------------------------------- */
@@ -383,6 +611,9 @@ void gate_ready(session_t *s, char status)
 {
     gate_t *g = s->gate;
     g->syncs_recv++;
+    rec_ready(s, g->syncs_recv);
+    if (status == 'I')
+        named_clear(&g->portals); /* portals end with their transaction */
     while (g->qlen && g->q[g->qhead].sync_index < g->syncs_recv)
         sentinel_pop(g);
     if (status == 'I')

@@ -18,6 +18,8 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <cjson/cJSON.h>
+
 #include "config.h"
 #include "policy/policy.h"
 #include "util/buf.h"
@@ -138,7 +140,13 @@ struct session {
     const cfg_role_t *role;
     const cfg_target_t *target;
     int target_index;
-    char *role_name, *target_name, *subject, *app_name;
+    char *role_name, *target_name, *subject, *issuer, *app_name;
+    /* audit */
+    struct recorder *rec;        /* statements in flight, for RESULT records */
+    bool recorded_start;
+    bool holding;                /* the message at the input's head waits ... */
+    uint64_t hold_seq;           /* ... until this record is durable */
+    uint64_t n_statements, n_denied;
     buf_t params;                /* upstream startup params: key\0value\0 ... */
     bool key_sent, in_cancel_map;
     /* upstream */
@@ -170,6 +178,8 @@ struct server {
     ev_idle reaper;
     struct resolver *resolver;
     policy_cache_t *policy_cache; /* parse cache of this loop */
+    struct audit *audit;          /* NULL: recording off */
+    ev_async audit_w;             /* the audit writer's notify */
     struct ident_keystore *keystore; /* jwks_url keys, fetched by a worker */
     ev_async keys_w;                 /* the keystore's notify */
     ev_stat *watches;                /* files of the current config */
@@ -197,6 +207,8 @@ void session_close(session_t *s, const char *reason);
 void session_upstream_ready(session_t *s);
 void session_update_watchers(session_t *s);
 void session_try_login(session_t *s, const char *tok, size_t toklen);
+/* The audit store made progress: a held statement may go on. */
+void session_resume(session_t *s);
 void session_flush_client(session_t *s);
 void upstream_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 void session_free(session_t *s);
@@ -212,13 +224,17 @@ typedef enum {
     GATE_REPLACED,  /* a sentinel went upstream instead; drop the message */
     GATE_SKIP,      /* like REPLACED, for a message not held whole: drop its bytes */
     GATE_MALFORMED, /* FATAL 08P01 */
-    GATE_FAILED     /* out of memory or too many refusals in flight: end the session */
+    GATE_FAILED,    /* out of memory or too many refusals in flight: end the session */
+    GATE_HOLD       /* forward once s->hold_seq is durable (s->holding set) */
 } gate_verdict_t;
 gate_t *gate_new(const char *search_path, const char *session_user, const char *const *schemas,
                  size_t nschemas);
 void gate_free(gate_t *g);
-/* Q, P, F, C: the whole body; B: a prefix holding its two names (gate_bind_prefix_len). */
-gate_verdict_t gate_frontend(session_t *s, char type, const uint8_t *body, size_t len);
+/* Q, P, F, C, E: the whole body; B: the whole body (whole true) or a prefix
+ * holding its two names (gate_bind_prefix_len). */
+gate_verdict_t gate_frontend(session_t *s, char type, const uint8_t *body, size_t len, bool whole);
+/* The held message at the input's head (s->holding): GATE_HOLD while its record is not durable. */
+gate_verdict_t gate_resume(session_t *s, char type, const uint8_t *body, size_t len);
 size_t gate_bind_prefix_len(const uint8_t *body, size_t avail); /* 0 = need more */
 gate_verdict_t gate_oversized(session_t *s, char type, const uint8_t *body, size_t avail,
                               size_t len);
@@ -226,6 +242,29 @@ bool gate_expects_errors(const session_t *s);
 bool gate_backend_error(session_t *s, const uint8_t *body, size_t len); /* true: rewritten */
 void gate_command_complete(session_t *s, const uint8_t *body, size_t len);
 void gate_ready(session_t *s, char status);
+
+/* record.c: what goes to the audit store, and when (see record.c). */
+typedef struct rec_stmt {
+    const char *protocol; /* "simple" | "extended" */
+    const char *sql;
+    const char *decision; /* "allow" | "deny" | "review" */
+    const char *rule, *message;
+    cJSON *params; /* consumed */
+    bool writes, refused;
+} rec_stmt_t;
+void rec_login_failed(session_t *s, const char *reason, const char *sqlstate);
+void rec_session_start(session_t *s);
+void rec_session_end(session_t *s, const char *reason);
+/* -1: cannot record (apply on_failure). *wait: hold until rec_durable(seq). */
+int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait);
+bool rec_durable(const session_t *s, uint64_t seq);
+bool rec_failing(const session_t *s);
+void rec_refused_result(session_t *s, uint64_t seq, const char *sqlstate, const char *message);
+void rec_inflight_push(session_t *s, uint64_t seq, char kind, uint64_t sync_index, cJSON *params);
+bool rec_inflight(const session_t *s);
+bool rec_wants_rows(const session_t *s);
+void rec_backend(session_t *s, char type, const uint8_t *body, size_t len);
+void rec_ready(session_t *s, uint64_t syncs_recv);
 
 /* cancel.c: forward a cancel request to an upstream address, fire and forget. */
 void cancel_forward(server_t *srv, const struct sockaddr *addr, socklen_t len, uint32_t pid,

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "audit/audit.h"
 #include "identity/ident.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
@@ -436,6 +437,24 @@ static void watch_files(server_t *srv)
     srv->nwatches = n;
 }
 
+/* ---- the audit writer's notify: held statements go on ------------------------------- */
+
+static void audit_notify(void *arg)
+{
+    server_t *srv = arg; /* writer thread: only the async send */
+    ev_async_send(srv->loop, &srv->audit_w);
+}
+
+static void audit_progress(struct ev_loop *loop, ev_async *w, int revents)
+{
+    server_t *srv = w->data;
+    for (session_t *s = srv->sessions, *next; s; s = next) {
+        next = s->next;
+        if (s->state == ST_RELAY && s->holding)
+            session_resume(s);
+    }
+}
+
 /* ---- the key store's notify: logins waiting on a JWKS fetch go on ------------------ */
 
 static void keys_notify(void *arg)
@@ -474,8 +493,19 @@ int proxy_serve(const char *config_path)
     srv.keys_w.data = &srv;
     ev_async_start(srv.loop, &srv.keys_w);
     srv.keystore = ident_keystore_new(keys_notify, &srv);
-    if (!srv.cancel_map || !srv.resolver || !srv.policy_cache || !srv.keystore ||
+    ev_async_init(&srv.audit_w, audit_progress);
+    srv.audit_w.data = &srv;
+    ev_async_start(srv.loop, &srv.audit_w);
+    char aerr[300] = "";
+    srv.audit = audit_open(srv.rt->cfg, NULL, audit_notify, &srv, aerr, sizeof(aerr));
+    if (!srv.audit) {
+        char q[400];
+        log_event(LOG_ERROR, "audit_open_failed", "path=%s error=%s", srv.rt->cfg->audit.path,
+                  log_q(q, sizeof(q), aerr));
+    }
+    if (!srv.cancel_map || !srv.resolver || !srv.policy_cache || !srv.keystore || !srv.audit ||
         open_listener(&srv, srv.rt->cfg) < 0) {
+        audit_close(srv.audit);
         policy_cache_free(srv.policy_cache);
         if (srv.keystore)
             ident_keystore_free(srv.keystore);
@@ -515,6 +545,8 @@ int proxy_serve(const char *config_path)
     ev_timer_stop(srv.loop, &srv.grace);
     unwatch_files(&srv);
     ev_timer_stop(srv.loop, &srv.reload_delay);
+    audit_close(srv.audit);
+    ev_async_stop(srv.loop, &srv.audit_w);
     ident_keystore_free(srv.keystore);
     ev_async_stop(srv.loop, &srv.keys_w);
     resolver_free(srv.resolver);

@@ -109,6 +109,7 @@ void session_free(session_t *s)
     free(s->role_name);
     free(s->target_name);
     free(s->subject);
+    free(s->issuer);
     free(s->app_name);
     free(s);
 }
@@ -191,6 +192,7 @@ void session_close(session_t *s, const char *reason)
     if (DEAD(s))
         return;
     log_session_end(s, reason);
+    rec_session_end(s, reason);
     upstream_close(s);
     ev_timer_stop(s->srv->loop, &s->timer);
     ev_timer_stop(s->srv->loop, &s->expiry);
@@ -452,11 +454,13 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
     }
     s->role = cfg_find_role(cfg, user);
     if (!s->role) {
+        rec_login_failed(s, "unknown_role", "28000");
         session_fail(s, "FATAL", "28000", "bulwark: role \"%s\" does not exist", user);
         return;
     }
     s->target = cfg_find_target(cfg, db);
     if (!s->target) {
+        rec_login_failed(s, "unknown_target", "3D000");
         session_fail(s, "FATAL", "3D000", "bulwark: target \"%s\" does not exist", db);
         return;
     }
@@ -608,11 +612,13 @@ void session_try_login(session_t *s, const char *tok, size_t toklen)
                   log_q(q, sizeof(q), reason));
         ident_free(&id);
         forget_token(s);
+        rec_login_failed(s, ident_status_name(st), ident_status_sqlstate(st));
         session_fail(s, "FATAL", ident_status_sqlstate(st),
                      "bulwark: authentication failed for role \"%s\": %s", s->role_name, reason);
         return;
     }
     forget_token(s);
+    s->issuer = strdup(id.issuer ? id.issuer : "");
     s->subject = strdup(id.subject ? id.subject : "");
     s->token_exp = id.exp;
     ident_free(&id);
@@ -654,6 +660,8 @@ static int gate_verdict(session_t *s, gate_verdict_t v, size_t total)
     switch (v) {
     case GATE_FORWARD:
         return 1;
+    case GATE_HOLD:
+        return 0;
     case GATE_REPLACED:
     case GATE_SKIP:
         skip_message(s, total);
@@ -678,31 +686,40 @@ static int gate_message(session_t *s, const pgw_hdr_t *h)
     size_t total = 5 + (size_t)h->len;
     size_t avail = buf_unread(&c->in) - 5 < h->len ? buf_unread(&c->in) - 5 : h->len;
     const uint8_t *body = buf_head(&c->in) + 5;
+    if (s->holding) /* only ever a whole Query or Parse */
+        return gate_verdict(s, gate_resume(s, h->type, body, h->len), total);
     switch (h->type) {
     case 'Q':
     case 'P':
     case 'F':
     case 'C':
+    case 'E':
         if (total > c->in.limit) {
-            if (h->type == 'C')
+            if (h->type == 'C' || h->type == 'E')
                 return gate_verdict(s, GATE_MALFORMED, total);
             if (h->type == 'P' && !memchr(body, 0, avail) && avail < 1024)
                 return 0; /* the statement name is still on its way */
             if (h->type == 'F')
-                return gate_verdict(s, gate_frontend(s, 'F', body, avail), total);
+                return gate_verdict(s, gate_frontend(s, 'F', body, avail, false), total);
             return gate_verdict(s, gate_oversized(s, h->type, body, avail, h->len), total);
         }
         if (buf_unread(&c->in) < total)
             return 0;
-        return gate_verdict(s, gate_frontend(s, h->type, body, h->len), total);
+        return gate_verdict(s, gate_frontend(s, h->type, body, h->len, true), total);
     case 'B': {
+        /* Held whole when small, for the audit's record of the values. */
+        if (s->srv->audit && total <= MAX_LOGIN_MESSAGE) {
+            if (buf_unread(&c->in) < total)
+                return 0;
+            return gate_verdict(s, gate_frontend(s, 'B', body, h->len, true), total);
+        }
         size_t plen = gate_bind_prefix_len(body, avail);
         if (plen == 0)
             return avail == h->len || avail >= 4096 ? gate_verdict(s, GATE_MALFORMED, total) : 0;
-        return gate_verdict(s, gate_frontend(s, 'B', body, plen), total);
+        return gate_verdict(s, gate_frontend(s, 'B', body, plen, false), total);
     }
     case 'S':
-        return gate_verdict(s, gate_frontend(s, 'S', body, 0), total);
+        return gate_verdict(s, gate_frontend(s, 'S', body, 0, true), total);
     default:
         return 1;
     }
@@ -824,12 +841,18 @@ static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
+void session_resume(session_t *s)
+{
+    relay_c2u(s);
+}
+
 /* After the upstream's ReadyForQuery the session runs; anything the client
  * pipelined behind its password is relayed now. */
 void session_upstream_ready(session_t *s)
 {
     s->state = ST_RELAY;
     ev_timer_stop(s->srv->loop, &s->timer);
+    rec_session_start(s);
     /* Query and Parse are held whole for the policy, up to max_statement_bytes. */
     uint64_t hold = s->rt->cfg->max_statement_bytes + 64 * 1024;
     if (hold > s->client.in.limit)
@@ -873,7 +896,10 @@ static bool relay_u2c_some(session_t *s)
             return false;
         }
         size_t total = 5 + (size_t)h.len;
-        if ((h.type == 'Z' || h.type == 'E' || h.type == 'C') && total <= MAX_LOGIN_MESSAGE) {
+        bool observe = h.type == 'Z' || h.type == 'E' || h.type == 'C' ||
+                       (rec_inflight(s) && (strchr("TIs", h.type) ||
+                                            (h.type == 'D' && rec_wants_rows(s))));
+        if (observe && total <= MAX_LOGIN_MESSAGE) {
             if (buf_unread(&u->in) < total)
                 break;
             const uint8_t *body = buf_head(&u->in) + 5;
@@ -882,6 +908,7 @@ static bool relay_u2c_some(session_t *s)
                 buf_consume(&u->in, total);
                 continue;
             }
+            rec_backend(s, h.type, body, h.len);
             if (h.type == 'C')
                 gate_command_complete(s, body, h.len);
             char status;
