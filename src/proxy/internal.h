@@ -150,8 +150,11 @@ struct session {
     buf_t params;                /* upstream startup params: key\0value\0 ... */
     bool key_sent, in_cancel_map;
     /* upstream */
-    struct sockaddr_storage uaddr;
+    struct sockaddr_storage uaddr; /* the address connected to (cancel requests go there) */
     socklen_t uaddr_len;
+    struct sockaddr_storage *ualts; /* further addresses to try, as libpq does */
+    socklen_t *ualt_lens;
+    int nualts;
     struct resolve_req *resolving;
     void *scram;                 /* pgw_scram_t * while SCRAM runs */
     uint32_t up_pid, up_key;     /* upstream BackendKeyData */
@@ -273,7 +276,10 @@ void cancel_forward(server_t *srv, const struct sockaddr *addr, socklen_t len, u
 /* resolver.c: getaddrinfo off the loop thread. */
 struct resolver *resolver_new(struct ev_loop *loop);
 void resolver_free(struct resolver *r);
-typedef void (*resolve_cb)(void *arg, int err, const struct sockaddr *addr, socklen_t len);
+#define RESOLVE_MAX_ADDRS 8
+/* Every address the name has (up to RESOLVE_MAX_ADDRS), in getaddrinfo's order. */
+typedef void (*resolve_cb)(void *arg, int err, const struct sockaddr_storage *addrs,
+                           const socklen_t *lens, int n);
 struct resolve_req *resolver_lookup(struct resolver *r, const char *host, int port, resolve_cb cb,
                                     void *arg);
 /* The callback will not be called; the request is freed when the worker is done. */

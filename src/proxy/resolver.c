@@ -21,8 +21,9 @@ struct resolve_req {
     resolve_cb cb; /* loop thread only; NULL when cancelled */
     void *arg;
     int err;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
+    struct sockaddr_storage addr[RESOLVE_MAX_ADDRS];
+    socklen_t addrlen[RESOLVE_MAX_ADDRS];
+    int naddr;
 };
 
 struct resolver {
@@ -49,12 +50,15 @@ static void *resolver_main(void *arg)
         pthread_mutex_unlock(&r->mu);
         struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
         q->err = getaddrinfo(q->host, q->port, &hints, &res);
-        if (q->err == 0 && res && res->ai_addrlen <= sizeof(q->addr)) {
-            memcpy(&q->addr, res->ai_addr, res->ai_addrlen);
-            q->addrlen = res->ai_addrlen;
-        } else if (q->err == 0) {
-            q->err = EAI_FAIL;
+        for (struct addrinfo *ai = res; q->err == 0 && ai && q->naddr < RESOLVE_MAX_ADDRS;
+             ai = ai->ai_next) {
+            if (ai->ai_addrlen > sizeof(q->addr[0]))
+                continue;
+            memcpy(&q->addr[q->naddr], ai->ai_addr, ai->ai_addrlen);
+            q->addrlen[q->naddr++] = ai->ai_addrlen;
         }
+        if (q->err == 0 && q->naddr == 0)
+            q->err = EAI_FAIL;
         if (res)
             freeaddrinfo(res);
         pthread_mutex_lock(&r->mu);
@@ -76,7 +80,7 @@ static void resolver_done(struct ev_loop *loop, ev_async *w, int revents)
     while (q) {
         struct resolve_req *next = q->next;
         if (q->cb)
-            q->cb(q->arg, q->err, (struct sockaddr *)&q->addr, q->addrlen);
+            q->cb(q->arg, q->err, q->addr, q->addrlen, q->naddr);
         free(q);
         q = next;
     }

@@ -108,6 +108,8 @@ void session_free(session_t *s)
     forget_token(s);
     free(s->role_name);
     free(s->target_name);
+    free(s->ualts);
+    free(s->ualt_lens);
     free(s->subject);
     free(s->issuer);
     free(s->app_name);

@@ -180,6 +180,8 @@ static void connected(session_t *s)
     flush_both(s);
 }
 
+static bool try_next_address(session_t *s);
+
 static void connect_now(session_t *s)
 {
     const struct sockaddr *sa = (const struct sockaddr *)&s->uaddr;
@@ -198,7 +200,9 @@ static void connect_now(session_t *s)
         return;
     }
     if (errno != EINPROGRESS) {
-        fail_upstream(s, strerror(errno));
+        int e = errno;
+        if (!try_next_address(s))
+            fail_upstream(s, strerror(e));
         return;
     }
     s->ustate = UP_CONNECTING;
@@ -206,17 +210,43 @@ static void connect_now(session_t *s)
     session_update_watchers(s);
 }
 
-static void resolved(void *arg, int err, const struct sockaddr *addr, socklen_t len)
+static void resolved(void *arg, int err, const struct sockaddr_storage *addrs,
+                     const socklen_t *lens, int n)
 {
     session_t *s = arg;
     s->resolving = NULL;
-    if (err || len > sizeof(s->uaddr)) {
+    if (err || n < 1) {
         fail_upstream(s, "could not resolve the host name");
         return;
     }
-    memcpy(&s->uaddr, addr, len);
-    s->uaddr_len = len;
+    memcpy(&s->uaddr, &addrs[0], lens[0]);
+    s->uaddr_len = lens[0];
+    if (n > 1) {
+        s->ualts = malloc((size_t)(n - 1) * sizeof(*s->ualts));
+        s->ualt_lens = malloc((size_t)(n - 1) * sizeof(*s->ualt_lens));
+        if (s->ualts && s->ualt_lens) {
+            memcpy(s->ualts, addrs + 1, (size_t)(n - 1) * sizeof(*s->ualts));
+            memcpy(s->ualt_lens, lens + 1, (size_t)(n - 1) * sizeof(*s->ualt_lens));
+            s->nualts = n - 1;
+        }
+    }
     connect_now(s);
+}
+
+/* A failed connect moves on to the next address the name resolved to. */
+static bool try_next_address(session_t *s)
+{
+    if (s->nualts == 0)
+        return false;
+    ep_close(&s->upstream, s->srv->loop);
+    s->upstream.fd = -1;
+    memcpy(&s->uaddr, &s->ualts[0], s->ualt_lens[0]);
+    s->uaddr_len = s->ualt_lens[0];
+    memmove(s->ualts, s->ualts + 1, (size_t)(s->nualts - 1) * sizeof(*s->ualts));
+    memmove(s->ualt_lens, s->ualt_lens + 1, (size_t)(s->nualts - 1) * sizeof(*s->ualt_lens));
+    s->nualts--;
+    connect_now(s);
+    return true;
 }
 
 void upstream_start(session_t *s)
@@ -545,9 +575,9 @@ void upstream_login_io(session_t *s, int revents)
         socklen_t l = sizeof(err);
         if (getsockopt(s->upstream.fd, SOL_SOCKET, SO_ERROR, &err, &l) < 0)
             err = errno;
-        if (err)
+        if (err && !try_next_address(s))
             fail_upstream(s, strerror(err));
-        else
+        else if (!err)
             connected(s);
         break;
     }
