@@ -48,11 +48,15 @@ typedef struct runtime {
     SSL_CTX *server_tls;  /* NULL when no tls section */
     SSL_CTX **target_tls; /* per target, for upstream TLS (NULL where sslmode=disable) */
     policy_set_t *policies; /* every role's rules, compiled */
+    struct pgw_scram_cache **scram; /* per role, per upstream: salted passwords */
     int refcount;
 } runtime_t;
 
 runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz);
 runtime_t *runtime_retain(runtime_t *rt);
+/* The SCRAM salted-password cache of one role's credential for a target. */
+struct pgw_scram_cache *runtime_scram_cache(runtime_t *rt, const cfg_role_t *role,
+                                           const cfg_upstream_t *cred);
 void runtime_release(runtime_t *rt);
 
 /* One socket, optionally wrapped in TLS, with its in/out buffers. */

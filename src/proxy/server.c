@@ -97,6 +97,11 @@ runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz)
         if (!(rt->target_tls[i] = target_tls_new(&cfg->targets[i], err, errsz)))
             goto fail;
     }
+    if (!(rt->scram = calloc(cfg->n_roles + 1, sizeof(*rt->scram))))
+        goto fail;
+    for (size_t i = 0; i < cfg->n_roles; i++)
+        if (!(rt->scram[i] = calloc(cfg->roles[i].n_upstreams + 1, sizeof(pgw_scram_cache_t))))
+            goto fail;
     if (!(rt->policies = policy_set_new(cfg))) {
         snprintf(err, errsz, "out of memory compiling the policies");
         goto fail;
@@ -106,6 +111,15 @@ fail:
     rt->cfg = NULL; /* the caller still owns cfg on failure */
     runtime_release(rt);
     return NULL;
+}
+
+pgw_scram_cache_t *runtime_scram_cache(runtime_t *rt, const cfg_role_t *role,
+                                       const cfg_upstream_t *cred)
+{
+    size_t r = (size_t)(role - rt->cfg->roles), u = (size_t)(cred - role->upstreams);
+    if (r >= rt->cfg->n_roles || u >= role->n_upstreams || !rt->scram[r])
+        return NULL;
+    return &rt->scram[r][u];
 }
 
 runtime_t *runtime_retain(runtime_t *rt)
@@ -119,6 +133,13 @@ void runtime_release(runtime_t *rt)
     if (!rt || --rt->refcount > 0)
         return;
     policy_set_free(rt->policies);
+    if (rt->scram && rt->cfg)
+        for (size_t i = 0; i < rt->cfg->n_roles; i++) {
+            for (size_t j = 0; rt->scram[i] && j < rt->cfg->roles[i].n_upstreams; j++)
+                pgw_scram_cache_clear(&rt->scram[i][j]);
+            free(rt->scram[i]);
+        }
+    free(rt->scram);
     SSL_CTX_free(rt->server_tls);
     if (rt->target_tls && rt->cfg)
         for (size_t i = 0; i < rt->cfg->n_targets; i++)

@@ -290,6 +290,9 @@ static void sasl_start(session_t *s, const pgw_auth_t *a, const char *password)
         fail_upstream(s, "could not start SCRAM");
         return;
     }
+    pgw_scram_cache_t *cache = runtime_scram_cache(s->rt, s->role, credential(s));
+    if (cache)
+        pgw_scram_set_cache(sc, cache); /* PBKDF2 once per credential, not per login */
     s->scram = sc;
     pgw_write_sasl_initial(&s->upstream.out, "SCRAM-SHA-256", first.data, first.len);
     buf_free(&first);
