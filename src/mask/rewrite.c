@@ -343,32 +343,49 @@ static void put_masked(const mask_rules_t *r, mask_scratch_t *s, const dcol_t *c
     buf_patch_u32(out, out->rpos + mark, (uint32_t)(out->len - out->rpos - start));
 }
 
-/* JSON text: is offset pos inside a string literal? */
-static bool json_in_string(const uint8_t *v, size_t pos)
+/* Walks a JSON text once, left to right: whether a position is inside a
+   string literal, and how many string boundaries a stretch crosses. */
+typedef struct json_walk {
+    size_t i;
+    bool in;
+} json_walk_t;
+
+static unsigned json_advance(json_walk_t *w, const uint8_t *v, size_t to)
 {
-    bool in = false;
-    for (size_t i = 0; i < pos; i++) {
-        if (in && v[i] == '\\')
-            i++;
-        else if (v[i] == '"')
-            in = !in;
+    unsigned toggles = 0;
+    for (; w->i < to; w->i++) {
+        if (w->in && v[w->i] == '\\') {
+            w->i++;
+        } else if (v[w->i] == '"') {
+            w->in = !w->in;
+            toggles++;
+        }
     }
-    return in;
+    return toggles;
 }
 
 /* Detector spans inside a JSON document: a span inside a string is replaced
-   by the method's text (escaped); one outside (a number) by a JSON string. */
-static void json_spans(const mask_rules_t *r, mask_scratch_t *s, const uint8_t *v, size_t n,
+   by the method's text (escaped); one outside a string (a number) by a JSON
+   string. A span that crosses a string boundary cannot be replaced without
+   breaking the document: then the whole document becomes the string "****".
+   Returns false in that case (nothing appended). */
+static bool json_spans(const mask_rules_t *r, mask_scratch_t *s, const uint8_t *v, size_t n,
                        const mask_span_t *sp, size_t ns, uint32_t off, buf_t *out)
 {
     static const mask_method_t redact = {.kind = MASK_M_REDACT};
-    size_t pos = 0;
+    json_walk_t w = {0, false};
+    size_t pos = 0, start = out->len - out->rpos;
     for (size_t i = 0; i < ns; i++) {
         size_t a = sp[i].start - off, b = sp[i].end - off;
         if (a < pos || b > n)
             continue;
+        json_advance(&w, v, a);
+        bool in = w.in;
+        if (json_advance(&w, v, b) || w.i > b) {
+            out->len = out->rpos + start;
+            return false;
+        }
         buf_append(out, v + pos, a - pos);
-        bool in = json_in_string(v, a);
         const mask_method_t *m = mask_det_method(r, sp[i].det);
         if (m->kind == MASK_M_NULL)
             m = &redact;
@@ -388,6 +405,7 @@ static void json_spans(const mask_rules_t *r, mask_scratch_t *s, const uint8_t *
         pos = b;
     }
     buf_append(out, v + pos, n - pos);
+    return true;
 }
 
 static void put_scanned(const mask_rules_t *r, mask_scratch_t *s, const dcol_t *c, const uint8_t *v,
@@ -406,9 +424,10 @@ static void put_scanned(const mask_rules_t *r, mask_scratch_t *s, const dcol_t *
         n--;
         off++;
     }
-    if (c->json)
-        json_spans(r, s, v, (size_t)n, sp, ns, off, out);
-    else
+    if (c->json) {
+        if (!json_spans(r, s, v, (size_t)n, sp, ns, off, out))
+            buf_append(out, "\"" MASK_REDACTED "\"", 6);
+    } else
         mask_apply_spans(r, s, v, (size_t)n, sp, ns, off, out);
     buf_patch_u32(out, out->rpos + mark, (uint32_t)(out->len - out->rpos - start));
 }

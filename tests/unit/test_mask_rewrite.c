@@ -308,6 +308,35 @@ static void datarow_binary_values_of_other_types(void **state)
     mask_plan_release(p);
 }
 
+static void json_documents_stay_valid(void **state)
+{
+    fx_t *f = *state;
+    mask_plan_t *p = plan(f->r, "SELECT n FROM kv");
+    const pgw_column_t cols[] = {{"n", 1, 5, 114, -1, -1, 0}};
+    rowdesc(&f->in, cols, 1);
+    mask_desc_t *d;
+    assert_int_equal(mask_desc_new(p, body(&f->in), blen(&f->in), NULL, NULL, NULL, &d), 0);
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"{\"a\": \"x\\\"y a@b.example\", \"n\": 4111111111111111}",
+         "{\"a\": \"x\\\"y ****\", \"n\": \"****\"}"},
+        /* a key cut short runs to the end of the value, across the closing quote */
+        {"{\"k\": \"-----BEGIN PRIVATE KEY-----\\nMII\", \"x\": 1}", "\"****\""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        pgw_value_t in = {cases[i].in, (int32_t)strlen(cases[i].in)};
+        pgw_value_t want = {cases[i].out, (int32_t)strlen(cases[i].out)};
+        datarow(&f->in, &in, 1);
+        buf_reset(&f->out);
+        assert_int_equal(mask_rewrite_datarow(d, f->s, body(&f->in), blen(&f->in), &f->out), 1);
+        datarow(&f->want, &want, 1);
+        assert_bytes(&f->out, &f->want);
+    }
+    mask_desc_free(d);
+    mask_plan_release(p);
+}
+
 static void datarow_handles_a_value_over_one_mebibyte(void **state)
 {
     fx_t *f = *state;
@@ -688,6 +717,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(datarow_binary_masked_columns_become_text, setup, teardown),
         cmocka_unit_test_setup_teardown(datarow_binary_values_of_other_types, setup, teardown),
+        cmocka_unit_test_setup_teardown(json_documents_stay_valid, setup, teardown),
         cmocka_unit_test_setup_teardown(datarow_handles_a_value_over_one_mebibyte, setup, teardown),
         cmocka_unit_test_setup_teardown(rowdesc_names_settle_direct_references, setup, teardown),
         cmocka_unit_test_setup_teardown(unknown_shape_masks_every_column, setup, teardown),
