@@ -458,7 +458,9 @@ static void resolve_path(const ctx_t *c, const char *const *p, size_t n, const c
                 cand_add(cs, c->ps->user);
             continue;
         }
-        if (*s && schema_exists(c, s))
+        /* A schema named in the path is a candidate even if it did not exist
+         * when the session started: another session may create it meanwhile. */
+        if (*s)
             cand_add(cs, s);
     }
 }
@@ -1047,7 +1049,7 @@ int policy_check(const policy_role_t *role, policy_cache_t *cache, policy_sessio
         snprintf(msg, sizeof(msg),
                  "bulwark: statement of %zu bytes exceeds max_statement_bytes (%llu)", len,
                  (unsigned long long)max);
-        refuse(out, "42501", "builtin:statement-too-large", msg, 0);
+        refuse(out, "54000", "builtin:statement-too-large", msg, 0); /* program_limit_exceeded */
         return out->message ? 0 : oom_result(out);
     }
     if (memchr(sql, 0, len)) {

@@ -539,7 +539,7 @@ gate_verdict_t gate_oversized(session_t *s, char type, const uint8_t *body, size
 {
     char msg[200];
     snprintf(msg, sizeof(msg),
-             "bulwark: statement of %zu bytes refused: larger than max_statement_bytes (%llu)",
+             "bulwark: statement of %zu bytes exceeds max_statement_bytes (%llu)",
              len, (unsigned long long)s->rt->cfg->max_statement_bytes);
     log_event(LOG_INFO, "statement_refused", "session=%s role=%s reason=too_long bytes=%zu",
               s->id, s->role_name, len);

@@ -6,7 +6,12 @@
    damage: once with psycopg2 (simple protocol) and once with node-pg (extended protocol,
    with parameters where the statement has them, plus parameterised cases of our own).
    Afterwards the schema, the data and the cluster's roles, databases and settings are
-   checked intact.
+   checked intact. Each statement is decided in a fresh session, as the corpus means it (a
+   new connection after anything that got through and may have changed the session), in a
+   database where the schemas the corpus names exist (`evil`), since the gateway skips
+   missing ones as PostgreSQL does. The few COPY ... PROGRAM statements are sent only once
+   `bulwark explain` has confirmed their refusal: a shell command running as the postgres
+   OS user would reach beyond this throwaway cluster.
 2. False positives: SQLAlchemy's reflection and what LangChain's SQLDatabase does with it,
    psql's \\d family, LangChain.js SqlDatabase over TypeORM + node-pg, pgbench -S in the
    three query modes, and every statement of tests/fixtures/policy/clients.tsv (captured
@@ -27,8 +32,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -318,6 +321,15 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     for db in (E2E_DB, FP_DB):
         create_database(pg, db)
         load_schema_sql(pg, db)
+    # The corpus expects `SET search_path = evil, public; SELECT * FROM orders` denied: evil
+    # is a candidate. The gateway learns at login which schemas exist and skips missing ones
+    # as PostgreSQL does, so make the schemas the corpus names exist, with a decoy orders.
+    c = pg.admin(E2E_DB)
+    with c.cursor() as cur:
+        cur.execute("create schema evil")
+        cur.execute("create table evil.orders (id int, secret text)")
+        cur.execute("insert into evil.orders values (1, 'decoy')")
+    c.close()
     pg.admin_query(f"create role {SUPER} superuser login password %s", (pw_super,))
     pg.admin_query(f"create role {READER} login password %s", (pw_reader,))
     # The false-positive database: what clients.tsv was captured against.
@@ -360,10 +372,11 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
         finally:
             for db in (E2E_DB, FP_DB):
                 drop_database(pg, db)
-            pg.admin_query(f"drop role if exists {SUPER}")
-            pg.admin_query(f"drop role if exists {READER}")
-            if made_agent_rw:
-                pg.admin_query("drop role if exists agent_rw")
+            for role in [SUPER, READER] + (["agent_rw"] if made_agent_rw else []):
+                try:
+                    pg.admin_query(f"drop role if exists {role}")
+                except psycopg2.Error as e:  # it owns what a failed run left behind
+                    print(f"teardown: role {role} not dropped: {e}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,7 +410,8 @@ SNAPSHOT_QUERIES = {
     "types": """select t.typname from pg_type t join pg_namespace n on n.oid = t.typnamespace
                 where n.nspname = 'public' order by 1""",
     "constraints": """select conrelid::regclass::text, conname, pg_get_constraintdef(oid)
-                      from pg_constraint where connamespace = 'public'::regnamespace
+                      from pg_constraint where connamespace in
+                        (select oid from pg_namespace where nspname = 'public')
                       order by 1, 2""",
     "triggers": "select tgrelid::regclass::text, tgname, tgenabled from pg_trigger order by 1, 2",
     "rules": """select c.relname, r.rulename from pg_rewrite r
@@ -475,6 +489,27 @@ def intent_cases() -> list:
     return read_corpus(FIXTURES / "intent.tsv", "agent")
 
 
+# A COPY ... PROGRAM that got through would run a shell command as the postgres OS user
+# (`rm -rf /` is in the corpus), which on a shared machine reaches beyond this throwaway
+# cluster. Those few are sent only once `bulwark explain` (the gate's own policy_check) has
+# confirmed it denies them; the gateway is then tested on them like on everything else.
+SHELL = re.compile(r"\bPROGRAM\b", re.I)
+
+
+def unsafe_to_send(gw, case) -> Optional[str]:
+    if not SHELL.search(case.sql):
+        return None
+    r = run([str(gw.binary), "explain", "-c", str(gw.config_path), "--role", case.role,
+             "--json", case.sql], cwd=str(gw.workdir))
+    try:
+        decision = json.loads(r.stdout)["decision"]
+    except (ValueError, KeyError):
+        return f"not sent: bulwark explain failed ({r.returncode}): {r.stderr.strip()}"
+    if decision != "deny":
+        return f"not sent: bulwark explain says {decision} for a shell command"
+    return None
+
+
 def simple_outcome(gw, conn, sql) -> tuple:
     """Run sql on conn (psycopg2, autocommit); (Outcome, conn still usable)."""
     off = gw.log_size()
@@ -516,6 +551,10 @@ def test_attack_corpus_through_psycopg2_simple_protocol_decides_every_statement(
     failures, conn, connections = [], None, 0
     try:
         for case in cases:
+            unsafe = unsafe_to_send(env, case)
+            if unsafe:
+                failures.append((case, Outcome(ok=False), unsafe))
+                continue
             if not case.sql.strip():
                 out = raw_simple_outcome(env, env.agent_ep, case.sql)
             else:
@@ -543,19 +582,27 @@ def test_attack_corpus_through_node_pg_extended_protocol_decides_every_statement
     for c in cases:
         c.values = node_values(c.sql)
     cases += PARAM_CASES
+    unsafe = [(c, Outcome(ok=False), why) for c in cases
+              for why in [unsafe_to_send(env, c)] if why]
+    assert not unsafe, report(unsafe, len(cases), "node-pg, extended protocol")
     path = tmp_path / "cases.json"
     path.write_text(json.dumps([{"id": i, "text": c.sql, "values": c.values or [],
                                  "stateful": bool(STATEFUL.search(c.sql))}
                                 for i, c in enumerate(cases)]))
-    off = env.log_size()
     res = node_script("policy_checks.js", env.agent_ep, timeout=300,
-                      extra_env={"POLICY_CASES": str(path)})
+                      extra_env={"POLICY_CASES": str(path),
+                                 "POLICY_GATEWAY_LOG": str(env.log_path)})
     assert "fatal" not in res, res
-    log = env.log_since(off).splitlines()
+    failures = node_failures(cases, res)
+    print(f"node-pg: {len(cases)} statements ({len(PARAM_CASES)} parameterised cases of our "
+          f"own, {sum(1 for c in cases if c.values)} with parameters in all) on "
+          f"{res['connections']} connections, {len(failures)} failures")
+    assert not failures, report(failures, len(cases), "node-pg, extended protocol")
+
+
+def node_failures(cases, res) -> list:
     results = res["results"]
-    assert len(results) == len(cases)
-    # The node run is one process: attribute refusals to cases through the per-session log
-    # is not possible, so count them overall and judge each case by what the client saw.
+    assert [r["id"] for r in results] == list(range(len(cases)))
     failures = []
     for r in results:
         case = cases[r["id"]]
@@ -565,22 +612,11 @@ def test_attack_corpus_through_node_pg_extended_protocol_decides_every_statement
             e = r["error"]
             out = Outcome(ok=False, sqlstate=e["code"], message=e["message"],
                           position=e["position"], severity=e["severity"])
-            # refused by the gateway: a bulwark message, or (parse errors) the parser's
-            out.refusals = 1 if (out.message.startswith("bulwark:") or out.sqlstate in
-                                 ("42601", "54000", "54001")) else 0
+        out.refusals = r["refusals"]
         why = judge(case, out, extended=True)
         if why:
             failures.append((case, out, why))
-    refused_expected = sum(1 for c in cases if c.expected != "allow")
-    refused_logged = sum(1 for ln in log if REFUSED_EVENT in ln)
-    print(f"node-pg: {len(cases)} statements ({len(PARAM_CASES)} parameterised cases of our "
-          f"own, {sum(1 for c in cases if c.values)} with parameters in all) on "
-          f"{res['connections']} connections, {refused_logged} refusals logged, "
-          f"{len(failures)} failures")
-    assert not failures, report(failures, len(cases), "node-pg, extended protocol")
-    assert refused_logged == refused_expected, (
-        f"the gateway logged {refused_logged} refusals for {refused_expected} statements "
-        "expected refused")
+    return failures
 
 
 def test_schema_data_and_cluster_are_intact_after_the_corpus(env, pg):
@@ -598,10 +634,37 @@ def test_schema_data_and_cluster_are_intact_after_the_corpus(env, pg):
     for seq, v in before["_sequence_values"].items():
         assert (after["_sequence_values"][seq] or 0) >= (v or 0), f"sequence {seq} went back"
     assert after["_files"] == before["_files"], "a COPY to/from a server file or PROGRAM ran"
-    tables = {r[1] for r in after["relations"] if r[2] == "r"}
-    assert tables == {"customers", "orders", "audit_internal"}
+    tables = {(r[0], r[1]) for r in after["relations"] if r[2] == "r"}
+    assert tables == {("public", "customers"), ("public", "orders"),
+                      ("public", "audit_internal"), ("evil", "orders")}
     counts = {r[0]: r[1] for r in after["data"]}
     assert counts == {"customers": 3, "orders": 3, "audit_internal": 1}
+
+
+def test_schema_created_after_login_is_still_a_candidate_for_unqualified_names(env, pg):
+    """SPEC 5.1: an unqualified name is checked against every schema of the search_path that
+    could hold it. A schema created (by someone else) after the session logged in is such a
+    schema: `SELECT * FROM orders` with search_path `late, public` reads late.orders, which no
+    rule allows, so it must be refused. Runs after the intact check: it adds a schema."""
+    conn = env.agent_ep.connect()
+    conn.autocommit = True
+    try:
+        pg.admin_query("create schema late; create table late.orders (id int, secret text); "
+                       "insert into late.orders values (1, 'late-decoy')", dbname=E2E_DB)
+        with conn.cursor() as cur:
+            cur.execute("SET search_path = late, public")
+            off = env.log_size()
+            try:
+                cur.execute("SELECT * FROM orders")
+                got = f"rows {cur.fetchall()!r}"
+            except psycopg2.Error as e:
+                got = f"{e.pgcode} {e.diag.message_primary}"
+        assert got.startswith("42501 bulwark:"), (
+            "SET search_path = late, public; SELECT * FROM orders, schema late created after "
+            f"login: expected 42501, got {got}; refusals logged: {env.refusals_since(off)}")
+    finally:
+        conn.close()
+        pg.admin_query("drop schema if exists late cascade", dbname=E2E_DB)
 
 
 # ---------------------------------------------------------------------------------------
@@ -738,19 +801,9 @@ def test_captured_client_statements_replayed_through_node_pg_are_allowed(env, tm
     path = tmp_path / "cases.json"
     path.write_text(json.dumps([{"id": i, "text": c.sql, "values": node_values(c.sql),
                                  "stateful": False} for i, c in enumerate(cases)]))
-    off = env.log_size()
-    res = node_script("policy_checks.js", env.readonly_ep, extra_env={"POLICY_CASES": str(path)})
+    res = node_script("policy_checks.js", env.readonly_ep,
+                      extra_env={"POLICY_CASES": str(path),
+                                 "POLICY_GATEWAY_LOG": str(env.log_path)})
     assert "fatal" not in res, res
-    failures = []
-    for r in res["results"]:
-        case = cases[r["id"]]
-        out = Outcome(ok=True) if r.get("ok") else Outcome(
-            ok=False, sqlstate=r["error"]["code"], message=r["error"]["message"],
-            severity=r["error"]["severity"])
-        out.refusals = 0 if out.ok or not out.message.startswith("bulwark:") else 1
-        why = judge(case, out, extended=True)
-        if why:
-            failures.append((case, out, why))
+    failures = node_failures(cases, res)
     assert not failures, report(failures, len(cases), "clients.tsv, node-pg")
-    refused = env.refusals_since(off)
-    assert len(refused) == sum(1 for c in cases if c.expected != "allow"), "\n".join(refused)

@@ -3,12 +3,15 @@
 //   [{ "id": 1, "text": "SELECT ...", "values": [..], "stateful": false }, ...]
 // Each case goes as client.query({ text, values, queryMode: "extended" }): Parse, Bind,
 // Describe, Execute, Sync, whatever the values (node-pg would use the simple protocol for a
-// query without values otherwise). After a case that got through and is `stateful` (it may
-// have changed the session: SET, PREPARE, BEGIN, ...), and after any connection error, the
-// next case runs on a fresh connection, so every case is decided in a fresh session.
+// query without values otherwise). After a case that is `stateful` (it may change the
+// session: SET, PREPARE, BEGIN, ...) and was not refused, and after any connection error,
+// the next case runs on a fresh connection, so every case is decided in a fresh session.
+// With POLICY_GATEWAY_LOG naming the gateway's log file, each result also counts the
+// `event=statement_refused` lines the gateway logged while the case ran (`refusals`): the
+// gateway logs a refusal before it answers, so the count belongs to that case.
 // Connection settings come from the libpq environment. Prints `RESULT_JSON {...}` last:
-//   { results: [{ id, ok, command, rows } | { id, error: { code, message, position,
-//     severity } }], connections: N }
+//   { results: [{ id, ok, command, rows, refusals } | { id, error: { code, message,
+//     position, severity }, refusals }], connections: N }
 import fs from "node:fs";
 import pg from "pg";
 
@@ -28,6 +31,26 @@ async function connect() {
   return c;
 }
 
+const LOG = process.env.POLICY_GATEWAY_LOG || null;
+
+function logSize() {
+  return LOG ? fs.statSync(LOG).size : 0;
+}
+
+function refusalsSince(offset) {
+  if (!LOG) return null;
+  const end = fs.statSync(LOG).size;
+  if (end <= offset) return 0;
+  const fd = fs.openSync(LOG, "r");
+  try {
+    const b = Buffer.alloc(end - offset);
+    fs.readSync(fd, b, 0, b.length, offset);
+    return b.toString("utf8").split("\n").filter((l) => l.includes("event=statement_refused")).length;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 async function main() {
   const cases = JSON.parse(fs.readFileSync(process.env.POLICY_CASES, "utf8"));
   const results = [];
@@ -39,10 +62,10 @@ async function main() {
       connections++;
     }
     let fresh = false;
+    const off = logSize();
     try {
       const r = await client.query({ text: c.text, values: c.values ?? [], queryMode: "extended" });
       results.push({ id: c.id, ok: true, command: r.command ?? null, rows: r.rowCount ?? null });
-      fresh = !!c.stateful;
     } catch (e) {
       results.push({
         id: c.id,
@@ -56,6 +79,10 @@ async function main() {
       // Not a server error (the connection broke) or a FATAL: start over.
       fresh = !e.code || e.severity === "FATAL" || e.severity === "PANIC";
     }
+    const last = results[results.length - 1];
+    last.refusals = refusalsSince(off);
+    // got through (even if it then failed upstream): it may have changed the session
+    if (c.stateful && (last.ok || last.refusals === 0)) fresh = true;
     if (client.broken) fresh = true;
     if (fresh) {
       try { await client.end(); } catch (_) { /* already closed */ }
