@@ -52,8 +52,11 @@ typedef struct refused {
 typedef struct named {
     struct named *next;
     char *name;
-    uint64_t seq;
-    cJSON *params; /* portals: the Bind values, for the RESULT record */
+    char *sql;     /* the statement's text */
+    char *rule;    /* the rule that allowed it, or NULL */
+    cJSON *intent; /* its accesses, for the STATEMENT record */
+    bool writes;
+    cJSON *params; /* portals: the Bind values */
 } named_t;
 
 #define STMT_BUCKETS 256
@@ -95,6 +98,9 @@ fail:
 static void named_free(named_t *n)
 {
     free(n->name);
+    free(n->sql);
+    free(n->rule);
+    cJSON_Delete(n->intent);
     cJSON_Delete(n->params);
     free(n);
 }
@@ -123,38 +129,48 @@ static named_t **stmt_bucket(gate_t *g, const char *name)
     return &g->stmts[h % STMT_BUCKETS];
 }
 
-/* Replace (or drop, with seq 0) what is known under `name`. */
-static int named_set(named_t **list, const char *name, uint64_t seq, cJSON *params, size_t *count)
+static void named_drop(named_t **list, const char *name, size_t *count)
 {
     named_t **p = named_find(list, name);
-    if (*p) {
-        named_t *old = *p;
-        *p = old->next;
-        named_free(old);
-        if (count)
-            (*count)--;
-    }
-    if (!seq) {
-        cJSON_Delete(params);
-        return 0;
-    }
-    if (count && *count >= GATE_MAX_NAMED) {
-        cJSON_Delete(params);
+    if (!*p)
+        return;
+    named_t *old = *p;
+    *p = old->next;
+    named_free(old);
+    if (count)
+        (*count)--;
+}
+
+/* Replace what is known under `name` by `n` (which the list then owns;
+ * freed here on failure). */
+static int named_put(named_t **list, const char *name, named_t *n, size_t *count)
+{
+    named_drop(list, name, count);
+    if ((count && *count >= GATE_MAX_NAMED) || !(n->name = strdup(name))) {
+        named_free(n);
         return -1;
     }
-    named_t *n = calloc(1, sizeof(*n));
-    if (!n || !(n->name = strdup(name))) {
-        free(n);
-        cJSON_Delete(params);
-        return -1;
-    }
-    n->seq = seq;
-    n->params = params;
     n->next = *list;
     *list = n;
     if (count)
         (*count)++;
     return 0;
+}
+
+static named_t *named_new(const char *sql, const char *rule, const cJSON *intent, bool writes)
+{
+    named_t *n = calloc(1, sizeof(*n));
+    if (!n)
+        return NULL;
+    n->sql = strdup(sql ? sql : "");
+    n->rule = rule ? strdup(rule) : NULL;
+    n->intent = intent ? cJSON_Duplicate(intent, true) : NULL;
+    n->writes = writes;
+    if (!n->sql || (rule && !n->rule) || (intent && !n->intent)) {
+        named_free(n);
+        return NULL;
+    }
+    return n;
 }
 
 static void sentinel_pop(gate_t *g)
@@ -279,6 +295,23 @@ typedef struct decided {
     policy_result_t r;
 } decided_t;
 
+/* The accesses a statement makes, for its STATEMENT record: [{"op","object"}...]. */
+static cJSON *intent_json(const policy_result_t *r)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; arr && i < r->n_stmts; i++)
+        for (size_t j = 0; j < r->stmts[i].n_accesses; j++) {
+            const policy_access_t *a = &r->stmts[i].accesses[j];
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "op", policy_op_name(a->op));
+            if (a->object && *a->object)
+                cJSON_AddStringToObject(o, "object", a->object);
+            cJSON_AddStringToObject(o, "decision", policy_decision_name(a->decision));
+            cJSON_AddItemToArray(arr, o);
+        }
+    return arr;
+}
+
 static gate_verdict_t refuse(session_t *s, const decided_t *d, const char *sqlstate,
                              const char *message, int position, uint64_t seq)
 {
@@ -289,21 +322,29 @@ static gate_verdict_t refuse(session_t *s, const decided_t *d, const char *sqlst
     if (rc == 0)
         rc = send_sentinel(s, d->kind, d->stmt, sqlstate, message, position);
     if (d->kind == 'P')
-        named_set(stmt_bucket(g, d->stmt), d->stmt, 0, NULL, &g->nstmts);
+        named_drop(stmt_bucket(g, d->stmt), d->stmt, &g->nstmts);
     rec_refused_result(s, seq, sqlstate, message);
     return rc < 0 ? GATE_FAILED : GATE_REPLACED;
 }
 
-/* What happens once an allowed statement goes upstream. */
-static gate_verdict_t allowed(session_t *s, char kind, const char *stmt, uint64_t seq)
+/* A Query that goes upstream now: its result is awaited. */
+static gate_verdict_t query_sent(session_t *s, uint64_t seq)
+{
+    rec_inflight_push(s, seq, 'Q', s->gate->syncs_sent, NULL);
+    return GATE_FORWARD;
+}
+
+/* An allowed Parse: nothing runs yet; what each Execute of it records is kept. */
+static gate_verdict_t parse_allowed(session_t *s, decided_t *d)
 {
     gate_t *g = s->gate;
-    if (kind == 'Q') {
-        rec_inflight_push(s, seq, 'Q', g->syncs_sent, NULL);
+    refused_forget(g, d->stmt);
+    if (!s->srv->audit)
         return GATE_FORWARD;
-    }
-    refused_forget(g, stmt);
-    if (s->srv->audit && named_set(stmt_bucket(g, stmt), stmt, seq, NULL, &g->nstmts) < 0)
+    cJSON *intent = intent_json(&d->r);
+    named_t *n = named_new(d->sql, d->r.rule, intent, d->r.writes);
+    cJSON_Delete(intent);
+    if (!n || named_put(stmt_bucket(g, d->stmt), d->stmt, n, &g->nstmts) < 0)
         return GATE_FAILED;
     return GATE_FORWARD;
 }
@@ -314,11 +355,15 @@ static gate_verdict_t settle(session_t *s, decided_t *d)
     bool ok = r->decision == POLICY_ALLOW;
     if (!ok)
         log_refusal(s, d->kind == 'Q' ? "Query" : "Parse", r);
+    /* Allowed Parses are recorded at each Execute, with their Bind values. */
+    if (ok && d->kind == 'P')
+        return parse_allowed(s, d);
     rec_stmt_t st = {.protocol = d->kind == 'Q' ? "simple" : "extended",
                      .sql = d->sql,
                      .decision = decision_name(r->decision),
                      .rule = r->rule,
                      .message = r->message,
+                     .intent = intent_json(r),
                      .writes = r->writes,
                      .refused = !ok};
     uint64_t seq;
@@ -333,7 +378,7 @@ static gate_verdict_t settle(session_t *s, decided_t *d)
         s->hold_seq = seq;
         return GATE_HOLD;
     }
-    return allowed(s, d->kind, d->stmt, seq);
+    return query_sent(s, seq);
 }
 
 /* Decide one query string (the statement of a Parse, or a Query's text). */
@@ -347,34 +392,33 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
     return settle(s, d);
 }
 
-/* The message at the input's head waited for its record to be durable. */
+/* The message at the input's head (a Query or an Execute) waited for its
+ * record to be durable. */
 gate_verdict_t gate_resume(session_t *s, char type, const uint8_t *body, size_t len)
 {
+    gate_t *g = s->gate;
     if (!rec_durable(s, s->hold_seq)) {
         if (!rec_failing(s) || s->rt->cfg->audit.on_failure_allow)
             return GATE_HOLD;
-        /* SPEC 3 on_failure deny: what cannot be recorded does not run. */
+        /* SPEC 3 on_failure deny: what cannot be recorded does not run. An
+         * Execute is replaced by a failing Parse: the server skips to Sync. */
         s->holding = false;
-        decided_t d = {.kind = type == 'Q' ? 'Q' : 'P', .stmt = ""};
-        pgw_parse_t p;
-        if (type == 'P' && pgw_read_parse(body, len, &p) == 0)
-            d.stmt = p.stmt;
-        gate_verdict_t v = refuse(s, &d, "58030", AUDIT_REFUSED_MSG, 0, s->hold_seq);
+        char name[96];
+        snprintf(name, sizeof(name), SENTINEL_PREFIX "%s", g->nonce);
+        int rc = send_sentinel(s, type == 'Q' ? 'Q' : 'P', name, "58030", AUDIT_REFUSED_MSG, 0);
+        rec_refused_result(s, s->hold_seq, "58030", AUDIT_REFUSED_MSG);
         if (type == 'Q')
-            s->gate->syncs_sent++;
-        return v;
+            g->syncs_sent++;
+        return rc < 0 ? GATE_FAILED : GATE_REPLACED;
     }
     s->holding = false;
-    gate_verdict_t v = GATE_FORWARD;
     if (type == 'Q') {
-        v = allowed(s, 'Q', NULL, s->hold_seq);
-        s->gate->syncs_sent++;
-    } else {
-        pgw_parse_t p;
-        v = pgw_read_parse(body, len, &p) < 0 ? GATE_MALFORMED
-                                              : allowed(s, 'P', p.stmt, s->hold_seq);
+        gate_verdict_t v = query_sent(s, s->hold_seq);
+        g->syncs_sent++;
+        return v;
     }
-    return v;
+    rec_inflight_push(s, s->hold_seq, 'E', g->syncs_sent, NULL);
+    return GATE_FORWARD;
 }
 
 /* ---- frontend messages ---------------------------------------------------------- */
@@ -456,24 +500,48 @@ static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool 
     }
     named_t *st = *named_find(stmt_bucket(g, stmt), stmt);
     if (st && s->srv->audit) {
-        cJSON *params = whole ? bind_params(body, n) : NULL;
-        if (!whole)
-            params = cJSON_CreateString("(not captured: Bind larger than 64 KiB)");
-        if (named_set(&g->portals, portal, st->seq, params, NULL) < 0)
+        named_t *p = named_new(st->sql, st->rule, st->intent, st->writes);
+        if (!p)
+            return GATE_FAILED;
+        p->params = whole ? bind_params(body, n)
+                          : cJSON_CreateString("(not captured: Bind larger than 64 KiB)");
+        if (named_put(&g->portals, portal, p, NULL) < 0)
             return GATE_FAILED;
     }
     return GATE_FORWARD;
 }
 
+/* Each execution of an allowed statement is a STATEMENT record with its Bind
+ * values, appended before the Execute goes upstream. */
 static gate_verdict_t on_execute(session_t *s, const uint8_t *body, size_t len)
 {
     const char *portal = (const char *)body;
     if (!len || strnlen(portal, len) == len)
         return GATE_MALFORMED;
     named_t *p = *named_find(&s->gate->portals, portal);
-    if (p)
-        rec_inflight_push(s, p->seq, 'E', s->gate->syncs_sent,
-                          p->params ? cJSON_Duplicate(p->params, true) : NULL);
+    if (!p)
+        return GATE_FORWARD; /* not recording, or the server will refuse it */
+    rec_stmt_t st = {.protocol = "extended",
+                     .sql = p->sql,
+                     .decision = "allow",
+                     .rule = p->rule,
+                     .params = p->params ? cJSON_Duplicate(p->params, true) : NULL,
+                     .intent = p->intent ? cJSON_Duplicate(p->intent, true) : NULL,
+                     .writes = p->writes};
+    uint64_t seq;
+    bool wait;
+    if (rec_statement(s, &st, &seq, &wait) < 0 && !s->rt->cfg->audit.on_failure_allow) {
+        char name[96];
+        snprintf(name, sizeof(name), SENTINEL_PREFIX "%s", s->gate->nonce);
+        return send_sentinel(s, 'P', name, "58030", AUDIT_REFUSED_MSG, 0) < 0 ? GATE_FAILED
+                                                                              : GATE_REPLACED;
+    }
+    if (wait) {
+        s->holding = true;
+        s->hold_seq = seq;
+        return GATE_HOLD;
+    }
+    rec_inflight_push(s, seq, 'E', s->gate->syncs_sent, NULL);
     return GATE_FORWARD;
 }
 
@@ -484,9 +552,9 @@ static gate_verdict_t on_close(session_t *s, const uint8_t *body, size_t len)
         return GATE_MALFORMED;
     if (t.kind == 'S') {
         refused_forget(s->gate, t.name);
-        named_set(stmt_bucket(s->gate, t.name), t.name, 0, NULL, &s->gate->nstmts);
+        named_drop(stmt_bucket(s->gate, t.name), t.name, &s->gate->nstmts);
     } else {
-        named_set(&s->gate->portals, t.name, 0, NULL, NULL);
+        named_drop(&s->gate->portals, t.name, NULL);
     }
     return GATE_FORWARD;
 }

@@ -256,7 +256,7 @@ typedef struct rec_stmt {
     const char *sql;
     const char *decision; /* "allow" | "deny" | "review" */
     const char *rule, *message;
-    cJSON *params; /* consumed */
+    cJSON *params, *intent; /* consumed */
     bool writes, refused;
 } rec_stmt_t;
 void rec_login_failed(session_t *s, const char *reason, const char *sqlstate);

@@ -142,8 +142,11 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
     s->n_statements++;
     if (st->refused)
         s->n_denied++;
-    if (!store(s))
+    if (!store(s)) {
+        cJSON_Delete(st->params);
+        cJSON_Delete(st->intent);
         return 0;
+    }
     cJSON *f = cJSON_CreateObject();
     cJSON_AddStringToObject(f, "sql", st->sql ? st->sql : "");
     cJSON_AddStringToObject(f, "protocol", st->protocol);
@@ -154,6 +157,8 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
         cJSON_AddStringToObject(f, "message", st->message);
     if (st->params)
         cJSON_AddItemToObject(f, "params", st->params);
+    if (st->intent)
+        cJSON_AddItemToObject(f, "intent", st->intent);
     cJSON_AddBoolToObject(f, "writes", st->writes);
     cJSON_AddNumberToObject(f, "start", (double)wall_us());
     if (append(s, AUDIT_REC_STATEMENT, s->id, f, seq) < 0)

@@ -688,7 +688,7 @@ static int gate_message(session_t *s, const pgw_hdr_t *h)
     size_t total = 5 + (size_t)h->len;
     size_t avail = buf_unread(&c->in) - 5 < h->len ? buf_unread(&c->in) - 5 : h->len;
     const uint8_t *body = buf_head(&c->in) + 5;
-    if (s->holding) /* only ever a whole Query or Parse */
+    if (s->holding) /* only ever a whole Query or Execute */
         return gate_verdict(s, gate_resume(s, h->type, body, h->len), total);
     switch (h->type) {
     case 'Q':
