@@ -397,8 +397,8 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
 gate_verdict_t gate_resume(session_t *s, char type, const uint8_t *body, size_t len)
 {
     gate_t *g = s->gate;
-    if (!rec_durable(s, s->hold_seq)) {
-        if (!rec_failing(s) || s->rt->cfg->audit.on_failure_allow)
+    if (!rec_durable(s, s->hold_seq) && !(rec_failing(s) && s->rt->cfg->audit.on_failure_allow)) {
+        if (!rec_failing(s))
             return GATE_HOLD;
         /* SPEC 3 on_failure deny: what cannot be recorded does not run. An
          * Execute is replaced by a failing Parse: the server skips to Sync. */

@@ -164,8 +164,11 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
     if (append(s, AUDIT_REC_STATEMENT, s->id, f, seq) < 0)
         return -1;
     cfg_durability_t d = s->rt->cfg->audit.durability;
+    /* on_failure allow: a failing store holds nothing up (the append was
+     * accepted and is written when the store recovers). */
     *wait = !st->refused && (d == CFG_DUR_STRICT || (d == CFG_DUR_STRICT_WRITES && st->writes)) &&
-            audit_durable_seq(store(s)) < *seq;
+            audit_durable_seq(store(s)) < *seq &&
+            !(s->rt->cfg->audit.on_failure_allow && audit_failing(store(s)));
     return 0;
 }
 
