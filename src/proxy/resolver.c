@@ -32,7 +32,7 @@ struct resolver {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct resolve_req *todo, *done; /* guarded by mu */
+    struct resolve_req *waiting, *done; /* guarded by mu */
     bool stop;
 };
 
@@ -41,12 +41,12 @@ static void *resolver_main(void *arg)
     struct resolver *r = arg;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->todo && !r->stop)
+        while (!r->waiting && !r->stop)
             pthread_cond_wait(&r->cv, &r->mu);
         if (r->stop)
             break;
-        struct resolve_req *q = r->todo;
-        r->todo = q->next;
+        struct resolve_req *q = r->waiting;
+        r->waiting = q->next;
         pthread_mutex_unlock(&r->mu);
         struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
         q->err = getaddrinfo(q->host, q->port, &hints, &res);
@@ -115,7 +115,7 @@ void resolver_free(struct resolver *r)
     pthread_mutex_unlock(&r->mu);
     pthread_join(r->thread, NULL);
     ev_async_stop(r->loop, &r->done_w);
-    for (struct resolve_req *q = r->todo, *n; q; q = n) {
+    for (struct resolve_req *q = r->waiting, *n; q; q = n) {
         n = q->next;
         free(q);
     }
@@ -139,8 +139,8 @@ struct resolve_req *resolver_lookup(struct resolver *r, const char *host, int po
     q->cb = cb;
     q->arg = arg;
     pthread_mutex_lock(&r->mu);
-    q->next = r->todo;
-    r->todo = q;
+    q->next = r->waiting;
+    r->waiting = q;
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
     return q;
