@@ -9,6 +9,7 @@
  * and holds no characters that SASLprep maps (to space or to nothing).
  */
 #include "pgwire/pgwire.h"
+#include "util/b64.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -31,82 +32,25 @@ enum {
 #define SCRAM_MAX_MESSAGE 4096 /* server-first / server-final are ~100 bytes in practice */
 
 /* ------------------------------------------------------------------ */
-/* Base64                                                              */
-
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/* Base64: SCRAM's fields are standard padded base64 (RFC 5802 section 7);  */
+/* util/b64 does the strict work, these add the caller's buffer bound.      */
 
 size_t pgw_base64_encode(const uint8_t *in, size_t n, char *out, size_t outsz)
 {
-    size_t need = (n + 2) / 3 * 4;
-    if (n > SIZE_MAX / 2 || outsz < need + 1)
+    if (n > SIZE_MAX / 2 || outsz < b64_encoded_len(n, B64_STD) + 1)
         return 0;
-    char *o = out;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        *o++ = b64_alphabet[(v >> 18) & 63];
-        *o++ = b64_alphabet[(v >> 12) & 63];
-        *o++ = i + 1 < n ? b64_alphabet[(v >> 6) & 63] : '=';
-        *o++ = i + 2 < n ? b64_alphabet[v & 63] : '=';
-    }
-    *o = 0;
-    return need;
-}
-
-static int b64_value(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* One 4-character group; `last` allows "xx==" / "xxx=" padding. Returns bytes (1..3) or -1. */
-static int b64_group(const char *g, bool last, uint8_t o[3])
-{
-    int pad = 0;
-    if (last && g[3] == '=')
-        pad = g[2] == '=' ? 2 : 1;
-    uint32_t v = 0;
-    for (int k = 0; k < 4; k++) {
-        int x = k < 4 - pad ? b64_value(g[k]) : 0;
-        if (x < 0)
-            return -1;
-        v = (v << 6) | (uint32_t)x;
-    }
-    /* Canonical only (RFC 4648 3.5): the bits that padding leaves unused must be zero. */
-    if ((pad == 1 && (v & 0xff)) || (pad == 2 && (v & 0xffff)))
-        return -1;
-    o[0] = (uint8_t)(v >> 16);
-    o[1] = (uint8_t)(v >> 8);
-    o[2] = (uint8_t)v;
-    return 3 - pad;
+    return b64_encode(out, in, n, B64_STD);
 }
 
 int pgw_base64_decode(const char *in, size_t n, uint8_t *out, size_t outsz)
 {
-    if (n % 4 != 0 || n / 4 * 3 > (size_t)INT_MAX)
-        return -1;
+    uint8_t tmp[SCRAM_MAX_MESSAGE];
     size_t len = 0;
-    for (size_t i = 0; i < n; i += 4) {
-        uint8_t o[3];
-        int k = b64_group(in + i, i + 4 == n, o);
-        if (k < 0 || outsz - len < (size_t)k)
-            return -1;
-        memcpy(out + len, o, (size_t)k);
-        len += (size_t)k;
-    }
+    if (b64_decoded_maxlen(n) > sizeof(tmp) || !b64_decode(tmp, &len, in, n, B64_STD) ||
+        len > outsz || len > (size_t)INT_MAX)
+        return -1;
+    memcpy(out, tmp, len);
+    OPENSSL_cleanse(tmp, sizeof(tmp));
     return (int)len;
 }
 
