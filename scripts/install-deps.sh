@@ -25,7 +25,7 @@ done
 # Build: compiler, libraries (-dev), unit-test and sanitizer tools.
 build_pkgs=(
     gcc make pkg-config clang clang-format valgrind
-    libev-dev libpg-query-dev libjwt-dev libcjson-dev liblmdb-dev libssl-dev
+    libev-dev libpg-query-dev libcjson-dev liblmdb-dev libssl-dev
     libcmocka-dev libcurl4-openssl-dev libvectorscan-dev
 )
 # Runtime, tests, demo and bench: a real PostgreSQL 15, PgBouncer and pgbench, the Python
