@@ -64,7 +64,7 @@ def agent_policy() -> dict:
             {"id": "read-shop", "action": "allow",
              "operations": ["select", "explain", "copy_to", "insert", "update", "delete"],
              "relations": ["public.*"]},
-            {"id": "scratch-ddl", "action": "allow", "operations": ["ddl", "insert"],
+            {"id": "scratch", "action": "allow", "operations": ["ddl", "insert", "select"],
              "relations": ["scratch.*"]},
         ],
         "masks": json.loads((MASK_FIXTURES / "agent-masks.json").read_text()),
@@ -414,3 +414,247 @@ def test_corpus_as_copy_to_stdout(env, fmt):
     leaked = byte_leaks(cap.received(), ALL_VALUES)
     assert not leaked, f"values reached the client: {leaked}"
     assert not failures, "\n".join([f"{len(failures)} problems:"] + failures)
+
+
+# ---------------------------------------------------------------------------------------
+# The extended protocol by hand: what pgjdbc and cursor clients do
+
+
+def parse_msg(name: str, sql: str) -> bytes:
+    return harness.msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+
+
+def bind_msg(portal: str, stmt: str, params: list, result_formats: list) -> bytes:
+    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!H", 0)
+    body += struct.pack("!H", len(params))
+    for p in params:
+        b = str(p).encode()
+        body += struct.pack("!i", len(b)) + b
+    body += struct.pack("!H", len(result_formats))
+    body += b"".join(struct.pack("!H", f) for f in result_formats)
+    return harness.msg(b"B", body)
+
+
+def describe_msg(kind: bytes, name: str) -> bytes:
+    return harness.msg(b"D", kind + name.encode() + b"\0")
+
+
+def execute_msg(portal: str, max_rows: int = 0) -> bytes:
+    return harness.msg(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
+
+
+SYNC = harness.msg(b"S")
+
+
+def until_ready(c) -> list:
+    out = []
+    while True:
+        t, body = c.read_msg(10)
+        out.append((t, body))
+        if t == b"Z":
+            return out
+
+
+def row_types(body: bytes) -> list:
+    (n,) = struct.unpack_from("!H", body)
+    off, out = 2, []
+    for _ in range(n):
+        end = body.index(b"\0", off)
+        off = end + 1
+        _, _, typ, _, _, fmt = struct.unpack_from("!IhIhih", body, off)
+        off += 18
+        out.append((typ, fmt))
+    return out
+
+
+def test_named_statement_described_once_then_executed_without_describe(env):
+    """pgjdbc: Parse + Describe(S) once, then Bind/Execute/Sync many times, some with
+    binary results, one with a row limit (PortalSuspended): every execution is masked."""
+    cap = Capture(env.port)
+    try:
+        c = raw_login(env.ep.with_(port=cap.port))
+        sql = "SELECT id, email, ssn, card_number, name FROM customers WHERE id <= $1 ORDER BY id"
+        c.send(parse_msg("S_1", sql) + describe_msg(b"S", "S_1") + SYNC)
+        first = until_ready(c)
+        rd = [b for t, b in first if t == b"T"]
+        assert rd and [t for t, _ in row_types(rd[0])] == [23, 25, 25, 25, 25], first
+        for i in range(6):
+            fmts = [1] if i % 2 else [0]
+            c.send(bind_msg("", "S_1", [3], fmts) + execute_msg("") + SYNC)
+            msgs = until_ready(c)
+            rows = [b for t, b in msgs if t == b"D"]
+            assert len(rows) == 3 and not [t for t, _ in msgs if t in (b"T", b"E")], msgs
+            for b in rows:
+                (n,) = struct.unpack_from("!H", b)
+                assert n == 5
+            text = b"".join(rows)
+            assert b"***@example." in text and b"****" in text, text
+        # a named portal executed one row at a time
+        c.send(bind_msg("P1", "S_1", [3], [0]) + execute_msg("P1", 1) + harness.msg(b"H"))
+        got = []
+        while True:
+            t, body = c.read_msg(10)
+            got.append(t)
+            if t == b"s":
+                break
+        assert got.count(b"D") == 1, got
+        c.send(execute_msg("P1", 1) + execute_msg("P1", 0) + SYNC)
+        rest = until_ready(c)
+        assert [t for t, _ in rest].count(b"D") == 2, rest
+        c.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+
+
+def test_sql_cursors_and_prepared_statements_follow_their_plans(env):
+    cap = Capture(env.port)
+    try:
+        conn = env.ep.with_(port=cap.port).connect()
+        with conn.cursor() as cur:  # psycopg2 opens a transaction: DECLARE works
+            cur.execute("DECLARE cur SCROLL CURSOR FOR SELECT id, email, ssn FROM customers "
+                        "ORDER BY id")
+            cur.execute("FETCH 2 FROM cur")
+            a = cur.fetchall()
+            cur.execute("FETCH ALL FROM cur")
+            b = cur.fetchall()
+            cur.execute("MOVE ABSOLUTE 0 IN cur")
+            cur.execute("FETCH NEXT FROM cur")
+            c1 = cur.fetchall()
+        conn.commit()
+        rows = a + b + c1
+        assert len(rows) == 5 and all(r[2] == "****" and "***@" in r[1] for r in rows), rows
+        with conn.cursor("srv") as cur:  # a psycopg2 named cursor: DECLARE + FETCH FORWARD
+            cur.itersize = 2
+            cur.execute("SELECT name, card_number FROM customers ORDER BY id")
+            named = list(cur)
+        conn.commit()
+        assert [r[0] for r in named[:2]] == ["Alice Archer", "Bob Baker"], named
+        assert all(r[1].startswith("****") for r in named), named
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("PREPARE p_mask AS SELECT id, ssn, email FROM customers WHERE id = $1")
+            cur.execute("EXECUTE p_mask(2)")
+            ex = cur.fetchall()
+            assert ex == [(2, "****", "b***@example.org")], ex
+        conn.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+
+
+def test_errors_and_notices_that_echo_values_are_scrubbed(env):
+    cap = Capture(env.port)
+    msgs = []
+    try:
+        conn = connect(env, port=cap.port)
+        for sql in ["SELECT ssn::int FROM customers",
+                    "SELECT card_number::int8::int4 FROM customers",
+                    "SELECT email::date FROM customers",
+                    "SELECT notes::int FROM customers WHERE id = 2",
+                    "SELECT (SELECT email FROM customers WHERE id = 1)::int",
+                    "SELECT jsonb_build_object('a', ssn)::text::int FROM customers",
+                    "DO $$ BEGIN RAISE NOTICE 'leak %', (SELECT ssn FROM customers LIMIT 1); END $$"]:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+            except psycopg2.Error as e:
+                msgs.append(f"{e.pgcode} {e.pgerror}")
+        msgs += list(conn.notices)
+        conn.close()
+    finally:
+        cap.close()
+    assert len(msgs) >= 6, msgs
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked} in {msgs}"
+
+
+def test_psql_copy_to_stdout_is_masked(env, tmp_path):
+    out = tmp_path / "c.csv"
+    r = psql(env.ep, "-c", f"\\copy customers TO '{out}' WITH (FORMAT csv, HEADER)")
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert not leaks(text, ALL_VALUES), text
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["id", "name", "email", "card_number", "ssn", "notes"], rows
+    assert rows[1][:5] == ["1", "Alice Archer", "a***@example.com", "************1111", "****"]
+    r = psql(env.ep, "-c", "COPY (SELECT email, name FROM customers ORDER BY id) TO STDOUT")
+    assert r.returncode == 0 and "Alice Archer" in r.stdout, r.stderr
+    assert not leaks(r.stdout, ALL_VALUES), r.stdout
+
+
+def test_catalog_changes_during_a_session_are_masked_afterwards(env, pg):
+    """A view replaced, a column renamed and one added in the session: the next statement
+    sees the new shapes (DDL makes the gateway read the catalog again)."""
+    cap = Capture(env.port)
+    try:
+        conn = connect(env, port=cap.port)
+        with conn.cursor() as cur:
+            cur.execute("CREATE VIEW scratch.v1 AS SELECT id, name AS a, ssn AS b FROM "
+                        "public.customers")
+            cur.execute("SELECT a, b FROM scratch.v1 ORDER BY 1")
+            first = cur.fetchall()
+            cur.execute("CREATE OR REPLACE VIEW scratch.v1 AS SELECT id, ssn AS a, name AS b "
+                        "FROM public.customers")
+            cur.execute("SELECT a, b FROM scratch.v1")
+            second = cur.fetchall()
+            cur.execute("SELECT * FROM scratch.v1")
+            third = cur.fetchall()
+        assert all(r[1] == "****" and r[0] != "****" for r in first), first
+        assert all(r[0] == "****" and r[1] != "****" for r in second), second
+        assert all(r[1] == "****" for r in third), third
+        # another session changes the view: the RowDescription of an unknown relation, or
+        # the next catalog read, keeps the old plan from applying
+        pg.admin_query("create view scratch.v2 as select id, card_number as c from "
+                       "public.customers", dbname=DB)
+        pg.admin_query(f"grant select on scratch.v2 to {READER}", dbname=DB)
+        with conn.cursor() as cur:
+            cur.execute("SELECT c FROM scratch.v2")
+            other = cur.fetchall()
+        assert all(r[0] is None or "4111" not in r[0] and r[0].startswith("*")
+                   for r in other), other
+        conn.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+
+
+def test_large_rows_are_masked_and_oversized_rows_end_the_session(env, pg):
+    conn = connect(env)
+    with conn.cursor() as cur:
+        cur.execute("SELECT repeat('x', 3000000) || ssn AS big, ssn FROM customers WHERE id = 1")
+        big, s = cur.fetchone()
+    assert len(big) == 3000000 + 4 or big == "****", len(big)
+    assert s == "****"
+    with conn.cursor() as cur:
+        cur.execute("SELECT repeat('y', 1000) || ' 123-45-6789', id FROM orders LIMIT 1")
+        v, _ = cur.fetchone()
+    assert "123-45-6789" not in v and v.endswith("****"), v
+    conn.close()
+
+
+def test_audit_records_hold_masked_rows_only(env):
+    conn = connect(env, application_name="bwit-mask-audit")
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, name, email, card_number, ssn, notes FROM customers ORDER BY id")
+        cur.fetchall()
+    conn.close()
+    r = run([str(env.binary), "audit", "export", "-c", str(env.config_path), "--format", "jsonl"])
+    assert r.returncode == 0, r.stderr
+    results = [o["record"]["data"] for o in map(json.loads, r.stdout.splitlines())
+               if o.get("record", {}).get("type") == "result"]
+    captured = json.dumps([{k: d.get(k) for k in ("values", "error", "columns")}
+                           for d in results])
+    assert "a***@example.com" in captured and "************1111" in captured
+    assert not leaks(captured, ALL_VALUES), leaks(captured, ALL_VALUES)
+    sid = None
+    for ln in env.log_text().splitlines():
+        if "event=session_start" in ln and "bwit-mask-audit" in ln:
+            sid = re.search(r"session=(\w+)", ln).group(1)
+    assert sid
+    rp = run([str(env.binary), "replay", sid, "-c", str(env.config_path)])
+    assert rp.returncode == 0, rp.stderr
+    assert "a***@example.com" in rp.stdout and not leaks(rp.stdout, ALL_VALUES), rp.stdout
