@@ -34,6 +34,7 @@ static const char *const top_keys[] = {
     "shutdown_grace",
     "login_timeout",
     "max_client_conn",
+    "masking",
     NULL,
 };
 
@@ -474,6 +475,53 @@ static void load_approvals(load_t *L, const cJSON *root)
     cfgw_pop(&L->w, m);
 }
 
+/* masking: {"hash_key_file", "max_row_bytes", "catalog_refresh"} (docs/configuration.md).
+ * Called after the policies: a role whose masks use "hash" needs the key. */
+static bool role_uses_hash(const cfg_role_t *r)
+{
+    const cJSON *m;
+    cJSON_ArrayForEach(m, r->masks)
+    {
+        const char *meth = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, "method"));
+        if (meth && !strcmp(meth, "hash"))
+            return true;
+    }
+    return false;
+}
+
+static void load_masking(load_t *L, const cJSON *root)
+{
+    static const char *const keys[] = {"hash_key_file", "max_row_bytes", "catalog_refresh", NULL};
+    cfg_t *c = L->c;
+    const cJSON *a = NULL;
+    if (cfgw_objval(&L->w, root, "masking", 0, &a) > 0) {
+        size_t m = cfgw_key(&L->w, "masking");
+        if (cfgw_object(&L->w, a, keys)) {
+            if (readable_key(L, a, "hash_key_file", 0, &c->masking.hash_key_file) > 0) {
+                char why[256], q[96];
+                if (cfg_read_secret_file(c->masking.hash_key_file, &c->masking.hash_key,
+                                         &c->masking.hash_key_len, why, sizeof(why)) < 0)
+                    cfgw_err_at(&L->w, "hash_key_file", "cannot read %s: %s",
+                                cfg_q(q, sizeof(q), c->masking.hash_key_file), why);
+                else if (c->masking.hash_key_len < 32)
+                    cfgw_err_at(&L->w, "hash_key_file", "the key in %s must be at least 32 bytes",
+                                cfg_q(q, sizeof(q), c->masking.hash_key_file));
+            }
+            (void)cfgw_size(&L->w, a, "max_row_bytes", 0, 64 * 1024, 1ULL << 30,
+                            &c->masking.max_row_bytes);
+            (void)cfgw_dur(&L->w, a, "catalog_refresh", 0, 1000, 86400000,
+                           &c->masking.catalog_refresh_ms);
+        }
+        cfgw_pop(&L->w, m);
+    }
+    for (size_t i = 0; i < c->n_roles; i++)
+        if (!c->masking.hash_key && role_uses_hash(&c->roles[i])) {
+            cfgw_err(&L->w, "role \"%s\" masks with method \"hash\": masking.hash_key_file is required",
+                     c->roles[i].name);
+            break;
+        }
+}
+
 static void load_knobs(load_t *L, const cJSON *root)
 {
     cfg_t *c = L->c;
@@ -597,7 +645,8 @@ static bool watch_add(cfg_t *c, const char *path)
 static bool collect_watch_files(cfg_t *c)
 {
     bool ok = watch_add(c, c->path) && watch_add(c, c->tls_cert_file) &&
-              watch_add(c, c->tls_key_file) && watch_add(c, c->audit.signing_key_file);
+              watch_add(c, c->tls_key_file) && watch_add(c, c->audit.signing_key_file) &&
+              watch_add(c, c->masking.hash_key_file);
     for (size_t i = 0; ok && i < c->n_issuers; i++) {
         const cfg_issuer_t *is = &c->issuers[i];
         ok = watch_add(c, is->hs256_secret_file) && watch_add(c, is->jwks_file) &&
@@ -636,6 +685,8 @@ static void set_defaults(cfg_t *c)
     c->shutdown_grace_ms = 30000;
     c->login_timeout_ms = 15000;
     c->max_client_conn = 10000;
+    c->masking.max_row_bytes = 16u << 20;
+    c->masking.catalog_refresh_ms = 60000;
 }
 
 static void load_root(load_t *L, const cJSON *root)
@@ -653,6 +704,7 @@ static void load_root(load_t *L, const cJSON *root)
     (void)hostport(L, root, "metrics_listen", 0, NULL, NULL, &c->metrics_listen);
     load_knobs(L, root);
     load_policies(L, root);
+    load_masking(L, root);
 }
 
 cfg_t *cfg_load(const char *path, cfg_errors_t *errs)
@@ -760,6 +812,8 @@ void cfg_release(cfg_t *c)
     free(c->audit.signing_key_file);
     free(c->approvals.webhook_url);
     free(c->metrics_listen);
+    free_secret(c->masking.hash_key, c->masking.hash_key_len);
+    free(c->masking.hash_key_file);
     for (size_t i = 0; i < c->n_roles; i++)
         cfg_role_free(&c->roles[i]);
     free(c->roles);

@@ -122,6 +122,13 @@ typedef struct cfg {
         int64_t poll_interval_ms; /* default 200ms */
     } approvals;
     char *metrics_listen; /* "host:port" as written, or NULL */
+    struct {
+        char *hash_key_file;        /* resolved, or NULL */
+        uint8_t *hash_key;          /* its contents (>= 32 bytes), wiped on release */
+        size_t hash_key_len;
+        uint64_t max_row_bytes;     /* default 16MiB: larger rows to rewrite end the session */
+        int64_t catalog_refresh_ms; /* default 60s */
+    } masking;
     cfg_role_t *roles;
     size_t n_roles;
     /* gateway knobs not in SPEC's example (documented in docs/configuration.md): */

@@ -296,6 +296,22 @@ policy_session_t *policy_session_new(const char *search_path, const char *sessio
     return ps;
 }
 
+size_t policy_session_npaths(const policy_session_t *ps)
+{
+    return ps->n_paths;
+}
+
+const char *const *policy_session_path(const policy_session_t *ps, size_t i, size_t *n)
+{
+    *n = i < ps->n_paths ? ps->paths[i].n : 0;
+    return i < ps->n_paths ? (const char *const *)ps->paths[i].s : NULL;
+}
+
+const char *policy_session_user(const policy_session_t *ps)
+{
+    return ps->user;
+}
+
 static void prepared_free(prepared_t *p)
 {
     for (size_t i = 0; i < p->n; i++) {

@@ -200,6 +200,13 @@ void policy_session_apply(policy_session_t *ps, const policy_result_t *r);
  * stay candidates, which only makes decisions stricter. */
 void policy_session_txn_end(policy_session_t *ps, bool committed);
 
+/* The search_path candidates believed possible now (see policy_session_apply),
+ * for modules that resolve names as the policy does (masking): how many, and
+ * the i-th as schema names in order ("$user" as written). */
+size_t policy_session_npaths(const policy_session_t *ps);
+const char *const *policy_session_path(const policy_session_t *ps, size_t i, size_t *n);
+const char *policy_session_user(const policy_session_t *ps);
+
 /* ---- checking ---- */
 
 /* Decide sql[0..len) for role. Never fails open: returns 0 with out filled

@@ -25,6 +25,7 @@
 #include "pgwire/pgwire.h"
 #include "policy/policy.h"
 #include "proxy/internal.h"
+#include "proxy/maskflow.h"
 #include "util/log.h"
 
 #define GATE_MAX_SENTINELS 1024
@@ -261,6 +262,8 @@ static int send_sentinel(session_t *s, char kind, const char *stmt, const char *
     snprintf(e->sqlstate, sizeof(e->sqlstate), "%s", sqlstate && *sqlstate ? sqlstate : "42501");
     e->position = position;
     g->qlen++;
+    if (s->mf)
+        maskflow_sentinel(s, kind);
     char sql[96];
     snprintf(sql, sizeof(sql), "SELECT " SENTINEL_PREFIX "%s_%u", g->nonce, e->n);
     if (kind == 'Q')
@@ -293,6 +296,7 @@ typedef struct decided {
     const char *stmt;
     const char *sql;
     policy_result_t r;
+    char mask_msg[512]; /* a denial by masking (r.message points here) */
 } decided_t;
 
 /* The accesses a statement makes, for its STATEMENT record: [{"op","object"}...]. */
@@ -319,6 +323,8 @@ static gate_verdict_t refuse(session_t *s, const decided_t *d, const char *sqlst
     int rc = 0;
     if (d->kind == 'P')
         rc = refused_remember(g, d->stmt, message ? message : "refused");
+    if (d->kind == 'P' && s->mf)
+        maskflow_parse_refused(s, d->stmt);
     if (rc == 0)
         rc = send_sentinel(s, d->kind, d->stmt, sqlstate, message, position);
     if (d->kind == 'P')
@@ -389,6 +395,21 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
         return GATE_FAILED;
     if (d->r.decision == POLICY_ALLOW)
         policy_session_apply(s->gate->ps, &d->r);
+    /* SPEC 5.3: the masks follow the data; a masked column used as a filter
+     * is an oracle, denied like a rule would. */
+    if (d->r.decision == POLICY_ALLOW && s->mf) {
+        int m = maskflow_plan(s, s->gate->ps, d->kind, d->stmt, d->sql, len, &d->r,
+                              d->mask_msg, sizeof(d->mask_msg));
+        if (m < 0)
+            return GATE_FAILED;
+        if (m > 0) {
+            d->r.decision = POLICY_DENY;
+            snprintf(d->r.sqlstate, sizeof(d->r.sqlstate), "42501");
+            d->r.message = d->mask_msg;
+            d->r.rule = "builtin:masking";
+            d->r.cursorpos = 0;
+        }
+    }
     return settle(s, d);
 }
 

@@ -49,6 +49,8 @@ typedef struct runtime {
     SSL_CTX **target_tls; /* per target, for upstream TLS (NULL where sslmode=disable) */
     policy_set_t *policies; /* every role's rules, compiled */
     struct pgw_scram_cache **scram; /* per role, per upstream: salted passwords */
+    struct mask_rules **mask_rules; /* per role: its masks compiled (maskflow.h) */
+    size_t n_mask_rules;
     int refcount;
 } runtime_t;
 
@@ -133,6 +135,7 @@ struct session {
      * to drop (a refused message too large to hold) */
     size_t c2u_left, u2c_left, c2u_skip;
     gate_t *gate;                /* the policy in the data path */
+    struct maskflow *mf;         /* masking in the data path (NULL: the role masks nothing) */
     char probe_status;           /* upstream's first ReadyForQuery, held during the probe */
     int probe_set;               /* result set being read by the probe */
     char *probe_search_path;
@@ -185,6 +188,7 @@ struct server {
     ev_idle reaper;
     struct resolver *resolver;
     policy_cache_t *policy_cache; /* parse cache of this loop */
+    struct mask_scratch *mask_scratch; /* Vectorscan scratch of this loop (maskflow.c) */
     struct audit *audit;          /* NULL: recording off */
     ev_async audit_w;             /* the audit writer's notify */
     struct ident_keystore *keystore; /* jwks_url keys, fetched by a worker */

@@ -20,6 +20,7 @@
 #include "identity/ident.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
+#include "proxy/maskflow.h"
 #include "proxy/proxy.h"
 #include "util/log.h"
 
@@ -106,6 +107,9 @@ runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz)
         snprintf(err, errsz, "out of memory compiling the policies");
         goto fail;
     }
+    if (!(rt->mask_rules = maskflow_rules_new(cfg, err, errsz)))
+        goto fail;
+    rt->n_mask_rules = cfg->n_roles;
     return rt;
 fail:
     rt->cfg = NULL; /* the caller still owns cfg on failure */
@@ -133,6 +137,7 @@ void runtime_release(runtime_t *rt)
     if (!rt || --rt->refcount > 0)
         return;
     policy_set_free(rt->policies);
+    maskflow_rules_free(rt->mask_rules, rt->n_mask_rules);
     if (rt->scram && rt->cfg)
         for (size_t i = 0; i < rt->cfg->n_roles; i++) {
             for (size_t j = 0; rt->scram[i] && j < rt->cfg->roles[i].n_upstreams; j++)
@@ -579,6 +584,7 @@ int proxy_serve(const char *config_path)
               (unsigned long long)cs.hits, (unsigned long long)cs.misses,
               (unsigned long long)cs.evictions);
     policy_cache_free(srv.policy_cache);
+    mask_scratch_free(srv.mask_scratch);
     log_event(LOG_INFO, "stopped", "pid=%d", (int)getpid());
     return 0;
 }

@@ -24,6 +24,7 @@
 #include "identity/ident.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
+#include "proxy/maskflow.h"
 #include "util/log.h"
 
 static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents);
@@ -105,6 +106,7 @@ void session_free(session_t *s)
 {
     buf_free(&s->params);
     gate_free(s->gate);
+    maskflow_free(s->mf);
     forget_token(s);
     free(s->role_name);
     free(s->target_name);
@@ -759,6 +761,9 @@ static void relay_c2u(session_t *s)
             session_close(s, "client terminated");
             return;
         }
+        if (s->mf && !s->holding &&
+            !maskflow_c2u_ready(s, h.type, buf_unread(&c->in) - 5, h.len))
+            break;
         int g = gate_message(s, &h);
         if (g < 0)
             return;
@@ -767,6 +772,12 @@ static void relay_c2u(session_t *s)
         if (g == 2)
             continue;
         size_t total = 5 + (size_t)h.len;
+        if (s->mf && maskflow_c2u(s, h.type, buf_head(&c->in) + 5,
+                                  buf_unread(&c->in) - 5 < h.len ? buf_unread(&c->in) - 5
+                                                                 : h.len) < 0) {
+            session_fail(s, "FATAL", "53200", "bulwark: out of memory tracking result shapes");
+            return;
+        }
         size_t n = buf_unread(&c->in) < total ? buf_unread(&c->in) : total;
         pass(c, u, n);
         s->c2u_left = total - n;
@@ -854,6 +865,15 @@ void session_upstream_ready(session_t *s)
 {
     s->state = ST_RELAY;
     ev_timer_stop(s->srv->loop, &s->timer);
+    bool oom;
+    s->mf = maskflow_new(s, &oom);
+    if (oom) {
+        session_fail(s, "FATAL", "53200", "bulwark: out of memory");
+        return;
+    }
+    /* Messages that are rewritten are held whole (docs/masking.md). */
+    if (s->mf && s->upstream.in.limit < maskflow_max_message(s) + 5)
+        s->upstream.in.limit = maskflow_max_message(s) + 5;
     rec_session_start(s);
     /* Query and Parse are held whole for the policy, up to max_statement_bytes. */
     uint64_t hold = s->rt->cfg->max_statement_bytes + 64 * 1024;
@@ -874,6 +894,75 @@ void session_upstream_ready(session_t *s)
     if (DEAD(s))
         return;
     session_flush_client(s);
+}
+
+/* What the gateway learns from a whole backend message on its way to the
+ * client (after masking rewrote it): the audit, command tags, the cycle's end. */
+static void observe_backend(session_t *s, char type, const uint8_t *body, size_t len)
+{
+    rec_backend(s, type, body, len);
+    if (type == 'C')
+        gate_command_complete(s, body, len);
+    char status;
+    if (type == 'Z' && pgw_read_ready(body, len, &status) == 0) {
+        s->tx_status = status;
+        gate_ready(s, status);
+    }
+}
+
+/* A backend message masking must see whole (maskflow.h): rewritten before
+ * the audit observes it and the client gets it. 1 = handled, 0 = wait for
+ * the rest, -1 = the session ended. */
+static int u2c_masked(session_t *s, const pgw_hdr_t *h)
+{
+    endpoint_t *c = &s->client, *u = &s->upstream;
+    size_t total = 5 + (size_t)h->len;
+    if (total > maskflow_max_message(s) + 5) {
+        session_fail(s, "FATAL", "54000",
+                     "bulwark: a result message of %zu bytes is larger than masking.max_row_bytes "
+                     "(%llu); the session is closed rather than send it unmasked",
+                     total, (unsigned long long)maskflow_max_message(s));
+        return -1;
+    }
+    if (buf_unread(&u->in) < total)
+        return 0;
+    const uint8_t *msg = buf_head(&u->in), *body = msg + 5;
+    const uint8_t *rep;
+    size_t replen;
+    mf_verdict_t v = maskflow_u2c(s, h->type, body, h->len, &rep, &replen);
+    if (v == MF_FAIL || DEAD(s) || s->state == ST_CLOSING)
+        return -1;
+    if (v == MF_SWALLOW) {
+        buf_consume(&u->in, total);
+        return 1;
+    }
+    if (h->type == 'E' && gate_backend_error(s, body, h->len)) {
+        s->last_backend_type = 'E';
+        buf_consume(&u->in, total);
+        return 1;
+    }
+    const uint8_t *out = msg;
+    size_t outlen = total;
+    if (v == MF_REPLACED || (v == MF_OBSERVE && rep)) {
+        out = rep;
+        outlen = replen;
+    }
+    /* The audit sees a message as the client gets it. COPY data is not
+     * observed: its rewrite may be several messages or none. */
+    bool observe = h->type == 'Z' || h->type == 'E' || h->type == 'C' ||
+                   (rec_inflight(s) && (strchr("TIs", h->type) ||
+                                        (h->type == 'D' && rec_wants_rows(s))));
+    bool single = outlen >= 5 && (size_t)rd_u32(out + 1) + 1 == outlen;
+    if (observe && single && outlen <= MAX_LOGIN_MESSAGE + 5)
+        observe_backend(s, h->type, out + 5, outlen - 5);
+    if (v != MF_OBSERVE) {
+        s->last_backend_type = h->type;
+        buf_append(&c->out, out, outlen);
+    }
+    buf_consume(&u->in, total);
+    if (buf_unread(&c->out) > OUT_HIWAT)
+        s->upstream_paused = true;
+    return 1;
 }
 
 /* Upstream → client. Only ReadyForQuery is looked into (for the transaction
@@ -898,6 +987,14 @@ static bool relay_u2c_some(session_t *s)
             return false;
         }
         size_t total = 5 + (size_t)h.len;
+        if (s->mf && maskflow_u2c_whole(s, h.type)) {
+            int m = u2c_masked(s, &h);
+            if (m < 0)
+                return false;
+            if (m == 0)
+                break;
+            continue;
+        }
         bool observe = h.type == 'Z' || h.type == 'E' || h.type == 'C' ||
                        (rec_inflight(s) && (strchr("TIs", h.type) ||
                                             (h.type == 'D' && rec_wants_rows(s))));
@@ -910,14 +1007,7 @@ static bool relay_u2c_some(session_t *s)
                 buf_consume(&u->in, total);
                 continue;
             }
-            rec_backend(s, h.type, body, h.len);
-            if (h.type == 'C')
-                gate_command_complete(s, body, h.len);
-            char status;
-            if (h.type == 'Z' && pgw_read_ready(body, h.len, &status) == 0) {
-                s->tx_status = status;
-                gate_ready(s, status);
-            }
+            observe_backend(s, h.type, body, h.len);
         }
         s->last_backend_type = h.type;
         size_t n = buf_unread(&u->in) < total ? buf_unread(&u->in) : total;
@@ -947,6 +1037,9 @@ static void relay_u2c(session_t *s)
 {
     while (relay_u2c_some(s))
         ;
+    /* A catalog read for masking ended: the client's input waited for it. */
+    if (!DEAD(s) && maskflow_resume_pending(s))
+        relay_c2u(s);
     if (!DEAD(s))
         session_update_watchers(s);
 }

@@ -126,6 +126,9 @@ static void loads_spec_example_with_defaults(void **state)
     assert_int_equal(c->shutdown_grace_ms, 30000);
     assert_int_equal(c->login_timeout_ms, 15000);
     assert_int_equal(c->max_client_conn, 10000);
+    assert_null(c->masking.hash_key);
+    assert_int_equal(c->masking.max_row_bytes, 16u << 20);
+    assert_int_equal(c->masking.catalog_refresh_ms, 60000);
 
     /* roles, in file order: policies/analyst.json, then policies/ops.json */
     assert_int_equal(c->n_roles, 3);
@@ -214,6 +217,10 @@ static void loads_every_key_set_explicitly(void **state)
     assert_int_equal(c->shutdown_grace_ms, 0);
     assert_int_equal(c->login_timeout_ms, 3000);
     assert_int_equal(c->max_client_conn, 50);
+    assert_non_null(c->masking.hash_key);
+    assert_int_equal(c->masking.hash_key_len, 40);
+    assert_int_equal(c->masking.max_row_bytes, 2u << 20);
+    assert_int_equal(c->masking.catalog_refresh_ms, 300000);
 
     /* extra/svc.json is matched by two patterns and loaded once */
     assert_int_equal(c->n_roles, 2);

@@ -1,0 +1,660 @@
+"""Masking end to end (issue 5, SPEC 5.3).
+
+The mask corpus tests/fixtures/mask/masking.tsv (role "agent": tests/fixtures/mask/
+agent-masks.json over schema.sql + schema-extra.sql) runs through the gateway against a real
+PostgreSQL:
+
+- psycopg2 (simple protocol, text results), node-pg with binary results (extended protocol),
+  and COPY ... TO STDOUT of each statement (psycopg2 copy_expert, text and CSV): none of the
+  listed values may appear in any byte the client receives (rows, errors, notices), denied
+  statements must be refused by Bulwark, and what comes back must be masked as the corpus
+  says (unmasked columns arrive unchanged and correctly typed);
+- prepared statements re-executed without Describe (a pgjdbc-style sequence on the raw wire),
+  SQL cursors, Execute with a row limit, psql \\copy, errors that echo values, a catalog
+  change during a session, and the audit replay, which must hold masked rows only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import secrets
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+import harness
+from harness import PG_BIN, node_script, psql, raw_login, run
+from test_policy_e2e import (create_database, drop_database, load_schema_sql,
+                             start_policy_gateway, stop_policy_gateway)
+
+pytestmark = pytest.mark.gateway_only  # masking is the gateway's
+
+MASK_FIXTURES = harness.REPO_ROOT / "tests" / "fixtures" / "mask"
+DB = "mask_e2e"
+READER = "bw_mask_reader"
+SUB = "svc-agent-mask"
+REFUSED_EVENT = "event=statement_refused"
+
+# Every sensitive value of the data (schema.sql + schema-extra.sql + what the tests add).
+SECRETS = [
+    "alice.archer@example.com", "bob.baker@example.org", "carol.chen@example.net",
+    "dan.dent@example.com", "4111111111111111", "5500005555555559", "340000000000009",
+    "6011000990139424", "123-45-6789", "987-65-4321", "222-33-4444", "555-44-3333",
+    "sk_live_51HxQ2eZvKYlo2C8x7Qj3",
+]
+
+
+def agent_policy() -> dict:
+    return {
+        "role": "agent",
+        "description": "masking end to end",
+        "identities": [{"iss": harness.ISSUER, "sub": "svc-agent-*"}],
+        "upstream": {DB: {"user": READER, "password_file": f"../secrets/{READER}"}},
+        "default": "deny",
+        "catalog_reads": True,
+        "rules": [
+            {"id": "no-ddl", "action": "deny", "operations": ["dcl", "truncate"]},
+            {"id": "read-shop", "action": "allow",
+             "operations": ["select", "explain", "copy_to", "insert", "update", "delete"],
+             "relations": ["public.*"]},
+            {"id": "scratch", "action": "allow", "operations": ["ddl", "insert", "select"],
+             "relations": ["scratch.*"]},
+        ],
+        "masks": json.loads((MASK_FIXTURES / "agent-masks.json").read_text()),
+    }
+
+
+@pytest.fixture(scope="module")
+def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
+    pw = "pw-" + secrets.token_hex(12)
+    made_agent_rw = not pg.admin_query("select 1 from pg_roles where rolname = 'agent_rw'")
+    create_database(pg, DB)
+    load_schema_sql(pg, DB)
+    pg.admin_query(f"drop role if exists {READER}")
+    pg.admin_query(f"create role {READER} login password %s", (pw,))
+    c = pg.admin(DB)
+    with c.cursor() as cur:
+        cur.execute((MASK_FIXTURES / "schema-extra.sql").read_text())
+        cur.execute("create schema scratch")
+        cur.execute(f"grant usage, create on schema scratch to {READER}")
+        cur.execute(f"grant usage on schema public to {READER}")
+        cur.execute(f"grant select on all tables in schema public to {READER}")
+        cur.execute(f"grant insert, update, delete on customers, orders to {READER}")
+        cur.execute(f"grant usage on all sequences in schema public to {READER}")
+    c.close()
+    target = {"host": "127.0.0.1", "port": pg.port, "sslmode": "disable", "dbname": DB}
+    g = start_policy_gateway("gw-mask-e2e", bulwark_bin, pg, certdir, secret_registry,
+                             tmp_path_factory, targets={DB: target},
+                             policies=[agent_policy()], passwords={READER: pw},
+                             settings={"audit": {"path": "var/audit", "map_size": "256MiB",
+                                                 "capture_rows": 50}})
+    g.ep = g.endpoint(role="agent", target=DB, sub=SUB, application_name="bwit-mask-e2e")
+    try:
+        yield g
+    finally:
+        try:
+            stop_policy_gateway(g)
+        finally:
+            drop_database(pg, DB)
+            for role in [READER] + (["agent_rw"] if made_agent_rw else []):
+                try:
+                    pg.admin_query(f"drop role if exists {role}")
+                except psycopg2.Error as e:
+                    print(f"teardown: role {role} not dropped: {e}")
+
+
+def connect(g, **kw):
+    c = g.ep.connect(**kw)
+    c.autocommit = True
+    return c
+
+
+def leaks(text: str, values) -> list:
+    return [v for v in values if v and v in text]
+
+
+def test_smoke_select_star_is_masked(env):
+    c = connect(env)
+    try:
+        with c.cursor() as cur:
+            cur.execute("SELECT * FROM customers ORDER BY id")
+            rows = cur.fetchall()
+            types = [d.type_code for d in cur.description]
+    finally:
+        c.close()
+    text = repr(rows)
+    assert not leaks(text, SECRETS), text
+    assert rows[0][0] == 1 and rows[0][1] == "Alice Archer"
+    assert rows[0][2] == "a***@example.com"
+    assert rows[0][3] == "************1111"
+    assert rows[0][4] == "****"
+    assert types[0] == 23 and types[2] == 25
+
+
+# ---------------------------------------------------------------------------------------
+# What the client receives: every byte from the gateway, through a recording forwarder
+
+
+class Capture:
+    """A TCP forwarder in front of the gateway that keeps every byte sent to the client."""
+
+    def __init__(self, port: int):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.target = ("127.0.0.1", port)
+        self.lock = threading.Lock()
+        self.data = bytearray()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            u = socket.create_connection(self.target, timeout=10)
+            u.settimeout(None)
+            threading.Thread(target=self._pump, args=(c, u, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c, True), daemon=True).start()
+
+    def _pump(self, src, dst, record):
+        try:
+            while True:
+                b = src.recv(65536)
+                if not b:
+                    break
+                if record:
+                    with self.lock:
+                        self.data += b
+                dst.sendall(b)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def received(self) -> bytes:
+        with self.lock:
+            return bytes(self.data)
+
+    def close(self):
+        self.closed = True
+        self.lsock.close()
+
+
+def byte_leaks(data: bytes, values) -> list:
+    return sorted({v for v in values if v and v.encode() in data})
+
+
+# ---------------------------------------------------------------------------------------
+# The corpus
+
+
+class MCase:
+    def __init__(self, line, sql, values, expect, denied):
+        self.line, self.sql, self.values, self.expect, self.denied = (line, sql, values,
+                                                                      expect, denied)
+
+
+def corpus() -> list:
+    out = []
+    for n, line in enumerate((MASK_FIXTURES / "masking.tsv").read_text().splitlines(), 1):
+        if not line or line.startswith("#"):
+            continue
+        f = line.split("\t")
+        f += [""] * (4 - len(f))
+        values = [v for v in f[1].split(",") if v]
+        out.append(MCase(n, f[0], values, f[2].split() if f[2] else [], f[3]))
+    return out
+
+
+CASES = corpus()
+ALL_VALUES = sorted(set(SECRETS) | {v for c in CASES for v in c.values})
+
+
+def expected_ok(c: MCase, types, rows, direct_rows, direct_types, binary=False) -> list:
+    """Problems with one result against the corpus's expectation (empty = as expected)."""
+    problems = []
+    exp = c.expect
+    if not exp:
+        return problems
+    ncols = len(types)
+    if exp == ["ALL"] or (len(exp) == 1 and exp[0].startswith("*")):
+        meth = "redact" if exp[0] in ("ALL", "*redact") else exp[0][1:]
+        exp = [meth] * ncols
+    elif any(e.startswith("*") for e in exp):
+        return problems  # a run of unknown width among known columns: leaks are checked
+    if len(exp) != ncols:
+        return [f"{ncols} columns, corpus expects {len(exp)}"]
+    for i, e in enumerate(exp):
+        got = [r[i] for r in rows]
+        if e == "-":
+            if direct_types is not None and types[i] != direct_types[i]:
+                problems.append(f"column {i + 1}: type {types[i]}, PostgreSQL says "
+                                f"{direct_types[i]}")
+            if direct_rows is not None:
+                # the detectors (second net) may replace spans: "api key ****"
+                want = sorted(repr(r[i]) for r in direct_rows)
+                have = sorted(map(repr, got))
+                if len(want) != len(have) or any(
+                        w != h and "****" not in h for w, h in zip(want, have)):
+                    problems.append(f"column {i + 1} changed: {got!r} vs "
+                                    f"{[r[i] for r in direct_rows]!r}")
+            continue
+        if types[i] != 25:
+            problems.append(f"column {i + 1} ({e}) described as type {types[i]}, not text")
+        for v in got:
+            if v is None:
+                continue
+            if isinstance(v, (bytes, memoryview)):
+                v = bytes(v).decode()
+            ok = {"redact": v == "****",
+                  "email": bool(re.fullmatch(r".\*\*\*@[^@]+|\*\*\*\*", v)),
+                  "partial": bool(re.fullmatch(r"\*+[^*]{0,4}", v))}.get(e, True)
+            if not ok:
+                problems.append(f"column {i + 1}: {v!r} is not masked as {e}")
+    return problems
+
+
+def direct_result(pg, sql):
+    c = pg.admin(DB)
+    try:
+        with c.cursor() as cur:
+            cur.execute(sql)
+            if cur.description is None:
+                return None, None
+            return cur.fetchall(), [d.type_code for d in cur.description]
+    except psycopg2.Error:
+        return None, None
+    finally:
+        c.close()
+
+
+def refused_by_gateway(err: psycopg2.Error) -> bool:
+    return err.pgcode == "42501" and "bulwark" in (err.pgerror or "")
+
+
+def refused_by_masking(message: str) -> bool:
+    """A denial by masking (an oracle or a sink), not by a policy rule: the policy may be
+    stricter than the corpus assumes (query_to_xml, pg_stats are refused by built-ins)."""
+    return "masked column" in message or "unknown lineage" in message
+
+
+# Statements that change the database (the corpus denies them; should one get through, it
+# must not disturb the next cases) or need a transaction (cursors: their own tests below).
+SKIP_PSYCOPG = re.compile(r"^(DECLARE|FETCH|PREPARE|EXECUTE)\b", re.I)
+
+
+def test_corpus_through_psycopg2_simple_protocol(env, pg):
+    cap = Capture(env.port)
+    failures = []
+    off = env.log_size()
+    try:
+        conn = connect(env, port=cap.port)
+        for c in CASES:
+            if SKIP_PSYCOPG.match(c.sql):
+                continue
+            before = len(env.refusals_since(off))
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(c.sql)
+                    rows = cur.fetchall() if cur.description else []
+                    types = [d.type_code for d in cur.description] if cur.description else []
+            except psycopg2.Error as e:
+                if c.denied and not refused_by_gateway(e):
+                    failures.append(f"line {c.line}: expected refusal ({c.denied}), got "
+                                    f"{e.pgcode} {e.pgerror!r}")
+                elif c.denied and len(env.refusals_since(off)) == before:
+                    failures.append(f"line {c.line}: refused but not logged")
+                elif not c.denied and refused_by_gateway(e) and refused_by_masking(e.pgerror):
+                    failures.append(f"line {c.line}: refused: {e.pgerror!r}")
+                continue
+            if c.denied:
+                failures.append(f"line {c.line}: not refused ({c.denied})")
+                continue
+            drows, dtypes = direct_result(pg, c.sql) if "-" in c.expect else (None, None)
+            for p in expected_ok(c, types, rows, drows, dtypes):
+                failures.append(f"line {c.line}: {p}")
+        conn.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+    assert not failures, "\n".join([f"{len(failures)} problems:"] + failures)
+
+
+def test_corpus_through_node_pg_extended_protocol_binary_results(env, pg, tmp_path):
+    cap = Capture(env.port)
+    cases = [c for c in CASES if not SKIP_PSYCOPG.match(c.sql) and not c.sql.startswith("COPY")]
+    f = tmp_path / "cases.json"
+    f.write_text(json.dumps([{"id": c.line, "text": c.sql} for c in cases]))
+    try:
+        res = node_script("mask_checks.js", env.ep.with_(port=cap.port),
+                          extra_env={"MASK_CASES": str(f), "MASK_NAMED_REPEAT": "12"})
+    finally:
+        cap.close()
+    assert "fatal" not in res, res
+    by_id = {r["id"]: r for r in res["results"]}
+    failures = []
+    for c in cases:
+        r = by_id[c.line]
+        if "error" in r:
+            if c.denied and r["error"]["code"] != "42501":
+                failures.append(f"line {c.line}: expected refusal, got {r['error']}")
+            elif not c.denied and refused_by_masking(r["error"]["message"]):
+                failures.append(f"line {c.line}: refused: {r['error']}")
+            continue
+        if c.denied:
+            failures.append(f"line {c.line}: not refused ({c.denied})")
+            continue
+        types = [fl["type"] for fl in r["fields"]]
+        rows = [[v["utf8"] if isinstance(v, dict) and "utf8" in v else v for v in row]
+                for row in r["rows"]]
+        masked_only = [e for e in c.expect]
+        ce = MCase(c.line, c.sql, c.values, masked_only, c.denied)
+        # binary values of unmasked columns come back parsed by node-pg: compare types only
+        drows, dtypes = direct_result(pg, c.sql) if "-" in c.expect else (None, None)
+        for p in expected_ok(ce, types, rows, None, dtypes, binary=True):
+            failures.append(f"line {c.line}: {p}")
+    named = res["named"]
+    assert len(named) == 12 and all("error" not in n for n in named), named
+    for n in named:
+        assert [fl["type"] for fl in n["fields"]] == [23, 25, 25], n
+        for row in n["rows"]:
+            assert row[1].endswith("@example.com") or row[1].endswith("@example.org") or \
+                row[1].endswith("@example.net"), row
+            assert row[1][1:4] == "***" and row[2] == "****", row
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+    assert not failures, "\n".join([f"{len(failures)} problems:"] + failures)
+
+
+COPYABLE = re.compile(r"^(SELECT|WITH|TABLE)\b", re.I)
+
+
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
+def test_corpus_as_copy_to_stdout(env, fmt):
+    cap = Capture(env.port)
+    failures = []
+    try:
+        conn = connect(env, port=cap.port)
+        for c in CASES:
+            if not COPYABLE.match(c.sql) or " INTO " in c.sql.upper():
+                continue
+            opt = "" if fmt == "text" else f" WITH (FORMAT {fmt})"
+            buf = io.BytesIO()
+            try:
+                with conn.cursor() as cur:
+                    cur.copy_expert(f"COPY ({c.sql}) TO STDOUT{opt}", buf)
+            except psycopg2.Error as e:
+                if not c.denied and refused_by_gateway(e) and refused_by_masking(e.pgerror):
+                    failures.append(f"line {c.line}: refused: {e.pgerror!r}")
+                elif c.denied and not refused_by_gateway(e):
+                    failures.append(f"line {c.line}: expected refusal, got {e.pgerror!r}")
+                if conn.closed:
+                    conn = connect(env, port=cap.port)
+                continue
+            if c.denied:
+                failures.append(f"line {c.line}: COPY not refused ({c.denied})")
+        conn.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+    assert not failures, "\n".join([f"{len(failures)} problems:"] + failures)
+
+
+# ---------------------------------------------------------------------------------------
+# The extended protocol by hand: what pgjdbc and cursor clients do
+
+
+def parse_msg(name: str, sql: str) -> bytes:
+    return harness.msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+
+
+def bind_msg(portal: str, stmt: str, params: list, result_formats: list) -> bytes:
+    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!H", 0)
+    body += struct.pack("!H", len(params))
+    for p in params:
+        b = str(p).encode()
+        body += struct.pack("!i", len(b)) + b
+    body += struct.pack("!H", len(result_formats))
+    body += b"".join(struct.pack("!H", f) for f in result_formats)
+    return harness.msg(b"B", body)
+
+
+def describe_msg(kind: bytes, name: str) -> bytes:
+    return harness.msg(b"D", kind + name.encode() + b"\0")
+
+
+def execute_msg(portal: str, max_rows: int = 0) -> bytes:
+    return harness.msg(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
+
+
+SYNC = harness.msg(b"S")
+
+
+def until_ready(c) -> list:
+    out = []
+    while True:
+        t, body = c.read_msg(10)
+        out.append((t, body))
+        if t == b"Z":
+            return out
+
+
+def row_types(body: bytes) -> list:
+    (n,) = struct.unpack_from("!H", body)
+    off, out = 2, []
+    for _ in range(n):
+        end = body.index(b"\0", off)
+        off = end + 1
+        _, _, typ, _, _, fmt = struct.unpack_from("!IhIhih", body, off)
+        off += 18
+        out.append((typ, fmt))
+    return out
+
+
+def test_named_statement_described_once_then_executed_without_describe(env):
+    """pgjdbc: Parse + Describe(S) once, then Bind/Execute/Sync many times, some with
+    binary results, one with a row limit (PortalSuspended): every execution is masked."""
+    cap = Capture(env.port)
+    try:
+        c = raw_login(env.ep.with_(port=cap.port))
+        sql = "SELECT id, email, ssn, card_number, name FROM customers WHERE id <= $1 ORDER BY id"
+        c.send(parse_msg("S_1", sql) + describe_msg(b"S", "S_1") + SYNC)
+        first = until_ready(c)
+        rd = [b for t, b in first if t == b"T"]
+        assert rd and [t for t, _ in row_types(rd[0])] == [23, 25, 25, 25, 25], first
+        for i in range(6):
+            fmts = [1] if i % 2 else [0]
+            c.send(bind_msg("", "S_1", [3], fmts) + execute_msg("") + SYNC)
+            msgs = until_ready(c)
+            rows = [b for t, b in msgs if t == b"D"]
+            assert len(rows) == 3 and not [t for t, _ in msgs if t in (b"T", b"E")], msgs
+            for b in rows:
+                (n,) = struct.unpack_from("!H", b)
+                assert n == 5
+            text = b"".join(rows)
+            assert b"***@example." in text and b"****" in text, text
+        # a named portal executed one row at a time
+        c.send(bind_msg("P1", "S_1", [3], [0]) + execute_msg("P1", 1) + harness.msg(b"H"))
+        got = []
+        while True:
+            t, body = c.read_msg(10)
+            got.append(t)
+            if t == b"s":
+                break
+        assert got.count(b"D") == 1, got
+        c.send(execute_msg("P1", 1) + execute_msg("P1", 0) + SYNC)
+        rest = until_ready(c)
+        assert [t for t, _ in rest].count(b"D") == 2, rest
+        c.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+
+
+def test_sql_cursors_and_prepared_statements_follow_their_plans(env):
+    cap = Capture(env.port)
+    try:
+        conn = env.ep.with_(port=cap.port).connect()
+        with conn.cursor() as cur:  # psycopg2 opens a transaction: DECLARE works
+            cur.execute("DECLARE cur SCROLL CURSOR FOR SELECT id, email, ssn FROM customers "
+                        "ORDER BY id")
+            cur.execute("FETCH 2 FROM cur")
+            a = cur.fetchall()
+            cur.execute("FETCH ALL FROM cur")
+            b = cur.fetchall()
+            cur.execute("MOVE ABSOLUTE 0 IN cur")
+            cur.execute("FETCH NEXT FROM cur")
+            c1 = cur.fetchall()
+        conn.commit()
+        rows = a + b + c1
+        assert len(rows) == 5 and all(r[2] == "****" and "***@" in r[1] for r in rows), rows
+        with conn.cursor("srv") as cur:  # a psycopg2 named cursor: DECLARE + FETCH FORWARD
+            cur.itersize = 2
+            cur.execute("SELECT name, card_number FROM customers ORDER BY id")
+            named = list(cur)
+        conn.commit()
+        assert [r[0] for r in named[:2]] == ["Alice Archer", "Bob Baker"], named
+        assert all(r[1].startswith("****") for r in named), named
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("PREPARE p_mask AS SELECT id, ssn, email FROM customers WHERE id = $1")
+            cur.execute("EXECUTE p_mask(2)")
+            ex = cur.fetchall()
+            assert ex == [(2, "****", "b***@example.org")], ex
+        conn.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+
+
+def test_errors_and_notices_that_echo_values_are_scrubbed(env):
+    cap = Capture(env.port)
+    msgs = []
+    try:
+        conn = connect(env, port=cap.port)
+        for sql in ["SELECT ssn::int FROM customers",
+                    "SELECT card_number::int8::int4 FROM customers",
+                    "SELECT email::date FROM customers",
+                    "SELECT notes::int FROM customers WHERE id = 2",
+                    "SELECT (SELECT email FROM customers WHERE id = 1)::int",
+                    "SELECT jsonb_build_object('a', ssn)::text::int FROM customers",
+                    "DO $$ BEGIN RAISE NOTICE 'leak %', (SELECT ssn FROM customers LIMIT 1); END $$"]:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+            except psycopg2.Error as e:
+                msgs.append(f"{e.pgcode} {e.pgerror}")
+        msgs += list(conn.notices)
+        conn.close()
+    finally:
+        cap.close()
+    assert len(msgs) >= 6, msgs
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked} in {msgs}"
+
+
+def test_psql_copy_to_stdout_is_masked(env, tmp_path):
+    out = tmp_path / "c.csv"
+    r = psql(env.ep, "-c", f"\\copy customers TO '{out}' WITH (FORMAT csv, HEADER)")
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert not leaks(text, ALL_VALUES), text
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["id", "name", "email", "card_number", "ssn", "notes"], rows
+    assert rows[1][:5] == ["1", "Alice Archer", "a***@example.com", "************1111", "****"]
+    r = psql(env.ep, "-c", "COPY (SELECT email, name FROM customers ORDER BY id) TO STDOUT")
+    assert r.returncode == 0 and "Alice Archer" in r.stdout, r.stderr
+    assert not leaks(r.stdout, ALL_VALUES), r.stdout
+
+
+def test_catalog_changes_during_a_session_are_masked_afterwards(env, pg):
+    """A view replaced, a column renamed and one added in the session: the next statement
+    sees the new shapes (DDL makes the gateway read the catalog again)."""
+    cap = Capture(env.port)
+    try:
+        conn = connect(env, port=cap.port)
+        with conn.cursor() as cur:
+            cur.execute("CREATE VIEW scratch.v1 AS SELECT id, name AS a, ssn AS b FROM "
+                        "public.customers")
+            cur.execute("SELECT a, b FROM scratch.v1 ORDER BY 1")
+            first = cur.fetchall()
+            cur.execute("CREATE OR REPLACE VIEW scratch.v1 AS SELECT id, ssn AS a, name AS b "
+                        "FROM public.customers")
+            cur.execute("SELECT a, b FROM scratch.v1")
+            second = cur.fetchall()
+            cur.execute("SELECT * FROM scratch.v1")
+            third = cur.fetchall()
+        assert all(r[1] == "****" and r[0] != "****" for r in first), first
+        assert all(r[0] == "****" and r[1] != "****" for r in second), second
+        assert all(r[1] == "****" for r in third), third
+        # another session changes the view: the RowDescription of an unknown relation, or
+        # the next catalog read, keeps the old plan from applying
+        pg.admin_query("create view scratch.v2 as select id, card_number as c from "
+                       "public.customers", dbname=DB)
+        pg.admin_query(f"grant select on scratch.v2 to {READER}", dbname=DB)
+        with conn.cursor() as cur:
+            cur.execute("SELECT c FROM scratch.v2")
+            other = cur.fetchall()
+        assert all(r[0] is None or "4111" not in r[0] and r[0].startswith("*")
+                   for r in other), other
+        conn.close()
+    finally:
+        cap.close()
+    leaked = byte_leaks(cap.received(), ALL_VALUES)
+    assert not leaked, f"values reached the client: {leaked}"
+
+
+def test_large_rows_are_masked_and_oversized_rows_end_the_session(env, pg):
+    conn = connect(env)
+    with conn.cursor() as cur:
+        cur.execute("SELECT repeat('x', 3000000) || ssn AS big, ssn FROM customers WHERE id = 1")
+        big, s = cur.fetchone()
+    assert len(big) == 3000000 + 4 or big == "****", len(big)
+    assert s == "****"
+    with conn.cursor() as cur:
+        cur.execute("SELECT repeat('y', 1000) || ' 123-45-6789', id FROM orders LIMIT 1")
+        v, _ = cur.fetchone()
+    assert "123-45-6789" not in v and v.endswith("****"), v
+    conn.close()
+
+
+def test_audit_records_hold_masked_rows_only(env):
+    conn = connect(env, application_name="bwit-mask-audit")
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, name, email, card_number, ssn, notes FROM customers ORDER BY id")
+        cur.fetchall()
+    conn.close()
+    r = run([str(env.binary), "audit", "export", "-c", str(env.config_path), "--format", "jsonl"])
+    assert r.returncode == 0, r.stderr
+    results = [o["record"]["data"] for o in map(json.loads, r.stdout.splitlines())
+               if o.get("record", {}).get("type") == "result"]
+    captured = json.dumps([{k: d.get(k) for k in ("values", "error", "columns")}
+                           for d in results])
+    assert "a***@example.com" in captured and "************1111" in captured
+    assert not leaks(captured, ALL_VALUES), leaks(captured, ALL_VALUES)
+    sid = None
+    for ln in env.log_text().splitlines():
+        if "event=session_start" in ln and "bwit-mask-audit" in ln:
+            sid = re.search(r"session=(\w+)", ln).group(1)
+    assert sid
+    rp = run([str(env.binary), "replay", sid, "-c", str(env.config_path)])
+    assert rp.returncode == 0, rp.stderr
+    assert "a***@example.com" in rp.stdout and not leaks(rp.stdout, ALL_VALUES), rp.stdout
