@@ -182,6 +182,19 @@ typedef struct appr_result {
 void appr_worker_results(appr_worker_t *w, void (*fn)(void *arg, const appr_result_t *r),
                          void *arg);
 
+/* ---- webhook notification of new requests (a thread of its own; webhook.c) ---- */
+
+typedef struct appr_webhook appr_webhook_t;
+appr_webhook_t *appr_webhook_new(void) __attribute__((warn_unused_result));
+/* Stop; posts still queued are dropped (logged). */
+void appr_webhook_free(appr_webhook_t *w);
+/* The JSON sent for a new request: appr_req_json() plus a Slack-compatible
+ * "text" and "approve_command". */
+cJSON *appr_webhook_payload(const appr_req_t *r);
+/* Queue a POST of payload (consumed) to url; never blocks on the network.
+ * Up to 4 attempts with backoff; -1 when the queue is full. */
+int appr_webhook_post(appr_webhook_t *w, const char *url, uint64_t id, cJSON *payload);
+
 /* "15m" etc. → ms; false if not a positive duration. */
 bool appr_parse_duration(const char *s, int64_t *ms);
 

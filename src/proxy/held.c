@@ -135,6 +135,11 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     }
     uint64_t id = appr_worker_next_id(w);
     appr_req_t *q = new_request(s, r, sql, fp, id);
+    const char *hook = s->rt->cfg->approvals.webhook_url;
+    if (q && hook && s->srv->webhook &&
+        appr_webhook_post(s->srv->webhook, hook, id, appr_webhook_payload(q)) < 0)
+        log_event(LOG_WARN, "approval_webhook_dropped", "id=%llu reason=queue_full",
+                  (unsigned long long)id);
     if (!q || appr_worker_create(w, q) < 0) {
         free(q);
         snprintf(out->message, sizeof(out->message), "%s; cannot create an approval request",

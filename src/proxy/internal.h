@@ -201,6 +201,7 @@ struct server {
     ev_timer approvals_poll;         /* runs while nheld > 0 (held.c) */
     int nheld;
     ev_async approvals_w;            /* the approval worker's notify: console decisions */
+    struct appr_webhook *webhook;    /* approvals.webhook_url's sender */
     uint64_t admin_tags;
 };
 

@@ -518,11 +518,15 @@ static void approvals_open(server_t *srv)
     }
     if (!srv->approvals)
         log_event(LOG_ERROR, "approvals_unavailable", "error=\"%s\"", err);
+    else if (!(srv->webhook = appr_webhook_new()))
+        log_event(LOG_ERROR, "approvals_webhook_unavailable", "error=\"cannot start its thread\"");
 }
 
 static void approvals_close(server_t *srv)
 {
     ev_timer_stop(srv->loop, &srv->approvals_poll);
+    appr_webhook_free(srv->webhook);
+    srv->webhook = NULL;
     if (!srv->approvals)
         return;
     appr_store_t *st = appr_worker_store(srv->approvals);

@@ -81,6 +81,32 @@ class Env:
     pass
 
 
+class HookServer:
+    """A local HTTP server that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        import http.server
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                n = int(self.headers.get("Content-Length", "0"))
+                bodies.append((self.headers.get("Content-Type"), json.loads(self.rfile.read(n))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *a):
+                pass
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 @pytest.fixture(scope="module")
 def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     pw = "pw-" + secrets.token_hex(12)
@@ -89,11 +115,14 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     pg.admin_query(f"create role {SUPER} superuser login password %s", (pw,))
     pg.admin_query(SCHEMA, dbname=DB)
     target = {"host": "127.0.0.1", "port": pg.port, "dbname": DB, "sslmode": "disable"}
+    hook = HookServer()
     g = start_policy_gateway("gw-approvals", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
                              policies=[AGENT, DBA, OTHER], passwords={SUPER: pw},
-                             settings={"approvals": {"poll_interval": "50ms"}})
+                             settings={"approvals": {"poll_interval": "50ms",
+                                                     "webhook_url": hook.url}})
     e = Env()
+    e.hook = hook
     e.gw, e.pg, e.bin = g, pg, bulwark_bin
     e.ep = g.endpoint(role="agent", target=DB, sub=AGENT_SUB, application_name="bwit-approvals")
     try:
@@ -102,6 +131,7 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
         try:
             stop_policy_gateway(g)
         finally:
+            hook.stop()
             drop_database(pg, DB)
             pg.admin_query(f"drop role if exists {SUPER}")
 
@@ -507,3 +537,35 @@ def test_admin_console_refusals(env):
     assert bg.error.pgcode == "42501"
     r = psql(ep, "-c", f"APPROVE {req['id']}")
     assert r.returncode != 0 and "not pending" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# webhook (runs last: it stops the receiver)
+
+
+def test_webhook_receives_new_requests_and_holds_work_without_it(env):
+    bg = run_held(env, "UPDATE orders SET note = 'hook' WHERE id = 1 AND id < 100")
+    req = wait_request(env, "note = 'hook'")
+
+    def posted():
+        return [b for ct, b in env.hook.bodies if b.get("id") == req["id"]]
+    harness.wait_for(posted, 10, "the webhook POST")
+    ct = [ct for ct, b in env.hook.bodies if b.get("id") == req["id"]][0]
+    body = posted()[0]
+    assert ct == "application/json"
+    assert f"bulwark approve {req['id']}" in body["text"] and AGENT_SUB in body["text"]
+    assert body["sub"] == AGENT_SUB and body["role"] == "agent" and body["rule"] == "orders-fix"
+    assert body["state"] == "pending" and body["sql"] == "UPDATE orders SET note = 'hook' WHERE id = 1 AND id < 100"
+    cli(env, "approve", str(req["id"]), "--as", "alice")
+    bg.join()
+    assert bg.error is None
+    # the receiver goes away: holds still work, and the failure is only logged
+    env.hook.stop()
+    log_at = env.gw.log_size()
+    bg = run_held(env, "UPDATE orders SET note = 'nohook' WHERE id = 2 AND id < 100")
+    req = wait_request(env, "note = 'nohook'")
+    cli(env, "approve", str(req["id"]), "--as", "alice")
+    bg.join()
+    assert bg.error is None and bg.result[0] == 1
+    harness.wait_for(lambda: "approval_webhook_failed" in env.gw.log_since(log_at), 20,
+                     "the webhook failure in the log")
