@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import threading
@@ -254,6 +255,24 @@ def test_held_delete_runs_after_cli_approval_while_other_sessions_work(env):
     assert stmt and stmt[0]["data"]["decision"] == "review"
     assert note and note[0]["data"]["decision"] == "approved"
     assert note[0]["data"]["statement"] == stmt[0]["seq"] and note[0]["data"]["by"] == "alice"
+
+
+def test_twenty_pgbench_sessions_run_while_a_statement_is_held(env, tmp_path):
+    script = tmp_path / "read.sql"
+    script.write_text("\\set id random(1, 5)\nSELECT note FROM orders WHERE id = :id;\n")
+    bg = run_held(env, "DELETE FROM orders WHERE id = 1 AND note LIKE 'row%'")
+    req = wait_request(env, "note LIKE 'row%'")
+    r = harness.run([str(harness.PG_BIN / "pgbench"), "-n", "-c", "20", "-j", "2", "-T", "3",
+                     "-f", str(script)], timeout=120, env=env.ep.env())
+    assert r.returncode == 0, r.stderr + r.stdout
+    failed = re.search(r"number of failed transactions: (\d+)", r.stdout)
+    done = re.search(r"number of transactions actually processed: (\d+)", r.stdout)
+    assert failed and failed.group(1) == "0" and done and int(done.group(1)) > 0, r.stdout
+    assert bg.t.is_alive(), "the held statement ended while nobody decided"
+    assert [x for x in requests(env) if x["id"] == req["id"]][0]["state"] == "pending"
+    cli(env, "approve", str(req["id"]), "--as", "alice")
+    bg.join()
+    assert bg.error is None and bg.result[0] == 1
 
 
 def test_denied_gives_42501_with_approver_and_reason(env):
