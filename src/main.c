@@ -21,6 +21,13 @@ static const command_t commands[] = {
                                "\n                               list recorded sessions"},
     {"replay", cli_replay, "replay -c bulwark.json SESSION [--json]"
                            "\n                               print a session as a transcript"},
+    {"approvals", cli_approvals, "approvals -c bulwark.json [--all] [--grants] [--json]"
+                                 "\n                               list pending approval requests (or all, or grants)"},
+    {"approve", cli_approve, "approve -c bulwark.json ID [--for 15m] [--as NAME]"
+                             "\n                               approve a held statement; --for makes it a grant"},
+    {"deny", cli_deny, "deny -c bulwark.json ID [--reason TEXT] [--as NAME]"
+                       "\n                               deny a held statement"},
+    {"revoke", cli_revoke, "revoke -c bulwark.json ID   revoke a grant"},
     {"audit", cli_audit, "audit verify|export|pubkey -c bulwark.json"
                          "\n                               check the record chain; stream records"},
 };

@@ -146,6 +146,12 @@ typedef struct audit_stats {
 } audit_stats_t;
 void audit_get_stats(audit_t *a, audit_stats_t *out);
 
+/* The open LMDB environment, for modules that keep their own named
+ * databases in the same store (src/approval/: approval requests and grants;
+ * they open at most AUDIT_MAX_DBS - 7 of them). Valid until audit_close(). */
+struct MDB_env;
+struct MDB_env *audit_env(audit_t *a);
+
 /* ---- reading side ---- */
 
 typedef struct audit_reader audit_reader_t;

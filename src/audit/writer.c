@@ -1010,3 +1010,8 @@ audit_reader_t *audit_reader_shared(audit_t *a)
 {
     return a->env ? reader_borrow(a->env, &a->dbs, &a->shared_readers) : NULL;
 }
+
+struct MDB_env *audit_env(audit_t *a)
+{
+    return a ? a->env : NULL;
+}

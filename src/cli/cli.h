@@ -14,6 +14,10 @@ int cli_token(int argc, char **argv);
 int cli_sessions(int argc, char **argv);
 int cli_replay(int argc, char **argv);
 int cli_audit(int argc, char **argv);
+int cli_approvals(int argc, char **argv); /* approvals.c */
+int cli_approve(int argc, char **argv);
+int cli_deny(int argc, char **argv);
+int cli_revoke(int argc, char **argv);
 
 /* Shared by audit, sessions and replay (src/cli/audit.c): one option with a
  * value ("--name V" or "--name=V"; 1 taken, 0 not this option, -1 value

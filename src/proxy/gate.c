@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 #include "pgwire/pgwire.h"
 #include "policy/policy.h"
@@ -58,6 +59,11 @@ typedef struct named {
     cJSON *intent; /* its accesses, for the STATEMENT record */
     bool writes;
     cJSON *params; /* portals: the Bind values */
+    /* statements let through by an approval (held.c): the request, the
+     * grant's end (0: one execution only) and the executions so far */
+    uint64_t approval;
+    int64_t approval_until_us;
+    uint32_t execs;
 } named_t;
 
 #define STMT_BUCKETS 256
@@ -295,6 +301,7 @@ typedef struct decided {
     char kind;
     const char *stmt;
     const char *sql;
+    size_t len;
     policy_result_t r;
     char mask_msg[512]; /* a denial by masking (r.message points here) */
 } decided_t;
@@ -340,8 +347,10 @@ static gate_verdict_t query_sent(session_t *s, uint64_t seq)
     return GATE_FORWARD;
 }
 
-/* An allowed Parse: nothing runs yet; what each Execute of it records is kept. */
-static gate_verdict_t parse_allowed(session_t *s, decided_t *d)
+/* An allowed Parse: nothing runs yet; what each Execute of it records is kept.
+ * approval: the request that let it through (0 = none) and its grant's end. */
+static gate_verdict_t parse_allowed(session_t *s, decided_t *d, uint64_t approval,
+                                    int64_t until_us)
 {
     gate_t *g = s->gate;
     refused_forget(g, d->stmt);
@@ -350,20 +359,72 @@ static gate_verdict_t parse_allowed(session_t *s, decided_t *d)
     cJSON *intent = intent_json(&d->r);
     named_t *n = named_new(d->sql, d->r.rule, intent, d->r.writes);
     cJSON_Delete(intent);
+    if (n) {
+        n->approval = approval;
+        n->approval_until_us = until_us;
+    }
     if (!n || named_put(stmt_bucket(g, d->stmt), d->stmt, n, &g->nstmts) < 0)
         return GATE_FAILED;
     return GATE_FORWARD;
 }
 
+/* A `review` statement (SPEC 6): a grant lets it through, otherwise it is
+ * held for a human or refused naming the request (held.c). */
+static gate_verdict_t settle_review(session_t *s, decided_t *d)
+{
+    policy_result_t *r = &d->r;
+    review_out_t rv;
+    review_t k = approval_review(s, d->sql, d->len, r, &rv);
+    if (k == REVIEW_REFUSE)
+        log_refusal(s, d->kind == 'Q' ? "Query" : "Parse", r);
+    if (k == REVIEW_PASS) {
+        policy_session_apply(s->gate->ps, r);
+        if (d->kind == 'P')
+            return parse_allowed(s, d, rv.approval, rv.grant_until_us ? rv.grant_until_us : -1);
+    }
+    rec_stmt_t st = {.protocol = d->kind == 'Q' ? "simple" : "extended",
+                     .sql = d->sql,
+                     .decision = "review",
+                     .rule = r->rule,
+                     .message = k == REVIEW_REFUSE ? rv.message : NULL,
+                     .intent = intent_json(r),
+                     .writes = r->writes,
+                     .refused = k == REVIEW_REFUSE,
+                     .approval = rv.approval};
+    uint64_t seq;
+    bool wait;
+    int rc = rec_statement(s, &st, &seq, &wait);
+    if (k == REVIEW_REFUSE)
+        return refuse(s, d, "42501", rv.message, 0, seq);
+    if (rc < 0 && !s->rt->cfg->audit.on_failure_allow) {
+        if (k == REVIEW_HOLD)
+            approval_end(s, "audit store failing");
+        return refuse(s, d, "58030", AUDIT_REFUSED_MSG, 0, 0);
+    }
+    if (k == REVIEW_HOLD) {
+        s->held->stmt_seq = seq;
+        s->holding = true;
+        return GATE_HOLD;
+    }
+    if (wait) {
+        s->holding = true;
+        s->hold_seq = seq;
+        return GATE_HOLD;
+    }
+    return query_sent(s, seq);
+}
+
 static gate_verdict_t settle(session_t *s, decided_t *d)
 {
     policy_result_t *r = &d->r;
+    if (r->decision == POLICY_REVIEW)
+        return settle_review(s, d);
     bool ok = r->decision == POLICY_ALLOW;
     if (!ok)
         log_refusal(s, d->kind == 'Q' ? "Query" : "Parse", r);
     /* Allowed Parses are recorded at each Execute, with their Bind values. */
     if (ok && d->kind == 'P')
-        return parse_allowed(s, d);
+        return parse_allowed(s, d, 0, 0);
     rec_stmt_t st = {.protocol = d->kind == 'Q' ? "simple" : "extended",
                      .sql = d->sql,
                      .decision = decision_name(r->decision),
@@ -390,6 +451,7 @@ static gate_verdict_t settle(session_t *s, decided_t *d)
 /* Decide one query string (the statement of a Parse, or a Query's text). */
 static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
 {
+    d->len = len;
     const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
     if (!role || policy_check(role, s->srv->policy_cache, s->gate->ps, d->sql, len, &d->r) < 0)
         return GATE_FAILED;
@@ -413,11 +475,79 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
     return settle(s, d);
 }
 
-/* The message at the input's head (a Query or an Execute) waited for its
- * record to be durable. */
+/* The held message (a Query or a Parse) of a decided approval hold. */
+static gate_verdict_t resume_approval(session_t *s, char type, const uint8_t *body, size_t len)
+{
+    gate_t *g = s->gate;
+    held_t *h = s->held;
+    if (h->outcome == HELD_PENDING)
+        return GATE_HOLD;
+    decided_t d = {.kind = type == 'Q' ? 'Q' : 'P'};
+    pgw_parse_t p;
+    if (type == 'Q' ? pgw_read_query(body, len, &d.sql) < 0 : pgw_read_parse(body, len, &p) < 0)
+        return GATE_MALFORMED;
+    if (type == 'P')
+        d.stmt = p.stmt, d.sql = p.sql, d.len = p.sql_len;
+    else
+        d.len = strlen(d.sql);
+    int rc = approval_record(s);
+    if (h->outcome == HELD_REFUSED) {
+        char sqlstate[6], msg[sizeof(h->message)];
+        uint64_t seq = h->stmt_seq;
+        memcpy(sqlstate, h->sqlstate, sizeof(sqlstate));
+        memcpy(msg, h->message, sizeof(msg));
+        s->holding = false;
+        approval_end(s, "decided");
+        gate_verdict_t v = refuse(s, &d, sqlstate, msg, 0, seq);
+        if (type == 'Q')
+            g->syncs_sent++;
+        return v;
+    }
+    const cfg_t *cfg = s->rt->cfg;
+    if (rc < 0 && !cfg->audit.on_failure_allow) {
+        uint64_t seq = h->stmt_seq;
+        s->holding = false;
+        approval_end(s, "audit store failing");
+        gate_verdict_t v = refuse(s, &d, "58030", AUDIT_REFUSED_MSG, 0, seq);
+        if (type == 'Q')
+            g->syncs_sent++;
+        return v;
+    }
+    /* Approved: the decision's record is durable before the statement runs
+     * (unless recording is batched, or failing with on_failure allow). */
+    if (rc == 0 && cfg->audit.durability != CFG_DUR_BATCHED && !rec_durable(s, h->note_seq) &&
+        !(rec_failing(s) && cfg->audit.on_failure_allow))
+        return GATE_HOLD; /* audit_progress resumes it */
+    const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
+    if (!role || policy_check(role, s->srv->policy_cache, g->ps, d.sql, d.len, &d.r) < 0) {
+        policy_result_free(&d.r);
+        return GATE_FAILED;
+    }
+    uint64_t approval = h->id, seq = h->stmt_seq;
+    int64_t until = h->grant_until_us ? h->grant_until_us : -1;
+    log_event(LOG_INFO, "approval_approved", "session=%s id=%llu by=\"%s\"", s->id,
+              (unsigned long long)approval, h->by);
+    s->holding = false;
+    approval_end(s, "approved");
+    policy_session_apply(g->ps, &d.r);
+    gate_verdict_t v;
+    if (type == 'Q') {
+        v = query_sent(s, seq);
+        g->syncs_sent++;
+    } else {
+        v = parse_allowed(s, &d, approval, until);
+    }
+    policy_result_free(&d.r);
+    return v;
+}
+
+/* The message at the input's head waited for a human (a Query or a Parse)
+ * or for its record to be durable (a Query or an Execute). */
 gate_verdict_t gate_resume(session_t *s, char type, const uint8_t *body, size_t len)
 {
     gate_t *g = s->gate;
+    if (s->held)
+        return resume_approval(s, type, body, len);
     if (!rec_durable(s, s->hold_seq) && !(rec_failing(s) && s->rt->cfg->audit.on_failure_allow)) {
         if (!rec_failing(s))
             return GATE_HOLD;
@@ -499,6 +629,18 @@ static cJSON *bind_params(const uint8_t *body, size_t len)
     return arr;
 }
 
+/* A statement let through by an approval runs once (one Bind), or while its
+ * grant lasts (approval_until_us > 0; -1 marks a used one-use grant). */
+static bool approval_covers(named_t *st)
+{
+    if (st->approval_until_us > 0) {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        return st->approval_until_us > (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+    }
+    return st->execs++ == 0;
+}
+
 /* Bind names its statement before its (maybe huge) parameters: body holds at
  * least the two names, and the whole message when whole is true. */
 static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool whole)
@@ -520,10 +662,21 @@ static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool 
         return send_sentinel(s, 'P', name, "42501", msg, 0) < 0 ? GATE_FAILED : GATE_SKIP;
     }
     named_t *st = *named_find(stmt_bucket(g, stmt), stmt);
+    if (st && st->approval && !approval_covers(st)) {
+        char msg[300], name[96];
+        snprintf(msg, sizeof(msg),
+                 "bulwark: approval request %llu covered %s; prepare the statement again to ask "
+                 "for a new approval",
+                 (unsigned long long)st->approval,
+                 st->approval_until_us > 0 ? "a grant that has ended" : "one execution");
+        snprintf(name, sizeof(name), SENTINEL_PREFIX "%s", g->nonce);
+        return send_sentinel(s, 'P', name, "42501", msg, 0) < 0 ? GATE_FAILED : GATE_SKIP;
+    }
     if (st && s->srv->audit) {
         named_t *p = named_new(st->sql, st->rule, st->intent, st->writes);
         if (!p)
             return GATE_FAILED;
+        p->approval = st->approval;
         p->params = whole ? bind_params(body, n)
                           : cJSON_CreateString("(not captured: Bind larger than 64 KiB)");
         if (named_put(&g->portals, portal, p, NULL) < 0)
@@ -544,7 +697,8 @@ static gate_verdict_t on_execute(session_t *s, const uint8_t *body, size_t len)
         return GATE_FORWARD; /* not recording, or the server will refuse it */
     rec_stmt_t st = {.protocol = "extended",
                      .sql = p->sql,
-                     .decision = "allow",
+                     .decision = p->approval ? "review" : "allow",
+                     .approval = p->approval,
                      .rule = p->rule,
                      .params = p->params ? cJSON_Duplicate(p->params, true) : NULL,
                      .intent = p->intent ? cJSON_Duplicate(p->intent, true) : NULL,

@@ -111,6 +111,7 @@ typedef enum {
 
 struct resolve_req;
 typedef struct gate gate_t;
+typedef struct held held_t;
 
 struct session {
     server_t *srv;
@@ -153,6 +154,10 @@ struct session {
     bool recorded_start;
     bool holding;                /* the message at the input's head waits ... */
     uint64_t hold_seq;           /* ... until this record is durable */
+    held_t *held;                /* ... or until a human decides (held.c) */
+    bool admin;                  /* the admin console (admin.c): no upstream */
+    uint64_t admin_wait;         /* the console's decision on its way (a tag), 0 = none */
+    char *admin_rest;            /* the console's query string still to run */
     uint64_t n_statements, n_denied;
     buf_t params;                /* upstream startup params: key\0value\0 ... */
     bool key_sent, in_cancel_map;
@@ -196,6 +201,12 @@ struct server {
     ev_stat *watches;                /* files of the current config */
     size_t nwatches;
     ev_timer reload_delay;           /* debounce file changes */
+    struct appr_worker *approvals;   /* approval writes (NULL without the audit store) */
+    ev_timer approvals_poll;         /* runs while nheld > 0 (held.c) */
+    int nheld;
+    ev_async approvals_w;            /* the approval worker's notify: console decisions */
+    struct appr_webhook *webhook;    /* approvals.webhook_url's sender */
+    uint64_t admin_tags;
 };
 
 #define CANCEL_BUCKETS 4096
@@ -262,6 +273,7 @@ typedef struct rec_stmt {
     const char *rule, *message;
     cJSON *params, *intent; /* consumed */
     bool writes, refused;
+    uint64_t approval; /* the approval request that let it through (or holds it), 0 = none */
 } rec_stmt_t;
 void rec_login_failed(session_t *s, const char *reason, const char *sqlstate);
 void rec_session_start(session_t *s);
@@ -276,6 +288,43 @@ bool rec_inflight(const session_t *s);
 bool rec_wants_rows(const session_t *s);
 void rec_backend(session_t *s, char type, const uint8_t *body, size_t len);
 void rec_ready(session_t *s, uint64_t syncs_recv);
+
+/* held.c: holds for a human's approval (see held.c). */
+typedef enum { HELD_PENDING, HELD_APPROVED, HELD_REFUSED } held_outcome_t;
+struct held {
+    uint64_t id;        /* the approval request */
+    uint64_t stmt_seq;  /* the held statement's STATEMENT record */
+    uint64_t note_seq;  /* the decision's record, once written */
+    int64_t expires_us, timeout_ms, grant_until_us;
+    held_outcome_t outcome;
+    bool notice_sent, noted;
+    char rule[128], by[256], by_role[128], via[16];
+    char sqlstate[6];
+    char message[600];
+};
+typedef enum { REVIEW_PASS, REVIEW_HOLD, REVIEW_REFUSE } review_t;
+typedef struct review_out {
+    uint64_t approval;      /* the grant used, or the request created */
+    int64_t grant_until_us; /* PASS: the grant's end, 0 = used once */
+    char message[900];      /* REFUSE: what the client is told */
+} review_out_t;
+/* A `review` decision: pass on a grant, hold (s->held set, NOTICE sent) or refuse. */
+review_t approval_review(session_t *s, const char *sql, size_t len, const policy_result_t *r,
+                         review_out_t *out);
+/* Append the decision's audit record for the held statement; -1 if it cannot be recorded. */
+int approval_record(session_t *s);
+/* The hold is over (decided) or the session ends (a pending request is withdrawn). */
+void approval_end(session_t *s, const char *why);
+/* A cancel request for a held session: 57014, request withdrawn. False if not held. */
+bool approval_cancel(session_t *s);
+/* The server's poll timer. */
+void approval_poll(server_t *srv);
+
+/* admin.c: the admin console (the target "bulwark"; see admin.c). */
+struct appr_result;
+void admin_start(session_t *s); /* after a successful login */
+void admin_input(session_t *s); /* what the client sent */
+void admin_decided(server_t *srv, const struct appr_result *res);
 
 /* cancel.c: forward a cancel request to an upstream address, fire and forget. */
 void cancel_forward(server_t *srv, const struct sockaddr *addr, socklen_t len, uint32_t pid,

@@ -159,6 +159,8 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
         cJSON_AddItemToObject(f, "params", st->params);
     if (st->intent)
         cJSON_AddItemToObject(f, "intent", st->intent);
+    if (st->approval)
+        cJSON_AddNumberToObject(f, "approval", (double)st->approval);
     cJSON_AddBoolToObject(f, "writes", st->writes);
     cJSON_AddNumberToObject(f, "start", (double)wall_us());
     if (append(s, AUDIT_REC_STATEMENT, s->id, f, seq) < 0)

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "approval/approval.h"
 #include "audit/audit.h"
 #include "identity/ident.h"
 #include "pgwire/pgwire.h"
@@ -481,6 +482,65 @@ static void audit_progress(struct ev_loop *loop, ev_async *w, int revents)
     }
 }
 
+/* ---- approvals: the store in the audit environment, and the poll timer ------------- */
+
+static void approvals_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    approval_poll(w->data);
+}
+
+static void approvals_notify(void *arg)
+{
+    server_t *srv = arg; /* worker thread: only the async send */
+    ev_async_send(srv->loop, &srv->approvals_w);
+}
+
+static void console_decided(void *arg, const appr_result_t *r)
+{
+    admin_decided(arg, r);
+}
+
+static void approvals_results(struct ev_loop *loop, ev_async *w, int revents)
+{
+    server_t *srv = w->data;
+    if (srv->approvals)
+        appr_worker_results(srv->approvals, console_decided, srv);
+}
+
+/* Without them a `review` statement is refused (fail closed), as before. */
+static void approvals_open(server_t *srv)
+{
+    char err[300] = "";
+    ev_init(&srv->approvals_poll, approvals_poll_cb);
+    srv->approvals_poll.data = srv;
+    ev_async_init(&srv->approvals_w, approvals_results);
+    srv->approvals_w.data = srv;
+    ev_async_start(srv->loop, &srv->approvals_w);
+    appr_store_t *st = srv->audit ? appr_attach(audit_env(srv->audit), err, sizeof(err)) : NULL;
+    if (st && !(srv->approvals = appr_worker_new(st, approvals_notify, srv))) {
+        snprintf(err, sizeof(err), "cannot start the approval writer thread");
+        appr_close(st);
+    }
+    if (!srv->approvals)
+        log_event(LOG_ERROR, "approvals_unavailable", "error=\"%s\"", err);
+    else if (!(srv->webhook = appr_webhook_new()))
+        log_event(LOG_ERROR, "approvals_webhook_unavailable", "error=\"cannot start its thread\"");
+}
+
+static void approvals_close(server_t *srv)
+{
+    ev_timer_stop(srv->loop, &srv->approvals_poll);
+    appr_webhook_free(srv->webhook);
+    srv->webhook = NULL;
+    if (!srv->approvals)
+        return;
+    appr_store_t *st = appr_worker_store(srv->approvals);
+    appr_worker_free(srv->approvals);
+    ev_async_stop(srv->loop, &srv->approvals_w);
+    appr_close(st);
+    srv->approvals = NULL;
+}
+
 /* ---- the key store's notify: logins waiting on a JWKS fetch go on ------------------ */
 
 static void keys_notify(void *arg)
@@ -540,6 +600,7 @@ int proxy_serve(const char *config_path)
         resolver_free(srv.resolver);
         return 1;
     }
+    approvals_open(&srv);
     ev_io_init(&srv.listen_w, accept_cb, srv.listen_fd, EV_READ);
     ev_timer_init(&srv.accept_pause, accept_resume, 0.1, 0.);
     ev_timer_init(&srv.grace, grace_cb, 1., 0.);
@@ -571,6 +632,7 @@ int proxy_serve(const char *config_path)
     ev_timer_stop(srv.loop, &srv.grace);
     unwatch_files(&srv);
     ev_timer_stop(srv.loop, &srv.reload_delay);
+    approvals_close(&srv);
     audit_close(srv.audit);
     ev_async_stop(srv.loop, &srv.audit_w);
     ident_keystore_free(srv.keystore);

@@ -115,6 +115,7 @@ void session_free(session_t *s)
     free(s->subject);
     free(s->issuer);
     free(s->app_name);
+    free(s->admin_rest);
     free(s);
 }
 
@@ -196,6 +197,7 @@ void session_close(session_t *s, const char *reason)
     if (DEAD(s))
         return;
     log_session_end(s, reason);
+    approval_end(s, reason);
     rec_session_end(s, reason);
     upstream_close(s);
     ev_timer_stop(s->srv->loop, &s->timer);
@@ -462,6 +464,21 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
         session_fail(s, "FATAL", "28000", "bulwark: role \"%s\" does not exist", user);
         return;
     }
+    if (!strcmp(db, "bulwark")) { /* the admin console (admin.c) */
+        if (!s->role->admin) {
+            rec_login_failed(s, "not_admin", "28000");
+            session_fail(s, "FATAL", "28000",
+                         "bulwark: role \"%s\" may not use the admin console (target \"bulwark\"): "
+                         "it is not an admin role",
+                         user);
+            return;
+        }
+        s->admin = true;
+        pgw_write_auth_cleartext(&s->client.out);
+        s->state = ST_PASSWORD;
+        session_flush_client(s);
+        return;
+    }
     s->target = cfg_find_target(cfg, db);
     if (!s->target) {
         rec_login_failed(s, "unknown_target", "3D000");
@@ -491,7 +508,9 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
 static void handle_cancel(session_t *s, const pgw_startup_t *st)
 {
     session_t *target = server_cancel_find(s->srv, st->cancel_pid, st->cancel_key);
-    if (target && target->upstream.fd >= 0 && target->ustate == UP_READY) {
+    if (target && target->held && approval_cancel(target)) {
+        log_event(LOG_INFO, "cancel", "session=%s from=%s held=yes", target->id, s->peer);
+    } else if (target && target->upstream.fd >= 0 && target->ustate == UP_READY) {
         log_event(LOG_INFO, "cancel", "session=%s from=%s", target->id, s->peer);
         cancel_forward(s->srv, (struct sockaddr *)&target->uaddr, target->uaddr_len,
                        target->up_pid, target->up_key);
@@ -627,6 +646,10 @@ void session_try_login(session_t *s, const char *tok, size_t toklen)
     s->token_exp = id.exp;
     ident_free(&id);
     server_cancel_add(s->srv, s);
+    if (s->admin) {
+        admin_start(s);
+        return;
+    }
     s->state = ST_UPSTREAM_LOGIN;
     session_update_watchers(s);
     upstream_start(s);
@@ -806,7 +829,10 @@ static void client_process(session_t *s)
             process_password(s);
             break;
         case ST_RELAY:
-            relay_c2u(s);
+            if (s->admin)
+                admin_input(s);
+            else
+                relay_c2u(s);
             return;
         default:
             return;

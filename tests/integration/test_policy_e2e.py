@@ -287,7 +287,8 @@ def judge(case: Case, out: Outcome, extended: bool) -> Optional[str]:
         return "failed upstream but the gateway logged no refusal (it reached PostgreSQL)"
     if case.expected == "review":
         if out.sqlstate != "42501" or not msg.startswith("bulwark: approval required"):
-            return "a review decision must fail closed: 42501 'bulwark: approval required ...'"
+            return ("a review decision (reject mode) must fail closed: 42501 'bulwark: approval "
+                    "required ...'")
         return None
     if out.sqlstate == "42501":
         if not msg.startswith("bulwark:"):
@@ -349,6 +350,12 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
 
     agent = fixture_policy("policy-agent.json")
     agent["upstream"] = {E2E_DB: {"user": SUPER, "password_file": f"../secrets/{SUPER}"}}
+    # The corpus checks that a review statement does not run unapproved: reject mode answers
+    # at once (42501, a request is created) where hold mode would wait for a human
+    # (test_approvals.py covers holds).
+    for rule in agent["rules"]:
+        if rule.get("action") == "review":
+            rule["review"]["mode"] = "reject"
     readonly = fixture_policy("policy-readonly.json")
     readonly["upstream"] = {FP_DB: {"user": READER, "password_file": f"../secrets/{READER}"}}
     dba = fixture_policy("policy-dba.json")  # the approver role agent's review rule names
