@@ -195,6 +195,7 @@ void session_close(session_t *s, const char *reason)
         return;
     log_session_end(s, reason);
     rec_session_end(s, reason);
+    metrics_session_end(s->srv->metrics, &s->mx, s->role_name, s->target_name);
     upstream_close(s);
     ev_timer_stop(s->srv->loop, &s->timer);
     ev_timer_stop(s->srv->loop, &s->expiry);
@@ -246,12 +247,13 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     session_t *s = w->data;
     if (s->state == ST_CLOSING)
         session_close(s, "client did not read its final message");
-    else if (s->state == ST_UPSTREAM_LOGIN)
+    else if (s->state == ST_UPSTREAM_LOGIN) {
+        metrics_upstream_error(s->srv->metrics, s->target_name, "timeout");
         session_fail(s, "FATAL", "08006",
                      "bulwark: upstream server for target \"%s\" did not answer within "
                      "login_timeout",
                      s->target_name);
-    else if (s->state != ST_RELAY)
+    } else if (s->state != ST_RELAY)
         session_fail(s, "FATAL", "57014", "bulwark: canceling authentication due to timeout");
 }
 
@@ -420,6 +422,7 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
         pgw_write_negotiate_version(&s->client.out, 0, unrecognized, nunrec);
 
     if (!s->client_tls && !(s->srv->listener_loopback && cfg->allow_plaintext_on_loopback)) {
+        metrics_login_failed(s->srv->metrics, "plaintext");
         session_fail(s, "FATAL", "28000",
                      "bulwark: plaintext connections are refused; connect with sslmode=require");
         return;
@@ -468,6 +471,7 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
     }
     s->target_index = (int)(s->target - cfg->targets);
     if (!cfg_role_upstream(s->role, db)) {
+        metrics_login_failed(s->srv->metrics, "no_access");
         session_fail(s, "FATAL", "28000", "bulwark: role \"%s\" has no access to target \"%s\"",
                      user, db);
         return;
@@ -760,6 +764,8 @@ static void relay_c2u(session_t *s)
             return;
         }
         int g = gate_message(s, &h);
+        if (g > 0)
+            metrics_upstream_sent(&s->mx, h.type);
         if (g < 0)
             return;
         if (g == 0)
@@ -855,6 +861,7 @@ void session_upstream_ready(session_t *s)
     s->state = ST_RELAY;
     ev_timer_stop(s->srv->loop, &s->timer);
     rec_session_start(s);
+    metrics_session_start(s->srv->metrics, &s->mx, s->role_name, s->target_name);
     /* Query and Parse are held whole for the policy, up to max_statement_bytes. */
     uint64_t hold = s->rt->cfg->max_statement_bytes + 64 * 1024;
     if (hold > s->client.in.limit)
@@ -915,6 +922,7 @@ static bool relay_u2c_some(session_t *s)
                 gate_command_complete(s, body, h.len);
             char status;
             if (h.type == 'Z' && pgw_read_ready(body, h.len, &status) == 0) {
+                metrics_upstream_ready(s->srv->metrics, &s->mx, s->target_name);
                 s->tx_status = status;
                 gate_ready(s, status);
             }
@@ -953,6 +961,7 @@ static void relay_u2c(session_t *s)
 
 static void upstream_lost(session_t *s)
 {
+    metrics_upstream_error(s->srv->metrics, s->target_name, "lost");
     if (s->u2c_left > 0) {
         session_close(s, "upstream closed mid-message");
         return;
@@ -981,6 +990,7 @@ static void upstream_relay_readable(session_t *s)
         }
         if (st == IO_AGAIN)
             return;
+        metrics_upstream_bytes(s->srv->metrics, &s->mx, s->target_name);
         relay_u2c(s);
         if (!s->upstream.ssl || SSL_pending(s->upstream.ssl) == 0)
             return;
