@@ -14,19 +14,42 @@ OBJS     := $(LIBSRCS:%.c=$(BUILD)/obj/%.o)
 UNITSRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNITBIN  := $(UNITSRC:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON   := /usr/bin/python3
+# `bulwark help` and the man page come from one text (docs/cli.txt).
+HELPOBJ  := $(BUILD)/obj/gen/help.o
+# make install: PREFIX/DESTDIR as usual; the unit file and examples go under PREFIX.
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BINDIR   ?= $(PREFIX)/bin
+MANDIR   ?= $(PREFIX)/share/man
+DOCDIR   ?= $(PREFIX)/share/doc/bulwark
+UNITDIR  ?= $(PREFIX)/lib/systemd/system
 
-.PHONY: all deps test unit integration asan bench demo format clean help
+.PHONY: all deps test unit integration asan bench demo format clean help man install
 
-all: $(BUILD)/bulwark
+all: $(BUILD)/bulwark $(BUILD)/bulwark.1
 
 help:
-	@echo "targets: all unit integration test asan bench demo format clean"
+	@echo "targets: all unit integration test asan bench demo format man install clean"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/libbulwark.a: $(OBJS)
+$(BUILD)/gen/help.c: docs/cli.txt scripts/txt2c.awk
+	@mkdir -p $(dir $@)
+	awk -f scripts/txt2c.awk docs/cli.txt > $@.tmp && mv $@.tmp $@
+
+$(HELPOBJ): $(BUILD)/gen/help.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/bulwark.1: docs/cli.txt scripts/txt2man.awk
+	@mkdir -p $(dir $@)
+	awk -f scripts/txt2man.awk docs/cli.txt > $@.tmp && mv $@.tmp $@
+
+man: $(BUILD)/bulwark.1
+
+$(BUILD)/libbulwark.a: $(OBJS) $(HELPOBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -63,6 +86,19 @@ bench: deps all
 
 demo: deps all
 	scripts/demo.sh
+
+# The binary, its man page, the systemd unit (ExecStart pointing at BINDIR) and the
+# example configuration; nothing outside DESTDIR$(PREFIX) is touched (docs/install.md).
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(DOCDIR)/examples/policies
+	install -m 0755 $(BUILD)/bulwark $(DESTDIR)$(BINDIR)/bulwark
+	install -m 0644 $(BUILD)/bulwark.1 $(DESTDIR)$(MANDIR)/man1/bulwark.1
+	sed 's|/usr/local/bin/bulwark|$(BINDIR)/bulwark|g' contrib/bulwark.service \
+	  > $(DESTDIR)$(UNITDIR)/bulwark.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/bulwark.service
+	install -m 0644 contrib/bulwark.json $(DESTDIR)$(DOCDIR)/examples/bulwark.json
+	install -m 0644 contrib/policies/analyst.json $(DESTDIR)$(DOCDIR)/examples/policies/analyst.json
 
 format:
 	clang-format -i $$(find src tests/unit -name '*.[ch]')

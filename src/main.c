@@ -32,22 +32,14 @@ static const command_t commands[] = {
                          "\n                               check the record chain; stream records"},
 };
 
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: bulwark COMMAND [options]\n\ncommands:\n");
-    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(f, "  %s\n", commands[i].summary);
-    fprintf(f, "  help                         this text; `bulwark COMMAND --help` for one command\n");
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        usage(stderr);
+        fprintf(stderr, "usage: bulwark COMMAND [options] (`bulwark help` lists the commands)\n");
         return 2;
     }
     if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        usage(stdout);
+        fputs(bulwark_help_text, stdout);
         return 0;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)

@@ -19,6 +19,10 @@ int cli_approve(int argc, char **argv);
 int cli_deny(int argc, char **argv);
 int cli_revoke(int argc, char **argv);
 
+/* `bulwark help`: docs/cli.txt, made a C string at build time (scripts/txt2c.awk);
+ * the man page bulwark.1 is made from the same file (scripts/txt2man.awk). */
+extern const char bulwark_help_text[];
+
 /* Shared by audit, sessions and replay (src/cli/audit.c): one option with a
  * value ("--name V" or "--name=V"; 1 taken, 0 not this option, -1 value
  * missing, reported); load the config and open its audit store read-only

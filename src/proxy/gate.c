@@ -451,6 +451,7 @@ static gate_verdict_t settle(session_t *s, decided_t *d)
 /* Decide one query string (the statement of a Parse, or a Query's text). */
 static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
 {
+    uint64_t t0 = metrics_clock_ns();
     d->len = len;
     const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
     if (!role || policy_check(role, s->srv->policy_cache, s->gate->ps, d->sql, len, &d->r) < 0)
@@ -472,7 +473,9 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
             d->r.cursorpos = 0;
         }
     }
-    return settle(s, d);
+    gate_verdict_t v = settle(s, d);
+    metrics_statement(s->srv->metrics, s->role_name, decision_name(d->r.decision), d->r.rule, t0);
+    return v;
 }
 
 /* The held message (a Query or a Parse) of a decided approval hold. */
@@ -801,6 +804,7 @@ gate_verdict_t gate_oversized(session_t *s, char type, const uint8_t *body, size
     uint64_t seq;
     bool wait;
     (void)rec_statement(s, &st, &seq, &wait);
+    metrics_statement(s->srv->metrics, s->role_name, "deny", st.rule, metrics_clock_ns());
     gate_verdict_t v = refuse(s, &d, "54000", msg, 0, seq);
     if (type == 'Q')
         s->gate->syncs_sent++;

@@ -21,6 +21,7 @@
 #include <cjson/cJSON.h>
 
 #include "config.h"
+#include "metrics/metrics.h"
 #include "policy/policy.h"
 #include "util/buf.h"
 
@@ -173,6 +174,7 @@ struct session {
     uint32_t my_pid, my_key;     /* what the client got */
     uint64_t started_ms;
     uint64_t bytes_c2u, bytes_u2c;
+    metrics_session_t mx;        /* metrics: upstream timing, sessions_active */
 };
 
 struct server {
@@ -207,6 +209,8 @@ struct server {
     ev_async approvals_w;            /* the approval worker's notify: console decisions */
     struct appr_webhook *webhook;    /* approvals.webhook_url's sender */
     uint64_t admin_tags;
+    struct metrics *metrics;         /* this loop's figures (NULL: no metrics_listen) */
+    struct monitor *monitor;         /* metrics_listen endpoint and health probes (monitor.h) */
 };
 
 #define CANCEL_BUCKETS 4096

@@ -77,6 +77,7 @@ static int append(session_t *s, audit_rec_type_t type, const char *sid, cJSON *f
 
 void rec_login_failed(session_t *s, const char *reason, const char *sqlstate)
 {
+    metrics_login_failed(s->srv->metrics, reason);
     cJSON *f = cJSON_CreateObject();
     cJSON_AddStringToObject(f, "reason", reason);
     cJSON_AddStringToObject(f, "sqlstate", sqlstate);

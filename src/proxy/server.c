@@ -22,6 +22,7 @@
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
 #include "proxy/maskflow.h"
+#include "proxy/monitor.h"
 #include "proxy/proxy.h"
 #include "util/log.h"
 
@@ -288,6 +289,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             continue;
         }
         session_t *s = session_new(srv, fd, (struct sockaddr *)&peer);
+        metrics_connection(srv->metrics);
         if (!s) {
             close(fd);
             continue;
@@ -412,6 +414,7 @@ static void reload(server_t *srv, const char *why)
     watch_files(srv); /* before the old config (holding the old paths) may go */
     runtime_release(old);
     ident_keystore_sync(srv->keystore, rt->cfg);
+    monitor_reload(srv);
     log_event(LOG_INFO, "reloaded", "roles=%zu targets=%zu", rt->cfg->n_roles,
               rt->cfg->n_targets);
 }
@@ -590,7 +593,8 @@ int proxy_serve(const char *config_path)
                   log_q(q, sizeof(q), aerr));
     }
     if (!srv.cancel_map || !srv.resolver || !srv.policy_cache || !srv.keystore || !srv.audit ||
-        open_listener(&srv, srv.rt->cfg) < 0) {
+        open_listener(&srv, srv.rt->cfg) < 0 || monitor_start(&srv) < 0) {
+        monitor_stop(&srv);
         audit_close(srv.audit);
         policy_cache_free(srv.policy_cache);
         if (srv.keystore)
@@ -637,6 +641,7 @@ int proxy_serve(const char *config_path)
     ev_async_stop(srv.loop, &srv.audit_w);
     ident_keystore_free(srv.keystore);
     ev_async_stop(srv.loop, &srv.keys_w);
+    monitor_stop(&srv);
     resolver_free(srv.resolver);
     free(srv.cancel_map);
     runtime_release(srv.rt);

@@ -199,6 +199,7 @@ void session_close(session_t *s, const char *reason)
     log_session_end(s, reason);
     approval_end(s, reason);
     rec_session_end(s, reason);
+    metrics_session_end(s->srv->metrics, &s->mx, s->role_name, s->target_name);
     upstream_close(s);
     ev_timer_stop(s->srv->loop, &s->timer);
     ev_timer_stop(s->srv->loop, &s->expiry);
@@ -250,12 +251,13 @@ static void session_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     session_t *s = w->data;
     if (s->state == ST_CLOSING)
         session_close(s, "client did not read its final message");
-    else if (s->state == ST_UPSTREAM_LOGIN)
+    else if (s->state == ST_UPSTREAM_LOGIN) {
+        metrics_upstream_error(s->srv->metrics, s->target_name, "timeout");
         session_fail(s, "FATAL", "08006",
                      "bulwark: upstream server for target \"%s\" did not answer within "
                      "login_timeout",
                      s->target_name);
-    else if (s->state != ST_RELAY)
+    } else if (s->state != ST_RELAY)
         session_fail(s, "FATAL", "57014", "bulwark: canceling authentication due to timeout");
 }
 
@@ -424,6 +426,7 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
         pgw_write_negotiate_version(&s->client.out, 0, unrecognized, nunrec);
 
     if (!s->client_tls && !(s->srv->listener_loopback && cfg->allow_plaintext_on_loopback)) {
+        metrics_login_failed(s->srv->metrics, "plaintext");
         session_fail(s, "FATAL", "28000",
                      "bulwark: plaintext connections are refused; connect with sslmode=require");
         return;
@@ -487,6 +490,7 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
     }
     s->target_index = (int)(s->target - cfg->targets);
     if (!cfg_role_upstream(s->role, db)) {
+        metrics_login_failed(s->srv->metrics, "no_access");
         session_fail(s, "FATAL", "28000", "bulwark: role \"%s\" has no access to target \"%s\"",
                      user, db);
         return;
@@ -788,6 +792,8 @@ static void relay_c2u(session_t *s)
             !maskflow_c2u_ready(s, h.type, buf_unread(&c->in) - 5, h.len))
             break;
         int g = gate_message(s, &h);
+        if (g > 0)
+            metrics_upstream_sent(&s->mx, h.type);
         if (g < 0)
             return;
         if (g == 0)
@@ -901,6 +907,7 @@ void session_upstream_ready(session_t *s)
     if (s->mf && s->upstream.in.limit < maskflow_max_message(s) + 5)
         s->upstream.in.limit = maskflow_max_message(s) + 5;
     rec_session_start(s);
+    metrics_session_start(s->srv->metrics, &s->mx, s->role_name, s->target_name);
     /* Query and Parse are held whole for the policy, up to max_statement_bytes. */
     uint64_t hold = s->rt->cfg->max_statement_bytes + 64 * 1024;
     if (hold > s->client.in.limit)
@@ -931,6 +938,7 @@ static void observe_backend(session_t *s, char type, const uint8_t *body, size_t
         gate_command_complete(s, body, len);
     char status;
     if (type == 'Z' && pgw_read_ready(body, len, &status) == 0) {
+        metrics_upstream_ready(s->srv->metrics, &s->mx, s->target_name);
         s->tx_status = status;
         gate_ready(s, status);
     }
@@ -1072,6 +1080,7 @@ static void relay_u2c(session_t *s)
 
 static void upstream_lost(session_t *s)
 {
+    metrics_upstream_error(s->srv->metrics, s->target_name, "lost");
     if (s->u2c_left > 0) {
         session_close(s, "upstream closed mid-message");
         return;
@@ -1100,6 +1109,7 @@ static void upstream_relay_readable(session_t *s)
         }
         if (st == IO_AGAIN)
             return;
+        metrics_upstream_bytes(s->srv->metrics, &s->mx, s->target_name);
         relay_u2c(s);
         if (!s->upstream.ssl || SSL_pending(s->upstream.ssl) == 0)
             return;

@@ -23,6 +23,7 @@
 
 static void fail_upstream(session_t *s, const char *what)
 {
+    metrics_upstream_error(s->srv->metrics, s->target_name, "connect");
     char q[300];
     log_event(LOG_WARN, "upstream_login_failed", "session=%s target=%s reason=%s", s->id,
               s->target_name, log_q(q, sizeof(q), what));
@@ -388,6 +389,7 @@ static void handle_login_error(session_t *s, const uint8_t *body, size_t len)
     /* Overload and startup states are worth passing on; the rest (auth, missing
      * database) is the operator's business and stays in the log. */
     const char *code = e.sqlstate ? e.sqlstate : "08006";
+    metrics_upstream_error(s->srv->metrics, s->target_name, "login");
     if (!strncmp(code, "53", 2) || !strncmp(code, "57P0", 4))
         session_fail(s, "FATAL", code, "bulwark: target \"%s\" refused the connection: %s",
                      s->target_name, e.message ? e.message : "");
