@@ -15,12 +15,12 @@ UNITSRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNITBIN  := $(UNITSRC:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON   := /usr/bin/python3
 
-.PHONY: all deps test unit integration asan bench demo format clean help
+.PHONY: all deps test unit integration asan bench demo demo-stop format clean help
 
 all: $(BUILD)/bulwark
 
 help:
-	@echo "targets: all unit integration test asan bench demo format clean"
+	@echo "targets: all unit integration test asan bench demo demo-stop format clean"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -63,6 +63,9 @@ bench: deps all
 
 demo: deps all
 	scripts/demo.sh
+
+demo-stop:
+	@scripts/demo.sh stop
 
 format:
 	clang-format -i $$(find src tests/unit -name '*.[ch]')
