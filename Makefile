@@ -24,12 +24,12 @@ MANDIR   ?= $(PREFIX)/share/man
 DOCDIR   ?= $(PREFIX)/share/doc/bulwark
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
 
-.PHONY: all deps test unit integration asan bench demo format clean help man install
+.PHONY: all deps test unit integration asan bench demo demo-stop format clean help man install
 
 all: $(BUILD)/bulwark $(BUILD)/bulwark.1
 
 help:
-	@echo "targets: all unit integration test asan bench demo format man install clean"
+	@echo "targets: all unit integration test asan bench demo demo-stop format man install clean"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -86,6 +86,9 @@ bench: deps all
 
 demo: deps all
 	scripts/demo.sh
+
+demo-stop:
+	@scripts/demo.sh stop
 
 # The binary, its man page, the systemd unit (ExecStart pointing at BINDIR) and the
 # example configuration; nothing outside DESTDIR$(PREFIX) is touched (docs/install.md).

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Bulwark demo: a throwaway PostgreSQL with a small shop schema (with PII in it),
-# the gateway in front of it with TLS and policies/demo.json, a demo token, and a
-# ready psql command. Ctrl-C (or SIGTERM) stops all of it and removes every file
-# it made.
+# Bulwark demo, a two-minute tour: a throwaway PostgreSQL with a small shop schema
+# (with PII in it), the gateway in front of it with TLS and policies/demo.json, a
+# demo token, and ready commands to try: a masked SELECT, a denied DROP, a held
+# DELETE and how to approve it, the session's replay. Ctrl-C (or SIGTERM, or
+# `make demo-stop` from another shell) stops all of it and removes every file it
+# made.
 #
 #   scripts/demo.sh                 run until interrupted (what `make demo` does)
-#   DEMO_ONESHOT=1 scripts/demo.sh  start everything, run one query through the
-#                                   gateway with psql, stop, exit 0 on success
+#   scripts/demo.sh stop            stop a running demo (what `make demo-stop` does)
+#   DEMO_ONESHOT=1 scripts/demo.sh  start everything, run the tour's allowed and
+#                                   denied statements through the gateway with
+#                                   psql, stop, exit 0 on success
 #
 # Environment: BULWARK_BIN (default build/bulwark), DEMO_PORT (gateway port;
 # default 6432, or a free port when 6432 is taken), TMPDIR.
@@ -17,9 +21,32 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${BULWARK_BIN:-$ROOT/build/bulwark}
 ONESHOT=${DEMO_ONESHOT:-0}
+# The running demo's process id, for `scripts/demo.sh stop`.
+PIDFILE=${DEMO_PIDFILE:-$ROOT/build/demo.pid}
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "demo: $*"; exit 1; }
+
+if [ "${1:-}" = stop ]; then
+    pid=$(cat "$PIDFILE" 2>/dev/null) || { say "demo: not running (no $PIDFILE)"; exit 0; }
+    # Only a demo.sh of ours: the pid may have been reused since.
+    if ! tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q 'demo\.sh'; then
+        rm -f "$PIDFILE"; say "demo: not running (stale $PIDFILE)"; exit 0
+    fi
+    # Alive and not a zombie (a parent that has not reaped it yet: it is done).
+    alive() {
+        local st
+        st=$(awk '/^State:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
+        [ -n "$st" ] && [ "$st" != Z ]
+    }
+    kill -TERM "$pid"
+    for _ in $(seq 100); do alive || break; sleep 0.1; done
+    alive && die "demo (pid $pid) still running 10s after SIGTERM"
+    say "demo: stopped (pid $pid)"
+    exit 0
+elif [ $# -gt 0 ]; then
+    die "unknown argument: $1 (usage: scripts/demo.sh [stop])"
+fi
 
 free_port() {
     # A port nobody listens on now (there is a small race; good enough for a demo).
@@ -48,7 +75,6 @@ DEMO=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo.XXXXXX")
 chmod 711 "$DEMO"
 PG_STARTED=0
 BULWARK_PID=
-TAIL_PID=
 
 # shellcheck disable=SC2317  # invoked by trap
 cleanup() {
@@ -56,7 +82,6 @@ cleanup() {
     trap - EXIT
     trap "" INT TERM HUP   # finish cleaning up whatever else arrives (inherited by what we run here)
     set +e
-    if [ -n "$TAIL_PID" ]; then kill "$TAIL_PID" 2>/dev/null; wait "$TAIL_PID" 2>/dev/null; fi
     if [ -n "$BULWARK_PID" ] && kill -0 "$BULWARK_PID" 2>/dev/null; then
         # SIGINT stops the gateway at once; SIGTERM would wait for sessions to drain.
         kill -INT "$BULWARK_PID" 2>/dev/null
@@ -66,6 +91,7 @@ cleanup() {
     fi
     if [ "$PG_STARTED" = 1 ]; then "$ROOT/scripts/pgtmp.sh" stop "$DEMO/pg" >/dev/null 2>&1; fi
     rm -rf "$DEMO"
+    if [ "$(cat "$PIDFILE" 2>/dev/null)" = "$$" ]; then rm -f "$PIDFILE"; fi
     say "demo: stopped; removed $DEMO"
     exit "$status"
 }
@@ -80,6 +106,7 @@ mkdir -p "$DEMO/secrets" "$DEMO/policies"
 chmod 700 "$DEMO/secrets"
 (umask 077
  random_hex 24 > "$DEMO/secrets/shop_ro.password"
+ random_hex 24 > "$DEMO/secrets/shop_agent.password"
  random_hex 32 > "$DEMO/secrets/demo.hs256")
 
 # --- PostgreSQL with the shop schema ------------------------------------------
@@ -90,9 +117,11 @@ PG_STARTED=1   # before: an interrupted start may leave a server running
 su_psql() { psql -X -q -v ON_ERROR_STOP=1 -h "$DEMO/pg" -p "$PGPORT" -U postgres "$@"; }
 su_psql -d postgres -c "CREATE DATABASE shop" >/dev/null
 su_psql -d shop -f "$ROOT/examples/demo/schema.sql" >/dev/null
-# The password goes through a psql variable on stdin, never on a command line.
-printf '%s\n' "ALTER ROLE shop_ro LOGIN PASSWORD :'pw';" |
-    su_psql -d shop -v pw="$(cat "$DEMO/secrets/shop_ro.password")" >/dev/null
+# Passwords go through psql variables, never into a statement on a command line.
+for login in shop_ro shop_agent; do
+    printf '%s\n' "ALTER ROLE $login LOGIN PASSWORD :'pw';" |
+        su_psql -d shop -v pw="$(cat "$DEMO/secrets/$login.password")" >/dev/null
+done
 
 # --- gateway config -----------------------------------------------------------
 GWPORT=${DEMO_PORT:-}
@@ -135,54 +164,116 @@ for _ in $(seq 200); do
 done
 grep -q 'event=listening' "$LOG" || { cat "$LOG" >&2; die "bulwark serve did not report event=listening within 20s"; }
 
+CONF=$DEMO/bulwark.json
 PSQL_URI="postgresql://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=verify-full&sslrootcert=$DEMO/certs/ca.crt"
 SA_URI="postgresql+psycopg2://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=require"
+aspsql() { psql -X -q -At -v ON_ERROR_STOP=1 "$PSQL_URI" "$@"; }
+
+# What this build does with the tour's statements: masks and approvals are being
+# built (README "Status"); say which are in effect rather than promise them.
+MASKING=off
+[ "$(aspsql -c "SELECT ssn FROM customers WHERE id = 1" 2>/dev/null)" = "****" ] && MASKING=on
+APPROVALS=off
+"$BIN" approvals --help >/dev/null 2>&1 && APPROVALS=on
 
 if [ "$ONESHOT" = 1 ]; then
-    say "demo: one query through the gateway (verify-full TLS, role analyst)"
-    psql -X -v ON_ERROR_STOP=1 "$PSQL_URI" \
-        -c "SELECT c.id, c.name, c.email, c.card_number, count(o.id) AS orders
-            FROM customers c LEFT JOIN orders o ON o.customer_id = c.id
-            GROUP BY c.id ORDER BY c.id LIMIT 3" || { cat "$LOG" >&2; die "query through the gateway failed"; }
+    say "demo: the tour's statements through the gateway (verify-full TLS, role analyst)"
+    # One session, as a person at psql would: the refusals leave it usable.
+    out=$(psql -X -q -At "$PSQL_URI" 2>&1 <<'SQL'
+SELECT name, email, card_number, ssn FROM customers ORDER BY id LIMIT 3;
+DROP TABLE customers;
+DELETE FROM support_tickets;
+SELECT 'still here';
+SQL
+) || { cat "$LOG" >&2; die "psql through the gateway failed: $out"; }
+    say "$out"
+    [ "$(printf '%s\n' "$out" | grep -c '|')" -ge 3 ] ||
+        { cat "$LOG" >&2; die "the SELECT of customers did not return three rows"; }
+    for want in 'denied by rule "no-ddl-dcl"' 'denied by rule "no-unbounded-writes"' 'still here'; do
+        case "$out" in
+            *"$want"*) ;;
+            *) cat "$LOG" >&2; die "the tour's session did not show $want" ;;
+        esac
+    done
+    sid=$("$BIN" sessions -c "$CONF" --role analyst --json |
+          /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["session"])') ||
+        die "bulwark sessions failed"
+    transcript=$("$BIN" replay -c "$CONF" "$sid") || die "bulwark replay $sid failed"
+    for want in "DROP TABLE customers" "DELETE FROM support_tickets" "no-ddl-dcl"; do
+        case "$transcript" in
+            *"$want"*) ;;
+            *) say "$transcript"; die "bulwark replay $sid does not show $want" ;;
+        esac
+    done
+    say "demo: masking $MASKING, approvals $APPROVALS in this build"
     say "demo: oneshot OK"
     exit 0
 fi
 
+mkdir -p "$(dirname "$PIDFILE")"
+echo $$ > "$PIDFILE"
+
+if [ "$MASKING" = on ]; then
+    MASK_NOTE="masked per column (policies/demo.json \"masks\")"
+else
+    MASK_NOTE="masks apply once this build has masking; until then values show as stored"
+fi
+if [ "$APPROVALS" = on ]; then
+    HOLD_NOTE="held by rule \"support-fixes\" until a human answers"
+    STEP3="While the DELETE waits (a NOTICE names its request id), from a second shell:"
+else
+    HOLD_NOTE="rule \"support-fixes\" (review); this build has no approvals yet, so it is refused"
+    STEP3="Once approvals are in, the DELETE waits (a NOTICE names its request id) for:"
+fi
+
 cat <<EOF
 
-  Bulwark demo is running.
+  Bulwark demo is running: gateway on localhost:$GWPORT (TLS), PostgreSQL 15 behind it
+  with a "shop" database. The agent's token is its password; the database login
+  "shop_agent" and its password stay inside the gateway.
 
-  gateway    localhost:$GWPORT  (TLS; CA certificate $DEMO/certs/ca.crt)
-  upstream   PostgreSQL 15 on 127.0.0.1:$PGPORT, database "shop", login "shop_ro"
-             (its password lives only in $DEMO/secrets; clients never see it)
-  policies   $DEMO/policies/: demo.json (role "analyst"), langchain-readonly.json (role "langchain")
-  token      HS256, iss "demo", sub "demo-agent-1", valid 12h
+  1. Connect as the AI agent (role "analyst", token for sub "demo-agent-1", 12h):
 
-  Connect with psql:
+       psql "$PSQL_URI"
 
-    psql "$PSQL_URI"
+  2. In psql, try:
 
-  LangChain / SQLAlchemy (psycopg2) URI:
+       SELECT name, email, phone, card_number, ssn FROM customers LIMIT 3;
+            -- $MASK_NOTE
+       SELECT subject, body FROM support_tickets;
+            -- content detectors: card numbers, SSNs, emails, keys in free text
+       DROP TABLE customers;              -- ERROR 42501, denied by rule "no-ddl-dcl"
+       DELETE FROM support_tickets;       -- ERROR 42501, denied by rule "no-unbounded-writes"
+       SELECT * FROM internal.api_keys;   -- ERROR 42501, denied by rule "no-internal"
+       DELETE FROM support_tickets WHERE id = 4;
+            -- $HOLD_NOTE
 
-    $SA_URI
+  3. $STEP3
 
-  A token for the "langchain" role:
+       $BIN approvals -c $CONF
+       $BIN approve -c $CONF ID --as demo-dba-1
+       $BIN deny -c $CONF ID --reason "not now" --as demo-dba-1    (the other answer)
 
-    $BIN token --secret-file $DEMO/secrets/demo.hs256 --iss demo --aud bulwark --sub langchain-1
+  4. The session as the gateway recorded it (statements, decisions, rows as sent):
 
-  Try what the analyst may not do: DELETE FROM orders; SELECT * FROM internal.api_keys;
-  SELECT pg_read_file('/etc/passwd'). Each is refused, naming the rule. The policy's
-  masks are validated but not applied yet (planned), so PII still shows in results.
-  What would the gateway do with a statement?
+       $BIN sessions -c $CONF --role analyst
+       $BIN replay -c $CONF SESSION
+       $BIN audit verify -c $CONF
 
-    $BIN explain -c $DEMO/bulwark.json --role analyst "DELETE FROM orders"
+  What would the gateway do with a statement, and why?
 
-  Gateway log follows. Ctrl-C stops everything and removes $DEMO.
+       $BIN explain -c $CONF --role analyst "DELETE FROM orders"
+
+  LangChain / SQLAlchemy URI (see examples/langchain-python and examples/langchain-js):
+
+       $SA_URI
+
+  Gateway log: $LOG
+  Stop: Ctrl-C here, or \`make demo-stop\` from another shell; everything under
+  $DEMO is removed.
 
 EOF
 
-tail -n +1 -f "$LOG" >&2 &
-TAIL_PID=$!
 set +e
 wait "$BULWARK_PID"
 rc=$?

@@ -77,16 +77,19 @@ if ((node_major < 20)); then
          "LangChain.js and TypeORM need node >= 20" >&2
 fi
 
-# Node packages for the integration tests (node-pg, pg-cursor, TypeORM, LangChain.js).
+# Node packages for the integration tests (node-pg, pg-cursor, TypeORM, LangChain.js) and
+# for the LangChain.js agent example, which the tests run too.
 if ((want_npm)); then
-    lock="$node_dir/package-lock.json"
-    stamp="$node_dir/node_modules/.bulwark-lock.sha256"
-    want="$(sha256sum "$lock" "$node_dir/package.json" | sha256sum | cut -d' ' -f1)"
-    have="$(cat "$stamp" 2>/dev/null || true)"
-    if [[ "$want" != "$have" || ! -d "$node_dir/node_modules" ]]; then
-        echo "install-deps: npm ci in tests/integration/node" >&2
-        (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-        echo "$want" >"$stamp"
-    fi
+    for dir in "$node_dir" "$root/examples/langchain-js"; do
+        lock="$dir/package-lock.json"
+        stamp="$dir/node_modules/.bulwark-lock.sha256"
+        want="$(sha256sum "$lock" "$dir/package.json" | sha256sum | cut -d' ' -f1)"
+        have="$(cat "$stamp" 2>/dev/null || true)"
+        if [[ "$want" != "$have" || ! -d "$dir/node_modules" ]]; then
+            echo "install-deps: npm ci in ${dir#"$root"/}" >&2
+            (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+            echo "$want" >"$stamp"
+        fi
+    done
 fi
 echo "install-deps: all dependencies present" >&2

@@ -5,9 +5,16 @@
 -- the public test numbers card networks publish, so they pass a Luhn check
 -- (which is what a credit-card detector looks for) and charge nothing.
 --
--- The gateway's upstream login is `shop_ro`: created here without LOGIN and
--- with SELECT only (least privilege at the database too); demo.sh gives it
--- LOGIN and a random password that only the gateway is told.
+-- The gateway's upstream logins, created here without LOGIN (demo.sh gives
+-- each LOGIN and a random password that only the gateway is told), with least
+-- privilege at the database too:
+--   shop_ro     SELECT on the public tables, read-only transactions (role
+--               "langchain" of policies/langchain-readonly.json);
+--   shop_agent  the same reads, plus DELETE on support_tickets and UPDATE of
+--               orders.status (role "analyst" of policies/demo.json, whose
+--               policy holds every such write for a human's approval).
+-- Loading this file twice into one cluster (another database) is fine: the
+-- roles are created only when missing.
 
 CREATE TABLE customers (
   id          serial PRIMARY KEY,
@@ -114,11 +121,22 @@ INSERT INTO internal.api_keys (service, api_key) VALUES
   ('payments', 'sk_live_4eC39HqLyjWDarjtT1zdp7dc'),
   ('shipping', 'shp_9f8e7d6c5b4a39281706f5e4d3c2b1a0');
 
--- The gateway's upstream login: read-only, public schema only.
-CREATE ROLE shop_ro NOLOGIN;
-GRANT CONNECT ON DATABASE shop TO shop_ro;
-GRANT USAGE ON SCHEMA public TO shop_ro;
-GRANT SELECT ON customers, products, orders, order_items, support_tickets TO shop_ro;
+-- The gateway's upstream logins (see the top of this file).
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shop_ro') THEN
+    CREATE ROLE shop_ro NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shop_agent') THEN
+    CREATE ROLE shop_agent NOLOGIN;
+  END IF;
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO shop_ro, shop_agent', current_database());
+END
+$$;
+GRANT USAGE ON SCHEMA public TO shop_ro, shop_agent;
+GRANT SELECT ON customers, products, orders, order_items, support_tickets TO shop_ro, shop_agent;
+GRANT DELETE ON support_tickets TO shop_agent;
+GRANT UPDATE (status) ON orders TO shop_agent;
 ALTER ROLE shop_ro SET default_transaction_read_only = on;
 
 ANALYZE;
