@@ -18,9 +18,8 @@ deny ID --reason ...`). Then it asserts what the agent saw (the tables; masked v
 the real ones; the denials with 42501 and the rule; the held statement's outcome) and that
 `bulwark replay` of the agent's session shows every statement of the conversation.
 
-Masking (issue 5) and approvals (issue 7) are not in this tree yet: exactly the tests that
-need them are strict xfails, to be unmarked once those land. Every run is bounded by
-timeouts: a held statement that nobody answers fails the run, it never hangs it.
+Every run is bounded by timeouts: a held statement that nobody answers fails the run, it
+never hangs it.
 """
 
 from __future__ import annotations
@@ -56,8 +55,6 @@ RUN_TIMEOUT_S = 150           # one client's whole run, hold included
 HELD_SQL = "DELETE FROM support_tickets WHERE id = 4"
 DENY_REASON = "ticket 4 is evidence, keep it"
 
-NEEDS_MASKING = pytest.mark.xfail(strict=True, reason="needs masking (issue 5)")
-NEEDS_APPROVALS = pytest.mark.xfail(strict=True, reason="needs approvals (issue 7)")
 
 # The first three customers of schema.sql, and what the demo's masks make of them
 # (docs/masking.md: partial keeps N characters and stars the rest; email keeps the first
@@ -327,7 +324,6 @@ def test_js_agent_reads_customers_schema_and_rows(js_approved):
     assert [r["id"] for r in rows] == [1, 2, 3]
 
 
-@NEEDS_MASKING
 def test_js_agent_sees_masked_customers_never_the_real_values(js_approved):
     info = js_obs(js_approved, "info-sql", "customers")
     rows = json.loads(js_obs(js_approved, "query-sql", "SELECT"))
@@ -354,7 +350,6 @@ def test_js_refused_statements_changed_nothing(js_approved, pg):
     assert set(js_approved.tickets_after) >= {1, 2, 3}, "an unbounded DELETE got through"
 
 
-@NEEDS_APPROVALS
 def test_js_held_delete_waits_for_approval_then_runs(js_approved):
     r = js_approved
     assert r.request_id is not None, f"no pending request for {HELD_SQL!r}: {r.listings}"
@@ -366,7 +361,6 @@ def test_js_held_delete_waits_for_approval_then_runs(js_approved):
     assert r.tickets_after == [1, 2, 3], "ticket 4 (and only it) is gone once approved"
 
 
-@NEEDS_APPROVALS
 def test_js_held_delete_denied_reaches_the_agent_with_the_reason(js_denied):
     r = js_denied
     assert r.request_id is not None, f"no pending request for {HELD_SQL!r}: {r.listings}"
@@ -431,7 +425,6 @@ def test_py_sqldatabase_table_info_has_create_table_and_sample_rows(py_approved)
     assert any("LIMIT 3" in q and "FROM customers" in q for q in py_approved.result["sql"])
 
 
-@NEEDS_MASKING
 def test_py_sqldatabase_sees_masked_customers_never_the_real_values(py_approved):
     seen = json.dumps(py_approved.result["steps"])
     for c in REAL:
@@ -450,7 +443,6 @@ def test_py_sqldatabase_is_refused_destructive_statements(py_approved, sql, rule
     assert f'denied by rule "{rule}"' in s["result"], s
 
 
-@NEEDS_APPROVALS
 def test_py_held_delete_waits_for_approval_then_runs(py_approved):
     r = py_approved
     assert r.request_id is not None, f"no pending request for {HELD_SQL!r}: {r.listings}"
@@ -460,7 +452,6 @@ def test_py_held_delete_waits_for_approval_then_runs(py_approved):
     assert r.tickets_after == [1, 2, 3]
 
 
-@NEEDS_APPROVALS
 def test_py_held_delete_denied_returns_the_reason(py_denied):
     r = py_denied
     assert r.request_id is not None, f"no pending request for {HELD_SQL!r}: {r.listings}"
