@@ -24,12 +24,12 @@ MANDIR   ?= $(PREFIX)/share/man
 DOCDIR   ?= $(PREFIX)/share/doc/bulwark
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
 
-.PHONY: all deps test unit integration asan bench demo demo-stop format clean help man install
+.PHONY: all deps test unit integration asan tsan bench demo demo-stop format clean help man install
 
 all: $(BUILD)/bulwark $(BUILD)/bulwark.1
 
 help:
-	@echo "targets: all unit integration test asan bench demo demo-stop format man install clean"
+	@echo "targets: all unit integration test asan tsan bench demo demo-stop format man install clean"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -69,7 +69,7 @@ unit: $(UNITBIN)
 	 if [ $$fail -ne 0 ]; then echo "unit: FAILED"; exit 1; fi; echo "unit: all passed"
 
 integration: $(BUILD)/bulwark
-	BULWARK_BIN=$(abspath $(BUILD)/bulwark) $(PYTHON) -m pytest -v tests/integration $(PYTEST_ARGS)
+	BULWARK_BIN=$(abspath $(BUILD)/bulwark) $(PYTHON) -m pytest -v $(or $(INTEGRATION_TESTS),tests/integration) $(PYTEST_ARGS)
 
 test: deps
 	$(MAKE) all
@@ -80,6 +80,19 @@ asan: deps
 	$(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" all unit
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" integration
+
+# ThreadSanitizer: the unit tests, then the integration modules that exercise threads
+# (docs/scaling.md says why these): worker loops, console questions across loops, audit and
+# approval notifies, the key store, the metrics scrape, drain and reload. The first race
+# report ends the gateway (halt_on_error), which fails the test that was running.
+TSAN_TESTS ?= test_workers.py test_approvals.py test_lifecycle.py test_identity.py \
+              test_metrics.py test_audit_e2e.py test_psql.py
+TSAN_FLAGS := BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer"
+tsan: deps
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" $(MAKE) $(TSAN_FLAGS) all unit
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" \
+	  $(MAKE) $(TSAN_FLAGS) integration \
+	  INTEGRATION_TESTS="$(addprefix tests/integration/,$(TSAN_TESTS))"
 
 bench: deps all
 	bench/run.sh $(BENCH_ARGS)

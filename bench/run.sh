@@ -23,7 +23,8 @@
 #
 # After these pass-through cases, the same PostgreSQL serves two more parts, whose lines
 # are added to the output and the report: bench/policy.sh (the pgbench cases again with a
-# realistic policy, `policy=on`; BENCH_POLICY=0 skips it) and bench/audit.sh (the cost of
+# realistic policy, `policy=on`; BENCH_POLICY=0 skips it), bench/workers.sh (`workers: 1` and
+# `workers: 2` side by side, `workers=1,2`; BENCH_WORKERS=0 skips it) and bench/audit.sh (the cost of
 # each audit durability mode). A full run takes about 40 minutes, --quick about 5.
 set -euo pipefail
 
@@ -78,7 +79,7 @@ random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-bench.XXXXXX")
 chmod 711 "$WORK"   # the cluster (and pgbouncer) may run as the postgres OS user
-PG_STARTED=0 PGB_PID='' BULWARK_PID=''
+PG_STARTED=0 PGB_PID='' BULWARK_PID='' WK_PIDS=()
 
 stop_pid() {   # stop_pid PID: SIGINT, then SIGKILL after 5 s
     local pid=$1
@@ -94,6 +95,7 @@ cleanup() {
     trap "" INT TERM HUP   # finish cleaning up whatever else arrives (inherited by what we run here)
     set +e
     [ -n "$BULWARK_PID" ] && stop_pid "$BULWARK_PID"
+    for p in "${WK_PIDS[@]}"; do stop_pid "$p"; done   # bench/workers.sh
     [ -n "$PGB_PID" ] && stop_pid "$PGB_PID"
     [ "$PG_STARTED" = 1 ] && "$ROOT/scripts/pgtmp.sh" stop "$WORK/pg" >/dev/null 2>&1
     rm -rf "$WORK"
@@ -283,6 +285,7 @@ echo "$line"; RESULTS+=("$line")
 # For time, lower is better: the ratios read as "how many times the direct time".
 TABLE+=("| stream $ROWS rows (s) | ${MED[direct]} | ${MED[pgbouncer]} | ${MED[bulwark]} | $(ratio "${MED[bulwark]}" "${MED[direct]}") | $(ratio "${MED[bulwark]}" "${MED[pgbouncer]}") |")
 . "$ROOT/bench/policy.sh"   # the same pgbench cases with a realistic policy (policy=on lines)
+. "$ROOT/bench/workers.sh"  # workers 1 and 2 side by side (workers=1,2 lines)
 while IFS= read -r line; do echo "$line"; RESULTS+=("$line"); if [[ $line == *=NA* ]]; then FAILED=1; fi; done < <(BULWARK_BIN=$BIN BENCH_PGPORT=$PGPORT BENCH_PGPASSWORD=$PW "$ROOT/bench/audit.sh" --duration "$DURATION" --rounds "$ROUNDS" --clients "$CLIENTS" || echo "RESULT audit=failed status=NA")
 # login cost: new TLS connections per second, RS256 token vs direct SCRAM (bench/login.sh)
 while IFS= read -r line; do echo "$line"; RESULTS+=("$line"); if [[ $line == *=NA* ]]; then FAILED=1; fi; done < <(BULWARK_BIN=$BIN "$ROOT/bench/login.sh" --duration "$DURATION" --rounds "$ROUNDS" --clients "$CLIENTS" || echo "RESULT mode=login status=NA")

@@ -34,6 +34,7 @@ static const char *const top_keys[] = {
     "shutdown_grace",
     "login_timeout",
     "max_client_conn",
+    "workers",
     "masking",
     NULL,
 };
@@ -532,6 +533,8 @@ static void load_knobs(load_t *L, const cJSON *root)
     (void)cfgw_dur(&L->w, root, "login_timeout", 0, 1, 600000, &c->login_timeout_ms);
     if (cfgw_int(&L->w, root, "max_client_conn", 0, 1, 1000000, &n) > 0)
         c->max_client_conn = (int)n;
+    if (cfgw_int(&L->w, root, "workers", 0, 1, CFG_MAX_WORKERS, &n) > 0)
+        c->workers = (int)n;
 }
 
 /* ---- policy files ---- */
@@ -741,7 +744,7 @@ cfg_t *cfg_load(const char *path, cfg_errors_t *errs)
 cfg_t *cfg_retain(cfg_t *c)
 {
     if (c)
-        c->refcount++;
+        atomic_fetch_add_explicit(&c->refcount, 1, memory_order_relaxed);
     return c;
 }
 
@@ -780,7 +783,7 @@ void cfg_role_free(cfg_role_t *r)
 
 void cfg_release(cfg_t *c)
 {
-    if (!c || --c->refcount > 0)
+    if (!c || atomic_fetch_sub_explicit(&c->refcount, 1, memory_order_acq_rel) > 1)
         return;
     free(c->path);
     free(c->listen_host);

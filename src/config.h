@@ -27,11 +27,15 @@
 #ifndef BULWARK_CONFIG_H
 #define BULWARK_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
+
+/* "workers": event loops on threads of their own (docs/scaling.md). */
+#define CFG_MAX_WORKERS 256
 
 typedef enum {
     CFG_SSL_DISABLE,
@@ -136,9 +140,10 @@ typedef struct cfg {
     int64_t shutdown_grace_ms;    /* "shutdown_grace", default "30s" */
     int64_t login_timeout_ms;     /* "login_timeout", default "15s" */
     int max_client_conn;          /* "max_client_conn", default 10000 */
+    int workers;                  /* "workers" (1..CFG_MAX_WORKERS), 0 = one per core */
     char **watch_files;           /* see cfg_watch_files */
     size_t n_watch_files;         /* (its count) */
-    int refcount;                 /* owned by the loop thread: cfg_retain/cfg_release */
+    atomic_int refcount;          /* any thread (worker loops): cfg_retain/cfg_release */
 } cfg_t;
 
 typedef struct cfg_errors {

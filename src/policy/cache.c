@@ -4,6 +4,7 @@
  * a full comparison on hit; LRU list; bounded in entries and in bytes (text
  * plus the intent's arena). Not thread-safe: one cache per loop.
  */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,9 +24,15 @@ struct policy_cache {
     size_t n_buckets; /* power of two */
     entry_t *head, *tail;
     size_t max_entries, max_bytes;
-    size_t entries, bytes;
-    uint64_t hits, misses, evictions;
+    /* Written by the owning loop only; read by any thread (the metrics scrape
+     * sums every worker's cache): relaxed atomics, bumped without a locked RMW. */
+    _Atomic size_t entries, bytes;
+    _Atomic uint64_t hits, misses, evictions;
 };
+
+#define BUMP(x) atomic_store_explicit(&(x), atomic_load_explicit(&(x), memory_order_relaxed) + 1, \
+                                      memory_order_relaxed)
+#define READ(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
 static uint64_t fnv1a(const char *s, size_t n)
 {
@@ -107,11 +114,11 @@ void policy_cache_stats(const policy_cache_t *c, policy_cache_stats_t *out)
     memset(out, 0, sizeof(*out));
     if (!c)
         return;
-    out->hits = c->hits;
-    out->misses = c->misses;
-    out->evictions = c->evictions;
-    out->entries = c->entries;
-    out->bytes = c->bytes;
+    out->hits = READ(c->hits);
+    out->misses = READ(c->misses);
+    out->evictions = READ(c->evictions);
+    out->entries = READ(c->entries);
+    out->bytes = READ(c->bytes);
 }
 
 const intent_t *policy_cache_get(policy_cache_t *c, const char *sql, size_t len)
@@ -121,10 +128,10 @@ const intent_t *policy_cache_get(policy_cache_t *c, const char *sql, size_t len)
         if (e->hash == h && e->len == len && !memcmp(e->text, sql, len)) {
             lru_unlink(c, e);
             lru_push_front(c, e);
-            c->hits++;
+            BUMP(c->hits);
             return e->in;
         }
-    c->misses++;
+    BUMP(c->misses);
     return NULL;
 }
 
@@ -142,7 +149,7 @@ const intent_t *policy_cache_put(policy_cache_t *c, const char *sql, size_t len,
     }
     while (c->tail && (c->entries + 1 > c->max_entries || c->bytes + bytes > c->max_bytes)) {
         drop(c, c->tail);
-        c->evictions++;
+        BUMP(c->evictions);
     }
     e->hash = fnv1a(sql, len);
     e->len = len;

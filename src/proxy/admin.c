@@ -29,11 +29,12 @@
 #include "audit/audit.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
+#include "proxy/workers.h"
 #include "util/dur.h"
 #include "util/log.h"
 
 #define ADMIN_MAX_ROWS 1000
-#define ADMIN_MAX_COLS 10
+#define ADMIN_MAX_COLS 12
 
 static int64_t wall_us(void)
 {
@@ -173,14 +174,31 @@ static void show_approvals(session_t *s, bool grants)
     table_send(s, &t, "SHOW");
 }
 
-static void show_sessions(session_t *s)
+/* SHOW SESSIONS and SHOW STATS ask every worker (workers_gather): each
+ * appends its part on its own thread, the console's worker builds the table.
+ * A part of SHOW SESSIONS is rows of SESSION_COLS cells, each 'S' text '\0'
+ * or 'N' (null); one of SHOW STATS is STAT_COUNTS uint64 values. */
+#define SESSION_COLS 11
+#define STAT_COUNTS 5
+
+static void put_cell(buf_t *b, const char *v)
 {
-    static const char *const names[] = {"id",   "role",   "sub",        "target", "client",
-                                        "state", "age",   "statements", "denied", "application_name"};
-    table_t t;
-    table_init(&t, names, 10);
+    if (!v) {
+        buf_append(b, "N", 1);
+        return;
+    }
+    buf_append(b, "S", 1);
+    buf_append(b, v, strlen(v) + 1);
+}
+
+static void admin_resume(session_t *s, bool ok);
+
+static void sessions_part(server_t *srv, buf_t *out)
+{
     uint64_t now = now_ms();
-    for (session_t *x = s->srv->sessions; x; x = x->next) {
+    char wk[16];
+    snprintf(wk, sizeof(wk), "%d", srv->worker_id);
+    for (session_t *x = srv->sessions; x; x = x->next) {
         if (x->state != ST_RELAY)
             continue;
         char st[48], age[32], n[24], d[24];
@@ -191,11 +209,40 @@ static void show_sessions(session_t *s)
         dur_format((int64_t)(now - x->started_ms) / 1000 * 1000, age, sizeof(age));
         snprintf(n, sizeof(n), "%llu", (unsigned long long)x->n_statements);
         snprintf(d, sizeof(d), "%llu", (unsigned long long)x->n_denied);
-        const char *row[] = {x->id, x->role_name, x->subject, x->target_name, x->peer,
-                             st,    age,          n,          d,              x->app_name};
-        table_row(&t, row);
+        const char *row[SESSION_COLS] = {x->id, x->role_name, x->subject, x->target_name,
+                                         x->peer, st, age, n, d, x->app_name, wk};
+        for (int i = 0; i < SESSION_COLS; i++)
+            put_cell(out, row[i]);
+    }
+}
+
+static void sessions_done(session_t *s, const buf_t *parts, int nparts, bool later)
+{
+    static const char *const names[SESSION_COLS] = {
+        "id", "role", "sub", "target", "client", "state", "age", "statements", "denied",
+        "application_name", "worker"};
+    table_t t;
+    table_init(&t, names, SESSION_COLS);
+    for (int w = 0; w < nparts; w++) {
+        const char *p = (const char *)parts[w].data, *end = p + (parts[w].failed ? 0 : parts[w].len);
+        while (p < end) {
+            const char *row[SESSION_COLS] = {0};
+            for (int i = 0; i < SESSION_COLS && p < end; i++) {
+                row[i] = *p == 'S' ? p + 1 : NULL;
+                p += *p == 'S' ? strlen(p + 1) + 2 : 1;
+            }
+            table_row(&t, row);
+        }
     }
     table_send(s, &t, "SHOW");
+    if (later)
+        admin_resume(s, true);
+}
+
+static void show_sessions(session_t *s)
+{
+    if (workers_gather(s, sessions_part, sessions_done) < 0)
+        error(s, "53000", "bulwark: cannot ask every worker; try again");
 }
 
 static void stat_row(table_t *t, const char *name, unsigned long long v)
@@ -212,29 +259,42 @@ static int count_one(void *arg, const appr_req_t *r)
     return 0;
 }
 
-static void show_stats(session_t *s)
+static void stats_part(server_t *srv, buf_t *out)
+{
+    uint64_t v[STAT_COUNTS] = {(uint64_t)srv->nsessions, 0, (uint64_t)srv->nheld, 0, 0};
+    for (session_t *x = srv->sessions; x; x = x->next) {
+        v[1] += x->state == ST_RELAY;
+        v[3] += x->n_statements;
+        v[4] += x->n_denied;
+    }
+    buf_append(out, v, sizeof(v));
+}
+
+static void stats_done(session_t *s, const buf_t *parts, int nparts, bool later)
 {
     static const char *const names[] = {"stat", "value"};
     table_t t;
     table_init(&t, names, 2);
     server_t *srv = s->srv;
-    unsigned long long stmts = 0, denied = 0, relay = 0;
-    for (session_t *x = srv->sessions; x; x = x->next) {
-        relay += x->state == ST_RELAY;
-        stmts += x->n_statements;
-        denied += x->n_denied;
-    }
-    stat_row(&t, "connections", (unsigned long long)srv->nsessions);
-    stat_row(&t, "sessions", relay);
-    stat_row(&t, "held_statements", (unsigned long long)srv->nheld);
-    stat_row(&t, "statements_of_live_sessions", stmts);
-    stat_row(&t, "denied_of_live_sessions", denied);
+    uint64_t v[STAT_COUNTS] = {0};
+    for (int w = 0; w < nparts; w++)
+        for (int i = 0; i < STAT_COUNTS && !parts[w].failed && parts[w].len == sizeof(v); i++) {
+            uint64_t x;
+            memcpy(&x, parts[w].data + i * sizeof(x), sizeof(x));
+            v[i] += x;
+        }
+    stat_row(&t, "connections", (unsigned long long)v[0]);
+    stat_row(&t, "sessions", (unsigned long long)v[1]);
+    stat_row(&t, "held_statements", (unsigned long long)v[2]);
+    stat_row(&t, "statements_of_live_sessions", (unsigned long long)v[3]);
+    stat_row(&t, "denied_of_live_sessions", (unsigned long long)v[4]);
+    stat_row(&t, "workers", (unsigned long long)nparts);
     unsigned long long pending = 0;
     if (srv->approvals &&
         appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, 0, count_one, &pending) == 0)
         stat_row(&t, "approvals_pending", pending);
     policy_cache_stats_t cs;
-    policy_cache_stats(srv->policy_cache, &cs);
+    workers_cache_stats(srv->hub, &cs);
     stat_row(&t, "parse_cache_hits", (unsigned long long)cs.hits);
     stat_row(&t, "parse_cache_misses", (unsigned long long)cs.misses);
     if (srv->audit) {
@@ -246,6 +306,14 @@ static void show_stats(session_t *s)
         stat_row(&t, "audit_commits", (unsigned long long)as.commits);
     }
     table_send(s, &t, "SHOW");
+    if (later)
+        admin_resume(s, true);
+}
+
+static void show_stats(session_t *s)
+{
+    if (workers_gather(s, stats_part, stats_done) < 0)
+        error(s, "53000", "bulwark: cannot ask every worker; try again");
 }
 
 /* ---- APPROVE / DENY ------------------------------------------------------------------- */
@@ -353,7 +421,7 @@ static void decide(session_t *s, const words_t *w, bool approve)
     }
     appr_decision_t d = {.approve = approve, .by = s->subject, .by_role = s->role_name,
                          .via = "console", .reason = reason, .grant_ms = grant_ms};
-    s->admin_wait = ++s->srv->admin_tags;
+    s->admin_wait = worker_tag(s->srv);
     if (appr_worker_decide(s->srv->approvals, id, &d, s->admin_wait) < 0) {
         s->admin_wait = 0;
         error(s, "53000", "bulwark: the approval store is busy; try again");
@@ -392,7 +460,14 @@ void admin_decided(server_t *srv, const appr_result_t *res)
     } else {
         error(s, "58030", "bulwark: %s", res->err[0] ? res->err : "cannot write the decision");
     }
-    if (res->rc == APPR_OK) {
+    admin_resume(s, res->rc == APPR_OK);
+}
+
+/* A command that waited (admin_wait) is done: run the rest of the query (ok)
+ * or skip it after an error, then read what the client sent meanwhile. */
+static void admin_resume(session_t *s, bool ok)
+{
+    if (ok) {
         admin_run(s);
     } else {
         free(s->admin_rest);

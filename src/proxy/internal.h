@@ -1,11 +1,13 @@
 /*
  * Private to src/proxy/: the structures shared by its files.
  *
- * Ownership: the server owns the listener, the session list, the cancel map
- * and the current runtime (config generation + TLS contexts). A session holds
- * a reference to the runtime it started with, so a reload never changes the
- * rules under a live session. Everything here is touched by the loop thread
- * only, except the resolver queue (see resolver.c).
+ * Ownership: a server is one worker loop (workers.h): it owns its listener,
+ * its session list and a reference to the current runtime (config generation
+ * + TLS contexts). A session holds a reference to the runtime it started
+ * with, so a reload never changes the rules under a live session. Everything
+ * here is touched by the loop's own thread only, except the resolver queue
+ * (resolver.c), the hub's shared parts and mailboxes (workers.c), nsessions
+ * (read by the metrics scrape) and runtime refcounts (atomic).
  */
 #ifndef BULWARK_PROXY_INTERNAL_H
 #define BULWARK_PROXY_INTERNAL_H
@@ -13,6 +15,7 @@
 #include <ev.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -49,16 +52,18 @@ typedef struct runtime {
     SSL_CTX *server_tls;  /* NULL when no tls section */
     SSL_CTX **target_tls; /* per target, for upstream TLS (NULL where sslmode=disable) */
     policy_set_t *policies; /* every role's rules, compiled */
-    struct pgw_scram_cache **scram; /* per role, per upstream: salted passwords */
+    struct pgw_scram_cache **scram; /* [worker * n_roles + role][upstream]: salted passwords,
+                                      one copy per worker so that no loop writes another's */
+    int nworkers;
     struct mask_rules **mask_rules; /* per role: its masks compiled (maskflow.h) */
     size_t n_mask_rules;
-    int refcount;
+    atomic_int refcount; /* sessions of every worker, the workers, the hub */
 } runtime_t;
 
-runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz);
+runtime_t *runtime_new(cfg_t *cfg, int nworkers, char *err, size_t errsz);
 runtime_t *runtime_retain(runtime_t *rt);
 /* The SCRAM salted-password cache of one role's credential for a target. */
-struct pgw_scram_cache *runtime_scram_cache(runtime_t *rt, const cfg_role_t *role,
+struct pgw_scram_cache *runtime_scram_cache(runtime_t *rt, int worker, const cfg_role_t *role,
                                            const cfg_upstream_t *cred);
 void runtime_release(runtime_t *rt);
 
@@ -189,8 +194,7 @@ struct server {
     ev_timer grace;
     bool draining;
     session_t *sessions;
-    int nsessions;
-    session_t **cancel_map; /* by my_pid, CANCEL_BUCKETS chains */
+    atomic_int nsessions;   /* written by this loop, read by the metrics scrape */
     session_t *graveyard;   /* closed sessions, freed by `reaper` */
     ev_idle reaper;
     struct resolver *resolver;
@@ -211,6 +215,12 @@ struct server {
     uint64_t admin_tags;
     struct metrics *metrics;         /* this loop's figures (NULL: no metrics_listen) */
     struct monitor *monitor;         /* metrics_listen endpoint and health probes (monitor.h) */
+    /* workers (workers.h): 0 is the main loop (signals, reload, metrics endpoint) */
+    struct hub *hub;
+    int worker_id;
+    struct worker_box *box;          /* messages from other workers */
+    ev_async box_w;
+    struct gather *gathers;          /* console questions waiting for other workers */
 };
 
 #define CANCEL_BUCKETS 4096
@@ -218,7 +228,10 @@ struct server {
 /* server.c */
 void server_cancel_add(server_t *srv, session_t *s);
 void server_cancel_remove(server_t *srv, session_t *s);
+/* A session of this worker (NULL if the key is unknown or another worker's). */
 session_t *server_cancel_find(server_t *srv, uint32_t pid, uint32_t key);
+/* The worker owning the session with this key (NULL: none). (workers.c) */
+server_t *server_cancel_owner(server_t *srv, uint32_t pid, uint32_t key);
 void server_session_gone(server_t *srv, session_t *s);
 
 /* session.c */
@@ -238,6 +251,9 @@ void session_resume(session_t *s);
 void session_flush_client(session_t *s);
 void upstream_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 void session_free(session_t *s);
+/* A cancel request for a session of this worker (a held statement is withdrawn,
+ * a running one cancelled upstream); from: the requester, for the log. */
+void session_cancel(server_t *srv, uint32_t pid, uint32_t key, const char *from);
 
 /* upstream.c: from resolving the target to the upstream's first ReadyForQuery.
  * Ends in session_upstream_ready() or session_fail(). */

@@ -21,6 +21,7 @@
 #include "metrics/metrics.h"
 #include "proxy/internal.h"
 #include "proxy/monitor.h"
+#include "proxy/workers.h"
 #include "util/log.h"
 
 typedef struct probe {
@@ -261,12 +262,12 @@ static void route_metrics(void *arg, buf_t *out)
 {
     server_t *srv = arg;
     monitor_t *m = srv->monitor;
-    metrics_snapshot_t x = {.connections = srv->nsessions,
+    metrics_snapshot_t x = {.connections = workers_sessions(srv->hub),
                             .max_connections = srv->rt->cfg->max_client_conn,
                             .start_time = m->start_time};
     if (srv->policy_cache) {
         x.have_cache = true;
-        policy_cache_stats(srv->policy_cache, &x.cache);
+        workers_cache_stats(srv->hub, &x.cache); /* every worker's, summed */
     }
     if (srv->audit) {
         x.have_audit = true;
@@ -286,8 +287,8 @@ static void route_metrics(void *arg, buf_t *out)
     }
     x.targets = th;
     x.n_targets = m->n;
-    metrics_t *loops[1] = {srv->metrics};
-    metrics_render(out, loops, 1, &x);
+    metrics_t *loops[CFG_MAX_WORKERS];
+    metrics_render(out, loops, workers_metrics(srv->hub, loops, CFG_MAX_WORKERS), &x);
     free(th);
 }
 

@@ -24,6 +24,7 @@
 #include "proxy/maskflow.h"
 #include "proxy/monitor.h"
 #include "proxy/proxy.h"
+#include "proxy/workers.h"
 #include "util/log.h"
 
 /* ---- runtime: a config and the TLS contexts built from it ------------------ */
@@ -82,7 +83,7 @@ fail:;
     return NULL;
 }
 
-runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz)
+runtime_t *runtime_new(cfg_t *cfg, int nworkers, char *err, size_t errsz)
 {
     runtime_t *rt = calloc(1, sizeof(*rt));
     if (!rt || !(rt->target_tls = calloc(cfg->n_targets + 1, sizeof(SSL_CTX *)))) {
@@ -91,7 +92,8 @@ runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz)
         return NULL;
     }
     rt->cfg = cfg;
-    rt->refcount = 1;
+    rt->nworkers = nworkers;
+    atomic_init(&rt->refcount, 1);
     if (cfg->tls_cert_file && !(rt->server_tls = server_tls_new(cfg, err, errsz)))
         goto fail;
     for (size_t i = 0; i < cfg->n_targets; i++) {
@@ -100,10 +102,11 @@ runtime_t *runtime_new(cfg_t *cfg, char *err, size_t errsz)
         if (!(rt->target_tls[i] = target_tls_new(&cfg->targets[i], err, errsz)))
             goto fail;
     }
-    if (!(rt->scram = calloc(cfg->n_roles + 1, sizeof(*rt->scram))))
+    size_t nr = cfg->n_roles;
+    if (!(rt->scram = calloc((size_t)nworkers * nr + 1, sizeof(*rt->scram))))
         goto fail;
-    for (size_t i = 0; i < cfg->n_roles; i++)
-        if (!(rt->scram[i] = calloc(cfg->roles[i].n_upstreams + 1, sizeof(pgw_scram_cache_t))))
+    for (size_t i = 0; i < (size_t)nworkers * nr; i++)
+        if (!(rt->scram[i] = calloc(cfg->roles[i % nr].n_upstreams + 1, sizeof(pgw_scram_cache_t))))
             goto fail;
     if (!(rt->policies = policy_set_new(cfg))) {
         snprintf(err, errsz, "out of memory compiling the policies");
@@ -119,30 +122,32 @@ fail:
     return NULL;
 }
 
-pgw_scram_cache_t *runtime_scram_cache(runtime_t *rt, const cfg_role_t *role,
+pgw_scram_cache_t *runtime_scram_cache(runtime_t *rt, int worker, const cfg_role_t *role,
                                        const cfg_upstream_t *cred)
 {
     size_t r = (size_t)(role - rt->cfg->roles), u = (size_t)(cred - role->upstreams);
-    if (r >= rt->cfg->n_roles || u >= role->n_upstreams || !rt->scram[r])
+    if (r >= rt->cfg->n_roles || u >= role->n_upstreams || worker < 0 || worker >= rt->nworkers)
         return NULL;
-    return &rt->scram[r][u];
+    size_t i = (size_t)worker * rt->cfg->n_roles + r;
+    return rt->scram[i] ? &rt->scram[i][u] : NULL;
 }
 
 runtime_t *runtime_retain(runtime_t *rt)
 {
-    rt->refcount++;
+    atomic_fetch_add_explicit(&rt->refcount, 1, memory_order_relaxed);
     return rt;
 }
 
 void runtime_release(runtime_t *rt)
 {
-    if (!rt || --rt->refcount > 0)
+    if (!rt || atomic_fetch_sub_explicit(&rt->refcount, 1, memory_order_acq_rel) > 1)
         return;
     policy_set_free(rt->policies);
     maskflow_rules_free(rt->mask_rules, rt->n_mask_rules);
     if (rt->scram && rt->cfg)
-        for (size_t i = 0; i < rt->cfg->n_roles; i++) {
-            for (size_t j = 0; rt->scram[i] && j < rt->cfg->roles[i].n_upstreams; j++)
+        for (size_t i = 0; i < (size_t)rt->nworkers * rt->cfg->n_roles; i++) {
+            const cfg_role_t *role = &rt->cfg->roles[i % rt->cfg->n_roles];
+            for (size_t j = 0; rt->scram[i] && j < role->n_upstreams; j++)
                 pgw_scram_cache_clear(&rt->scram[i][j]);
             free(rt->scram[i]);
         }
@@ -157,7 +162,8 @@ void runtime_release(runtime_t *rt)
     free(rt);
 }
 
-static runtime_t *load_runtime(const char *path)
+/* *nworkers 0: take the count from the config (its "workers", or one per core). */
+static runtime_t *load_runtime(const char *path, int *nworkers)
 {
     cfg_errors_t errs = {0};
     cfg_t *cfg = cfg_load(path, &errs);
@@ -167,8 +173,15 @@ static runtime_t *load_runtime(const char *path)
     cfg_errors_free(&errs);
     if (!cfg)
         return NULL;
+    if (*nworkers == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        *nworkers = cfg->workers > 0 ? cfg->workers
+                    : cores < 1        ? 1
+                    : cores > CFG_MAX_WORKERS ? CFG_MAX_WORKERS
+                                             : (int)cores;
+    }
     char err[300];
-    runtime_t *rt = runtime_new(cfg, err, sizeof(err));
+    runtime_t *rt = runtime_new(cfg, *nworkers, err, sizeof(err));
     if (!rt) {
         log_event(LOG_ERROR, "config_error", "error=%s", log_q(q, sizeof(q), err));
         cfg_release(cfg);
@@ -176,43 +189,18 @@ static runtime_t *load_runtime(const char *path)
     return rt;
 }
 
-/* ---- cancel map ------------------------------------------------------------------ */
-
-void server_cancel_add(server_t *srv, session_t *s)
-{
-    uint32_t r[2];
-    do {
-        if (RAND_bytes((unsigned char *)r, sizeof(r)) != 1)
-            r[0] = (uint32_t)random();
-        s->my_pid = (r[0] & 0x7fffffff) | 1;
-        s->my_key = r[1];
-    } while (server_cancel_find(srv, s->my_pid, s->my_key) ||
-             s->my_pid == 0); /* unique pids keep cancel lookups unambiguous */
-    session_t **b = &srv->cancel_map[s->my_pid % CANCEL_BUCKETS];
-    s->cancel_next = *b;
-    *b = s;
-    s->in_cancel_map = true;
-}
-
-void server_cancel_remove(server_t *srv, session_t *s)
-{
-    for (session_t **p = &srv->cancel_map[s->my_pid % CANCEL_BUCKETS]; *p; p = &(*p)->cancel_next)
-        if (*p == s) {
-            *p = s->cancel_next;
-            break;
-        }
-    s->in_cancel_map = false;
-}
-
-session_t *server_cancel_find(server_t *srv, uint32_t pid, uint32_t key)
-{
-    for (session_t *s = srv->cancel_map[pid % CANCEL_BUCKETS]; s; s = s->cancel_next)
-        if (s->my_pid == pid && CRYPTO_memcmp(&s->my_key, &key, sizeof(key)) == 0)
-            return s;
-    return NULL;
-}
+/* The cancel map is shared by every worker: workers.c. */
 
 /* ---- sessions ------------------------------------------------------------------- */
+
+/* A draining loop ends once its last session is gone; main (worker 0) also
+ * waits for every other worker's loop to end (they wake it when they do). */
+static void maybe_stop(server_t *srv)
+{
+    if (srv->draining && srv->nsessions == 0 &&
+        (srv->worker_id != 0 || workers_running(srv->hub) == 0))
+        ev_break(srv->loop, EVBREAK_ALL);
+}
 
 static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
@@ -223,8 +211,7 @@ static void reaper_cb(struct ev_loop *loop, ev_idle *w, int revents)
         session_free(s);
     }
     ev_idle_stop(loop, w);
-    if (srv->draining && srv->nsessions == 0)
-        ev_break(loop, EVBREAK_ALL);
+    maybe_stop(srv);
 }
 
 void server_session_gone(server_t *srv, session_t *s)
@@ -284,7 +271,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             }
             return;
         }
-        if (srv->nsessions >= srv->rt->cfg->max_client_conn) {
+        /* max_client_conn counts the whole process: every worker's sessions */
+        if (workers_sessions(srv->hub) >= srv->rt->cfg->max_client_conn) {
             refuse(fd, "53300", "sorry, too many clients already");
             continue;
         }
@@ -318,8 +306,30 @@ static bool addr_is_loopback(const struct sockaddr *sa)
     return false;
 }
 
-/* Runs before the loop starts, so a blocking lookup of the listen host is fine. */
-static int open_listener(server_t *srv, const cfg_t *cfg)
+/* One socket bound to the listen address; SO_REUSEPORT when several workers
+ * each have their own (the kernel spreads connections over them). */
+static int bind_one(const struct addrinfo *ai, bool reuseport, bool do_listen)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0)
+        return -1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || (do_listen && listen(fd, 1024) < 0)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* Runs before the loops start, so a blocking lookup of the listen host is
+ * fine. With several workers, every one gets its own SO_REUSEPORT socket;
+ * first a plain bind checks that no other process (say a second gateway
+ * started by mistake) holds the address, which SO_REUSEPORT would allow. */
+static int open_listeners(hub_t *h, const cfg_t *cfg)
 {
     char port[8];
     snprintf(port, sizeof(port), "%d", cfg->listen_port);
@@ -330,22 +340,22 @@ static int open_listener(server_t *srv, const cfg_t *cfg)
                   gai_strerror(rc));
         return -1;
     }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+    int n = hub_workers(h);
+    bool reuse = n > 1;
+    int probe = reuse ? bind_one(res, false, false) : 0;
+    if (probe > 0)
+        close(probe);
+    for (int i = 0; i < n && probe >= 0; i++) {
+        server_t *w = hub_worker(h, i);
+        if ((w->listen_fd = bind_one(res, reuse, true)) < 0)
+            probe = -1;
+        w->listener_loopback = addr_is_loopback(res->ai_addr);
+    }
+    if (probe < 0)
         log_event(LOG_ERROR, "listen_failed", "host=%s port=%d error=\"%s\"", cfg->listen_host,
                   cfg->listen_port, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    srv->listener_loopback = addr_is_loopback(res->ai_addr);
     freeaddrinfo(res);
-    srv->listen_fd = fd;
-    return 0;
+    return probe < 0 ? -1 : 0;
 }
 
 static void close_listener(server_t *srv)
@@ -358,12 +368,45 @@ static void close_listener(server_t *srv)
     srv->listen_fd = -1;
 }
 
-/* ---- signals -------------------------------------------------------------------- */
+/* ---- signals (main loop) and their echo on every worker --------------------------- */
+
+static void drain(server_t *srv)
+{
+    if (srv->draining)
+        return;
+    srv->draining = true;
+    close_listener(srv);
+    maybe_stop(srv);
+}
+
+static void stop_now(server_t *srv)
+{
+    srv->draining = true;
+    close_listener(srv);
+    end_all_sessions(srv);
+    maybe_stop(srv);
+}
+
+/* What main asked of this worker (workers_signal), on the worker's thread. */
+static void worker_control(server_t *srv, unsigned bits)
+{
+    if (bits & WK_RELOAD) {
+        runtime_t *rt = hub_runtime(srv->hub);
+        runtime_release(srv->rt);
+        srv->rt = rt;
+    }
+    if (bits & WK_DRAIN)
+        drain(srv);
+    if (bits & (WK_STOP | WK_END_ALL))
+        stop_now(srv);
+    maybe_stop(srv); /* main: a worker's loop has ended */
+}
 
 static void grace_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     server_t *srv = t->data;
-    log_event(LOG_WARN, "grace_expired", "sessions=%d", srv->nsessions);
+    log_event(LOG_WARN, "grace_expired", "sessions=%lld", (long long)workers_sessions(srv->hub));
+    workers_signal(srv->hub, WK_END_ALL);
     end_all_sessions(srv);
 }
 
@@ -372,28 +415,21 @@ static void on_sigterm(struct ev_loop *loop, ev_signal *w, int revents)
     server_t *srv = w->data;
     if (srv->draining)
         return;
-    srv->draining = true;
-    close_listener(srv);
-    log_event(LOG_INFO, "draining", "sessions=%d grace_ms=%lld", srv->nsessions,
-              (long long)srv->rt->cfg->shutdown_grace_ms);
-    if (srv->nsessions == 0) {
-        ev_break(loop, EVBREAK_ALL);
-        return;
-    }
+    int64_t n = workers_sessions(srv->hub);
     ev_timer_set(&srv->grace, (double)srv->rt->cfg->shutdown_grace_ms / 1000.0, 0.);
     ev_timer_start(loop, &srv->grace);
+    workers_signal(srv->hub, WK_DRAIN);
+    log_event(LOG_INFO, "draining", "sessions=%lld grace_ms=%lld workers=%d", (long long)n,
+              (long long)srv->rt->cfg->shutdown_grace_ms, hub_workers(srv->hub));
+    drain(srv);
 }
 
 static void on_sigint(struct ev_loop *loop, ev_signal *w, int revents)
 {
     server_t *srv = w->data;
-    srv->draining = true;
-    close_listener(srv);
-    log_event(LOG_INFO, "stopping", "sessions=%d", srv->nsessions);
-    if (srv->nsessions == 0)
-        ev_break(loop, EVBREAK_ALL);
-    else
-        end_all_sessions(srv);
+    log_event(LOG_INFO, "stopping", "sessions=%lld", (long long)workers_sessions(srv->hub));
+    workers_signal(srv->hub, WK_STOP);
+    stop_now(srv);
 }
 
 static void watch_files(server_t *srv);
@@ -401,7 +437,8 @@ static void watch_files(server_t *srv);
 static void reload(server_t *srv, const char *why)
 {
     log_event(LOG_INFO, "reloading", "trigger=%s", why);
-    runtime_t *rt = load_runtime(srv->config_path);
+    int n = hub_workers(srv->hub);
+    runtime_t *rt = load_runtime(srv->config_path, &n);
     if (!rt) {
         log_event(LOG_ERROR, "reload_failed", "config=%s keeping=previous", srv->config_path);
         return;
@@ -409,8 +446,12 @@ static void reload(server_t *srv, const char *why)
     if (strcmp(rt->cfg->listen_host, srv->rt->cfg->listen_host) ||
         rt->cfg->listen_port != srv->rt->cfg->listen_port)
         log_event(LOG_WARN, "reload_listen_unchanged", "reason=\"listen needs a restart\"");
+    if (rt->cfg->workers != srv->rt->cfg->workers)
+        log_event(LOG_WARN, "reload_workers_unchanged", "reason=\"workers needs a restart\"");
     runtime_t *old = srv->rt;
-    srv->rt = rt;
+    srv->rt = rt; /* main's own reference */
+    hub_runtime_set(srv->hub, rt);
+    workers_signal(srv->hub, WK_RELOAD);
     watch_files(srv); /* before the old config (holding the old paths) may go */
     runtime_release(old);
     ident_keystore_sync(srv->keystore, rt->cfg);
@@ -467,12 +508,11 @@ static void watch_files(server_t *srv)
     srv->nwatches = n;
 }
 
-/* ---- the audit writer's notify: held statements go on ------------------------------- */
+/* ---- the audit writer's notify: held statements go on, on every worker ------------- */
 
 static void audit_notify(void *arg)
 {
-    server_t *srv = arg; /* writer thread: only the async send */
-    ev_async_send(srv->loop, &srv->audit_w);
+    hub_wake_audit(arg); /* writer thread: only the async sends */
 }
 
 static void audit_progress(struct ev_loop *loop, ev_async *w, int revents)
@@ -492,6 +532,8 @@ static void approvals_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
     approval_poll(w->data);
 }
 
+/* Console decisions come back to main, which hands each to the worker whose
+ * console asked. */
 static void approvals_notify(void *arg)
 {
     server_t *srv = arg; /* worker thread: only the async send */
@@ -500,7 +542,12 @@ static void approvals_notify(void *arg)
 
 static void console_decided(void *arg, const appr_result_t *r)
 {
-    admin_decided(arg, r);
+    server_t *srv = arg;
+    int owner = worker_of_tag(srv, r->tag);
+    if (owner == srv->worker_id)
+        admin_decided(srv, r);
+    else
+        worker_forward_decided(hub_worker(srv->hub, owner), r);
 }
 
 static void approvals_results(struct ev_loop *loop, ev_async *w, int revents)
@@ -510,15 +557,11 @@ static void approvals_results(struct ev_loop *loop, ev_async *w, int revents)
         appr_worker_results(srv->approvals, console_decided, srv);
 }
 
-/* Without them a `review` statement is refused (fail closed), as before. */
+/* Main only, before the workers start. Without them a `review` statement is
+ * refused (fail closed), as before. */
 static void approvals_open(server_t *srv)
 {
     char err[300] = "";
-    ev_init(&srv->approvals_poll, approvals_poll_cb);
-    srv->approvals_poll.data = srv;
-    ev_async_init(&srv->approvals_w, approvals_results);
-    srv->approvals_w.data = srv;
-    ev_async_start(srv->loop, &srv->approvals_w);
     appr_store_t *st = srv->audit ? appr_attach(audit_env(srv->audit), err, sizeof(err)) : NULL;
     if (st && !(srv->approvals = appr_worker_new(st, approvals_notify, srv))) {
         snprintf(err, sizeof(err), "cannot start the approval writer thread");
@@ -530,16 +573,15 @@ static void approvals_open(server_t *srv)
         log_event(LOG_ERROR, "approvals_webhook_unavailable", "error=\"cannot start its thread\"");
 }
 
+/* Main only, after the workers stopped. */
 static void approvals_close(server_t *srv)
 {
-    ev_timer_stop(srv->loop, &srv->approvals_poll);
     appr_webhook_free(srv->webhook);
     srv->webhook = NULL;
     if (!srv->approvals)
         return;
     appr_store_t *st = appr_worker_store(srv->approvals);
     appr_worker_free(srv->approvals);
-    ev_async_stop(srv->loop, &srv->approvals_w);
     appr_close(st);
     srv->approvals = NULL;
 }
@@ -548,8 +590,7 @@ static void approvals_close(server_t *srv)
 
 static void keys_notify(void *arg)
 {
-    server_t *srv = arg; /* worker thread: only the async send */
-    ev_async_send(srv->loop, &srv->keys_w);
+    hub_wake_keys(arg); /* worker thread: only the async sends */
 }
 
 static void keys_ready(struct ev_loop *loop, ev_async *w, int revents)
@@ -562,7 +603,99 @@ static void keys_ready(struct ev_loop *loop, ev_async *w, int revents)
     }
 }
 
+/* ---- one worker's loop: set up, run, tear down -------------------------------------- */
+
+/* Everything a loop owns, before it runs (srv->loop, hub, worker_id, rt set). */
+static int loop_init(server_t *srv)
+{
+    srv->resolver = resolver_new(srv->loop);
+    srv->policy_cache = policy_cache_new(POLICY_CACHE_ENTRIES, POLICY_CACHE_BYTES);
+    ev_async_init(&srv->keys_w, keys_ready);
+    ev_async_init(&srv->audit_w, audit_progress);
+    ev_async_init(&srv->approvals_w, approvals_results);
+    srv->keys_w.data = srv->audit_w.data = srv->approvals_w.data = srv;
+    ev_async_start(srv->loop, &srv->keys_w);
+    ev_async_start(srv->loop, &srv->audit_w);
+    ev_async_start(srv->loop, &srv->approvals_w);
+    ev_init(&srv->approvals_poll, approvals_poll_cb);
+    srv->approvals_poll.data = srv;
+    ev_io_init(&srv->listen_w, accept_cb, -1, EV_READ);
+    ev_timer_init(&srv->accept_pause, accept_resume, 0.1, 0.);
+    ev_idle_init(&srv->reaper, reaper_cb);
+    srv->listen_w.data = srv->accept_pause.data = srv->reaper.data = srv;
+    /* main's registry is made by monitor_start; the others' here */
+    if (srv->worker_id != 0 && srv->rt->cfg->metrics_listen && !(srv->metrics = metrics_new()))
+        return -1;
+    if (worker_box_init(srv, worker_control) < 0 || !srv->resolver || !srv->policy_cache)
+        return -1;
+    return 0;
+}
+
+static void loop_start_listening(server_t *srv)
+{
+    ev_io_set(&srv->listen_w, srv->listen_fd, EV_READ);
+    ev_io_start(srv->loop, &srv->listen_w);
+}
+
+/* After the loop ran, on its own thread: nothing of its sessions is left. */
+static void loop_end(server_t *srv)
+{
+    close_listener(srv);
+    reaper_cb(srv->loop, &srv->reaper, 0);
+    ev_timer_stop(srv->loop, &srv->approvals_poll);
+    policy_cache_stats_t cs;
+    policy_cache_stats(srv->policy_cache, &cs);
+    log_event(LOG_INFO, "parse_cache", "worker=%d hits=%llu misses=%llu evictions=%llu",
+              srv->worker_id, (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+              (unsigned long long)cs.evictions);
+}
+
+/* Once the shared services (which wake this loop) are closed. */
+static void loop_fini(server_t *srv)
+{
+    if (!srv->loop) {
+        runtime_release(srv->rt);
+        srv->rt = NULL;
+        return;
+    }
+    ev_async_stop(srv->loop, &srv->keys_w);
+    ev_async_stop(srv->loop, &srv->audit_w);
+    ev_async_stop(srv->loop, &srv->approvals_w);
+    worker_box_fini(srv);
+    resolver_free(srv->resolver);
+    policy_cache_free(srv->policy_cache);
+    mask_scratch_free(srv->mask_scratch);
+    if (srv->worker_id != 0)
+        metrics_free(srv->metrics);
+    runtime_release(srv->rt);
+    srv->rt = NULL;
+}
+
 /* ---- entry point ------------------------------------------------------------------ */
+
+/* Open the shared services on main; NULL audit etc. are logged. */
+static int shared_open(server_t *srv)
+{
+    srv->keystore = ident_keystore_new(keys_notify, srv->hub);
+    char aerr[300] = "";
+    srv->audit = audit_open(srv->rt->cfg, NULL, audit_notify, srv->hub, aerr, sizeof(aerr));
+    if (!srv->audit) {
+        char q[400];
+        log_event(LOG_ERROR, "audit_open_failed", "path=%s error=%s", srv->rt->cfg->audit.path,
+                  log_q(q, sizeof(q), aerr));
+    }
+    return srv->keystore && srv->audit ? 0 : -1;
+}
+
+static void shared_close(server_t *srv)
+{
+    approvals_close(srv);
+    audit_close(srv->audit);
+    srv->audit = NULL;
+    if (srv->keystore)
+        ident_keystore_free(srv->keystore);
+    srv->keystore = NULL;
+}
 
 int proxy_serve(const char *config_path)
 {
@@ -571,54 +704,45 @@ int proxy_serve(const char *config_path)
     memset(&srv, 0, sizeof(srv));
     srv.listen_fd = -1;
     srv.config_path = (char *)config_path;
-    srv.rt = load_runtime(config_path);
+    int nworkers = 0;
+    srv.rt = load_runtime(config_path, &nworkers);
     if (!srv.rt)
         return 1;
     srv.loop = ev_default_loop(EVFLAG_AUTO);
-    srv.cancel_map = calloc(CANCEL_BUCKETS, sizeof(session_t *));
-    srv.resolver = resolver_new(srv.loop);
-    srv.policy_cache = policy_cache_new(POLICY_CACHE_ENTRIES, POLICY_CACHE_BYTES);
-    ev_async_init(&srv.keys_w, keys_ready);
-    srv.keys_w.data = &srv;
-    ev_async_start(srv.loop, &srv.keys_w);
-    srv.keystore = ident_keystore_new(keys_notify, &srv);
-    ev_async_init(&srv.audit_w, audit_progress);
-    srv.audit_w.data = &srv;
-    ev_async_start(srv.loop, &srv.audit_w);
-    char aerr[300] = "";
-    srv.audit = audit_open(srv.rt->cfg, NULL, audit_notify, &srv, aerr, sizeof(aerr));
-    if (!srv.audit) {
-        char q[400];
-        log_event(LOG_ERROR, "audit_open_failed", "path=%s error=%s", srv.rt->cfg->audit.path,
-                  log_q(q, sizeof(q), aerr));
-    }
-    if (!srv.cancel_map || !srv.resolver || !srv.policy_cache || !srv.keystore || !srv.audit ||
-        open_listener(&srv, srv.rt->cfg) < 0 || monitor_start(&srv) < 0) {
+    hub_t *hub = srv.hub = hub_new(nworkers, srv.rt);
+    int ok = hub && loop_init(&srv) == 0 && workers_create(hub, &srv, loop_init) == 0 &&
+             open_listeners(hub, srv.rt->cfg) == 0;
+    ok = ok && shared_open(&srv) == 0 && monitor_start(&srv) == 0;
+    if (ok)
+        approvals_open(&srv);
+    for (int i = 0; ok && i < nworkers; i++)
+        loop_start_listening(hub_worker(hub, i)); /* before the threads run */
+    if (!ok || workers_start(hub, loop_end) < 0) {
+        workers_signal(hub, WK_STOP); /* threads that did start end at once */
+        workers_join(hub);
+        shared_close(&srv);
         monitor_stop(&srv);
-        audit_close(srv.audit);
-        policy_cache_free(srv.policy_cache);
-        if (srv.keystore)
-            ident_keystore_free(srv.keystore);
-        runtime_release(srv.rt);
-        free(srv.cancel_map);
-        resolver_free(srv.resolver);
+        for (int i = 0; hub && i < hub_workers(hub); i++)
+            if (hub_worker(hub, i))
+                close_listener(hub_worker(hub, i));
+        workers_destroy(hub, loop_fini);
+        if (hub)
+            loop_fini(&srv);
+        else
+            runtime_release(srv.rt);
+        hub_free(hub);
         return 1;
     }
-    approvals_open(&srv);
-    ev_io_init(&srv.listen_w, accept_cb, srv.listen_fd, EV_READ);
-    ev_timer_init(&srv.accept_pause, accept_resume, 0.1, 0.);
     ev_timer_init(&srv.grace, grace_cb, 1., 0.);
-    ev_idle_init(&srv.reaper, reaper_cb);
     ev_signal_init(&srv.sig_term, on_sigterm, SIGTERM);
     ev_signal_init(&srv.sig_int, on_sigint, SIGINT);
     ev_signal_init(&srv.sig_hup, on_sighup, SIGHUP);
-    srv.listen_w.data = srv.accept_pause.data = srv.grace.data = srv.reaper.data = &srv;
+    srv.grace.data = &srv;
     srv.sig_term.data = srv.sig_int.data = srv.sig_hup.data = &srv;
     ev_timer_init(&srv.reload_delay, reload_delay_cb, 0.2, 0.);
     srv.reload_delay.data = &srv;
     ident_keystore_sync(srv.keystore, srv.rt->cfg);
     watch_files(&srv);
-    ev_io_start(srv.loop, &srv.listen_w);
     ev_signal_start(srv.loop, &srv.sig_term);
     ev_signal_start(srv.loop, &srv.sig_int);
     ev_signal_start(srv.loop, &srv.sig_hup);
@@ -626,32 +750,22 @@ int proxy_serve(const char *config_path)
     if (!cfg->tls_cert_file && !(srv.listener_loopback && cfg->allow_plaintext_on_loopback))
         log_event(LOG_WARN, "no_tls",
                   "reason=\"no tls section and plaintext not allowed: every login is refused\"");
-    log_event(LOG_INFO, "listening", "addr=%s:%d tls=%s plaintext_loopback=%s pid=%d",
+    log_event(LOG_INFO, "listening", "addr=%s:%d tls=%s plaintext_loopback=%s pid=%d workers=%d",
               cfg->listen_host, cfg->listen_port, cfg->tls_cert_file ? "on" : "off",
               srv.listener_loopback && cfg->allow_plaintext_on_loopback ? "allowed" : "refused",
-              (int)getpid());
+              (int)getpid(), nworkers);
     ev_run(srv.loop, 0);
-    close_listener(&srv);
-    reaper_cb(srv.loop, &srv.reaper, 0);
+    loop_end(&srv);
     ev_timer_stop(srv.loop, &srv.grace);
     unwatch_files(&srv);
     ev_timer_stop(srv.loop, &srv.reload_delay);
-    approvals_close(&srv);
-    audit_close(srv.audit);
-    ev_async_stop(srv.loop, &srv.audit_w);
-    ident_keystore_free(srv.keystore);
-    ev_async_stop(srv.loop, &srv.keys_w);
+    workers_join(hub); /* their loops have ended: main stops only then */
+    /* the shared services may wake every loop until closed: free loops after */
+    shared_close(&srv);
     monitor_stop(&srv);
-    resolver_free(srv.resolver);
-    free(srv.cancel_map);
-    runtime_release(srv.rt);
-    policy_cache_stats_t cs;
-    policy_cache_stats(srv.policy_cache, &cs);
-    log_event(LOG_INFO, "parse_cache", "hits=%llu misses=%llu evictions=%llu",
-              (unsigned long long)cs.hits, (unsigned long long)cs.misses,
-              (unsigned long long)cs.evictions);
-    policy_cache_free(srv.policy_cache);
-    mask_scratch_free(srv.mask_scratch);
+    workers_destroy(hub, loop_fini);
+    loop_fini(&srv);
+    hub_free(hub);
     log_event(LOG_INFO, "stopped", "pid=%d", (int)getpid());
     return 0;
 }

@@ -25,6 +25,7 @@
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
 #include "proxy/maskflow.h"
+#include "proxy/workers.h"
 #include "util/log.h"
 
 static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents);
@@ -509,17 +510,32 @@ static void handle_startup(session_t *s, const pgw_startup_t *st)
     session_flush_client(s);
 }
 
+void session_cancel(server_t *srv, uint32_t pid, uint32_t key, const char *from)
+{
+    session_t *target = server_cancel_find(srv, pid, key);
+    if (target && target->held && approval_cancel(target)) {
+        log_event(LOG_INFO, "cancel", "session=%s from=%s held=yes worker=%d", target->id, from,
+                  srv->worker_id);
+    } else if (target && target->upstream.fd >= 0 && target->ustate == UP_READY) {
+        log_event(LOG_INFO, "cancel", "session=%s from=%s worker=%d", target->id, from,
+                  srv->worker_id);
+        cancel_forward(srv, (struct sockaddr *)&target->uaddr, target->uaddr_len, target->up_pid,
+                       target->up_key);
+    } else {
+        log_event(LOG_INFO, "cancel_unknown", "from=%s", from);
+    }
+}
+
+/* The session may live on another worker: that worker acts on the request. */
 static void handle_cancel(session_t *s, const pgw_startup_t *st)
 {
-    session_t *target = server_cancel_find(s->srv, st->cancel_pid, st->cancel_key);
-    if (target && target->held && approval_cancel(target)) {
-        log_event(LOG_INFO, "cancel", "session=%s from=%s held=yes", target->id, s->peer);
-    } else if (target && target->upstream.fd >= 0 && target->ustate == UP_READY) {
-        log_event(LOG_INFO, "cancel", "session=%s from=%s", target->id, s->peer);
-        cancel_forward(s->srv, (struct sockaddr *)&target->uaddr, target->uaddr_len,
-                       target->up_pid, target->up_key);
+    server_t *owner = server_cancel_owner(s->srv, st->cancel_pid, st->cancel_key);
+    if (owner && owner != s->srv) {
+        log_event(LOG_INFO, "cancel_forwarded", "from=%s worker=%d to_worker=%d", s->peer,
+                  s->srv->worker_id, owner->worker_id);
+        worker_forward_cancel(owner, st->cancel_pid, st->cancel_key, s->peer);
     } else {
-        log_event(LOG_INFO, "cancel_unknown", "from=%s", s->peer);
+        session_cancel(s->srv, st->cancel_pid, st->cancel_key, s->peer);
     }
     session_close(s, "cancel request");
 }
@@ -919,9 +935,9 @@ void session_upstream_ready(session_t *s)
     }
     char q1[300], q2[300];
     log_event(LOG_INFO, "session_start",
-              "session=%s peer=%s role=%s target=%s sub=%s tls=%s application_name=%s", s->id,
-              s->peer, s->role_name, s->target_name, log_q(q1, sizeof(q1), s->subject),
-              ep_tls_version(&s->client), log_q(q2, sizeof(q2), s->app_name));
+              "session=%s peer=%s role=%s target=%s sub=%s tls=%s application_name=%s worker=%d",
+              s->id, s->peer, s->role_name, s->target_name, log_q(q1, sizeof(q1), s->subject),
+              ep_tls_version(&s->client), log_q(q2, sizeof(q2), s->app_name), s->srv->worker_id);
     if (buf_unread(&s->client.in) > 0)
         relay_c2u(s);
     if (DEAD(s))

@@ -275,6 +275,7 @@ class GatewayOptions:
     tls: bool = True
     allow_plaintext_on_loopback: bool = True
     forwarder: bool = False  # add target shop_fwd through a killable TcpForwarder
+    workers: Optional[int] = None  # "workers" (None: the gateway's default, one per core)
 
 
 class Direct:
@@ -402,6 +403,8 @@ class Gateway:
             "shutdown_grace": f"{SHUTDOWN_GRACE_S}s",
             "max_client_conn": 1000,
         }
+        if self.opts.workers is not None:
+            cfg["workers"] = self.opts.workers
         if self.opts.tls:
             cfg["tls"] = {"cert_file": str(self.certdir / "server.crt"),
                           "key_file": str(self.certdir / "server.key")}
