@@ -658,3 +658,30 @@ def test_audit_records_hold_masked_rows_only(env):
     rp = run([str(env.binary), "replay", sid, "-c", str(env.config_path)])
     assert rp.returncode == 0, rp.stderr
     assert "a***@example.com" in rp.stdout and not leaks(rp.stdout, ALL_VALUES), rp.stdout
+
+
+def test_explain_shows_the_masks_of_each_statement(env, pg, tmp_path):
+    dump = tmp_path / "schema.sql"
+    r = run([str(PG_BIN / "pg_dump"), "--schema-only", "-h", str(pg.datadir), "-p", str(pg.port),
+             "-U", "postgres", "-f", str(dump), DB])
+    assert r.returncode == 0, r.stderr
+    sql = ("SELECT c.email AS e, name, lower(ssn) FROM customers c; "
+           "SELECT id FROM customers WHERE ssn LIKE '1%'; SELECT * FROM v_nested")
+    r = run([str(env.binary), "explain", "-c", str(env.config_path), "--role", "agent",
+             "--schema", str(dump), "--json", sql])
+    assert r.returncode == 0, r.stderr
+    masks = json.loads(r.stdout)["masks"]
+    assert len(masks) == 3, masks
+    assert not masks[0]["denied"] and masks[1]["denied"] and not masks[2]["denied"], masks
+    text = run([str(env.binary), "explain", "-c", str(env.config_path), "--role", "agent",
+                "--schema", str(dump), sql])
+    assert text.returncode == 0, text.stderr
+    out = text.stdout
+    assert 'column 1 "e": masked by email' in out, out
+    assert 'column 2 "name": not masked' in out, out
+    assert 'column 3 "lower": masked by redact' in out, out
+    assert "denied by masking: masked column public.customers.ssn is used in WHERE" in out, out
+    assert 'column 2 "card": masked by partial' in out, out
+    bare = run([str(env.binary), "explain", "-c", str(env.config_path), "--role", "agent",
+                "SELECT name FROM customers"])
+    assert bare.returncode == 0 and "without a catalog" in bare.stdout, bare.stdout
