@@ -807,3 +807,44 @@ def test_rows_larger_than_max_row_bytes_end_the_session(env):
     with c2.cursor() as cur:
         cur.execute("SELECT 1")
     c2.close()
+
+
+# ---------------------------------------------------------------------------------------
+# What agents and tools do with a masking role: reflection and \d must work, unmasked
+
+
+def test_sqlalchemy_reflection_and_psql_describe_work_through_a_masking_role(env):
+    from sqlalchemy import MetaData, create_engine, inspect, select
+    from sqlalchemy.schema import CreateTable
+
+    off = env.log_size()
+    eng = create_engine(env.ep.with_(application_name="bwit-mask-sqla").uri("postgresql+psycopg2"))
+    try:
+        insp = inspect(eng)
+        assert {"customers", "orders"} <= set(insp.get_table_names())
+        assert "customer_contacts" in insp.get_view_names()
+        cols = [c["name"] for c in insp.get_columns("customers")]
+        assert cols == ["id", "name", "email", "card_number", "ssn", "notes"], cols
+        for t in ("customers", "orders"):
+            insp.get_pk_constraint(t)
+            insp.get_foreign_keys(t)
+            insp.get_indexes(t)
+            insp.get_unique_constraints(t)
+        md = MetaData()
+        md.reflect(bind=eng, only=["customers", "orders", "customer_contacts"], views=True)
+        sample = {}
+        for table in md.sorted_tables:
+            str(CreateTable(table).compile(eng))
+            with eng.connect() as conn:
+                sample[table.name] = conn.execute(select(table).limit(3)).fetchall()
+    finally:
+        eng.dispose()
+    assert sample["customers"][0][2] == "a***@example.com", sample
+    assert not leaks(repr(sample), ALL_VALUES)
+    masking_refusals = [ln for ln in env.refusals_since(off) if "builtin:masking" in ln]
+    assert not masking_refusals, masking_refusals
+    r = psql(env.ep, "-v", "ON_ERROR_STOP=1", "-c", r"\d customers", "-c", r"\dt", "-c",
+             r"\d+ customer_contacts", "-c", r"\dn")
+    assert r.returncode == 0, r.stderr
+    assert "card_number" in r.stdout and "customer_contacts" in r.stdout, r.stdout
+    assert not leaks(r.stdout, ALL_VALUES), r.stdout
