@@ -582,8 +582,8 @@ bool maskflow_c2u_ready(session_t *s, char type, size_t avail, size_t total)
     maskflow_t *mf = s->mf;
     if (mf->waiting)
         return false;
-    if (type == 'D' && avail < total)
-        return false;
+    if (type == 'D' && avail < total && total <= 64 * 1024)
+        return false; /* larger: malformed, see c2u_describe */
     if ((type == 'Q' || type == 'P') && catalog_due(mf) && upstream_idle(mf)) {
         if (start_catalog_read(mf))
             return false;
@@ -622,10 +622,21 @@ static void catalog_done(maskflow_t *mf, bool ok)
               mf->s->id, mf->s->role_name);
 }
 
-static mf_verdict_t catalog_message(maskflow_t *mf, char type, const uint8_t *body, size_t len)
+static mf_verdict_t on_notification(maskflow_t *mf, const uint8_t *body, size_t len,
+                                    const uint8_t **rep, size_t *replen);
+
+/* Replies to the catalog read are the gateway's own: swallowed. Messages the
+ * server sends on its own at any time (NotificationResponse, ParameterStatus)
+ * still go to the client. */
+static mf_verdict_t catalog_message(maskflow_t *mf, char type, const uint8_t *body, size_t len,
+                                    const uint8_t **rep, size_t *replen)
 {
     item_t *it = mf->head;
     switch (type) {
+    case 'A':
+        return on_notification(mf, body, len, rep, replen);
+    case 'S':
+        return MF_PASS;
     case 'D':
         if (it->kind == IT_CATALOG && !mf->load_error &&
             catalog_add_row(mf->loading, body, len) < 0)
@@ -1035,10 +1046,10 @@ static int c2u_bind(maskflow_t *mf, const uint8_t *body, size_t avail)
     const char *portal = (const char *)body;
     size_t pl = strnlen(portal, avail);
     if (pl == avail)
-        return -1;
+        return -2;
     const char *stmt = portal + pl + 1;
     if (strnlen(stmt, avail - pl - 1) == avail - pl - 1)
-        return -1;
+        return -2;
     mask_plan_t *raw = stmt_plan(mf, stmt);
     mask_plan_t *plan = raw ? substitute(mf, raw) : NULL;
     mask_plan_release(raw);
@@ -1054,8 +1065,8 @@ static int c2u_bind(maskflow_t *mf, const uint8_t *body, size_t avail)
 
 static int c2u_describe(maskflow_t *mf, const uint8_t *body, size_t len)
 {
-    if (len < 2 || body[len - 1] != '\0')
-        return -1;
+    if (len < 2 || body[len - 1] != '\0' || (body[0] != 'S' && body[0] != 'P'))
+        return -2;
     const char *name = (const char *)body + 1;
     if (body[0] == 'S') {
         item_t *it = push(mf, IT_DESC_STMT);
@@ -1078,7 +1089,7 @@ static int c2u_execute(maskflow_t *mf, const uint8_t *body, size_t len)
 {
     const char *name = (const char *)body;
     if (strnlen(name, len) == len)
-        return -1;
+        return -2;
     portal_t *p = portal_get(mf, name);
     if (!p)
         return -1;
@@ -1106,7 +1117,7 @@ static int c2u_execute(maskflow_t *mf, const uint8_t *body, size_t len)
 static int c2u_close(maskflow_t *mf, const uint8_t *body, size_t len)
 {
     if (len < 2 || body[len - 1] != '\0')
-        return -1;
+        return -2;
     reg_forget(body[0] == 'S' ? &mf->prepared : &mf->portals, (const char *)body + 1);
     return 0;
 }
@@ -1409,6 +1420,20 @@ static mf_verdict_t on_copy_data(maskflow_t *mf, char type, const uint8_t *body,
     return rc == 1 ? MF_REPLACED : MF_PASS;
 }
 
+static mf_verdict_t on_notification(maskflow_t *mf, const uint8_t *body, size_t len,
+                                    const uint8_t **rep, size_t *replen)
+{
+    buf_reset(&mf->out);
+    int rc = mask_rewrite_notification(mf->rules, mf->scratch, body, len, &mf->out);
+    if (rc < 0 || mf->out.failed) {
+        fail(mf->s, "XX000", "bulwark: a notification could not be masked; the session is closed");
+        return MF_FAIL;
+    }
+    *rep = mf->out.data;
+    *replen = mf->out.len;
+    return rc == 1 ? MF_REPLACED : MF_PASS;
+}
+
 mf_verdict_t maskflow_u2c(session_t *s, char type, const uint8_t *body, size_t len,
                           const uint8_t **rep, size_t *replen)
 {
@@ -1416,7 +1441,7 @@ mf_verdict_t maskflow_u2c(session_t *s, char type, const uint8_t *body, size_t l
     *rep = NULL;
     *replen = 0;
     if (mf->head && (mf->head->kind == IT_CATALOG || mf->head->kind == IT_ROLLBACK))
-        return catalog_message(mf, type, body, len);
+        return catalog_message(mf, type, body, len, rep, replen);
     switch (type) {
     case 'T':
         return on_rowdesc(mf, body, len, rep, replen);
@@ -1438,17 +1463,8 @@ mf_verdict_t maskflow_u2c(session_t *s, char type, const uint8_t *body, size_t l
     case 'E':
     case 'N':
         return on_error(mf, type, body, len, rep, replen);
-    case 'A': {
-        buf_reset(&mf->out);
-        int rc = mask_rewrite_notification(mf->rules, mf->scratch, body, len, &mf->out);
-        if (rc < 0 || mf->out.failed) {
-            fail(s, "XX000", "bulwark: a notification could not be masked; the session is closed");
-            return MF_FAIL;
-        }
-        *rep = mf->out.data;
-        *replen = mf->out.len;
-        return rc == 1 ? MF_REPLACED : MF_PASS;
-    }
+    case 'A':
+        return on_notification(mf, body, len, rep, replen);
     case 'Z':
         while (mf->head && !is_sync(mf->head))
             pop(mf);

@@ -70,7 +70,8 @@ void maskflow_refused(struct session *s);
 void maskflow_sentinel(struct session *s, char kind);
 /* session.c: the message at the client input's head goes upstream now
  * (body: avail bytes of it; whole except a Bind's parameters). May write an
- * injected Describe upstream first. -1: out of memory (end the session). */
+ * injected Describe upstream first. -1: out of memory, -2: malformed (end the
+ * session). */
 int maskflow_c2u(struct session *s, char type, const uint8_t *body, size_t avail);
 
 /* u2c. Whether the message must be held whole before it is forwarded. */
