@@ -330,8 +330,8 @@ static gate_verdict_t refuse(session_t *s, const decided_t *d, const char *sqlst
     int rc = 0;
     if (d->kind == 'P')
         rc = refused_remember(g, d->stmt, message ? message : "refused");
-    if (d->kind == 'P' && s->mf)
-        maskflow_parse_refused(s, d->stmt);
+    if (s->mf)
+        maskflow_refused(s);
     if (rc == 0)
         rc = send_sentinel(s, d->kind, d->stmt, sqlstate, message, position);
     if (d->kind == 'P')

@@ -801,10 +801,15 @@ static void relay_c2u(session_t *s)
         if (g == 2)
             continue;
         size_t total = 5 + (size_t)h.len;
-        if (s->mf && maskflow_c2u(s, h.type, buf_head(&c->in) + 5,
-                                  buf_unread(&c->in) - 5 < h.len ? buf_unread(&c->in) - 5
-                                                                 : h.len) < 0) {
-            session_fail(s, "FATAL", "53200", "bulwark: out of memory tracking result shapes");
+        int m = s->mf ? maskflow_c2u(s, h.type, buf_head(&c->in) + 5,
+                                     buf_unread(&c->in) - 5 < h.len ? buf_unread(&c->in) - 5
+                                                                    : h.len)
+                      : 0;
+        if (m < 0) {
+            if (m == -2)
+                session_fail(s, "FATAL", "08P01", "bulwark: malformed protocol message");
+            else
+                session_fail(s, "FATAL", "53200", "bulwark: out of memory tracking result shapes");
             return;
         }
         size_t n = buf_unread(&c->in) < total ? buf_unread(&c->in) : total;
