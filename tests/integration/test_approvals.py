@@ -369,6 +369,37 @@ def test_node_pg_with_parameters_held_then_approved(env):
     assert res["after"]["rows"] == [["4"]]
 
 
+def test_node_pg_queued_select_waits_behind_the_held_delete_and_denial_reaches_it(env):
+    cases = [{"name": "del", "text": "DELETE FROM orders WHERE id = $1 AND note <> $2",
+              "values": [2, "x"]},
+             {"name": "after", "text": "SELECT count(*)::int FROM orders WHERE id > $1",
+              "values": [0]}]
+    out = {}
+    bg = Background(lambda: out.update(harness.node_script(
+        "approval_checks.js", env.ep, timeout=60,
+        extra_env={"BWIT_APPROVAL_CASES": json.dumps(cases)})))
+    req = wait_request(env, "note <> $2")
+    time.sleep(0.3)
+    assert bg.t.is_alive()
+    cli(env, "approve", str(req["id"]), "--as", "alice")
+    bg.join(60)
+    assert bg.error is None, bg.error
+    assert [d["name"] for d in out["done"]] == ["del", "after"], out
+    assert out["done"][0]["rowCount"] == 1 and out["done"][1]["rows"] == [["4"]]
+    assert any(f"request {req['id']}" in n for n in out["notices"]), out["notices"]
+    # denied: the queued SELECT still runs after the error
+    out.clear()
+    cases[0]["values"] = [3, "x"]
+    bg = Background(lambda: out.update(harness.node_script(
+        "approval_checks.js", env.ep, timeout=60,
+        extra_env={"BWIT_APPROVAL_CASES": json.dumps(cases)})))
+    req = wait_request(env, "note <> $2")
+    cli(env, "deny", str(req["id"]), "--as", "alice", "--reason", "no")
+    bg.join(60)
+    assert [d["name"] for d in out["done"]] == ["del", "after"], out
+    assert out["done"][0]["error"]["code"] == "42501" and out["done"][1]["rows"] == [["4"]]
+
+
 def test_cancel_during_hold_gives_57014_and_withdraws(env):
     c = connect(env)
     bg = Background(lambda: c.cursor().execute("DELETE FROM orders WHERE id = 1 AND note <> ''"))
