@@ -579,6 +579,11 @@ void admin_start(session_t *s)
     pgw_write_ready(b, 'I');
     s->state = ST_RELAY;
     ev_timer_stop(s->srv->loop, &s->timer);
+    if (s->role->end_session_at_token_expiry) {
+        double left = (double)s->token_exp - ev_now(s->srv->loop);
+        ev_timer_set(&s->expiry, left > 0 ? left : 0., 0.);
+        ev_timer_start(s->srv->loop, &s->expiry);
+    }
     rec_session_start(s);
     char q[300];
     log_event(LOG_INFO, "session_start", "session=%s peer=%s role=%s target=bulwark sub=%s admin=yes",

@@ -62,8 +62,19 @@ AGENT = {
 DBA = {
     "role": "dba",
     "admin": True,
-    "identities": [{"iss": harness.ISSUER, "sub": "alice"}, {"iss": harness.ISSUER,
-                                                            "sub": "dba-*"}],
+    # AGENT_SUB is also a dba identity here, to show that nobody approves their own request
+    "identities": [{"iss": harness.ISSUER, "sub": "alice"},
+                   {"iss": harness.ISSUER, "sub": "dba-*"},
+                   {"iss": harness.ISSUER, "sub": AGENT_SUB}],
+    "upstream": {DB: {"user": SUPER, "password_file": f"../secrets/{SUPER}"}},
+    "default": "deny",
+    "rules": [],
+}
+
+AUDITOR = {  # an admin, but not an approver of any rule
+    "role": "auditor",
+    "admin": True,
+    "identities": [{"iss": harness.ISSUER, "sub": "auditor-*"}],
     "upstream": {DB: {"user": SUPER, "password_file": f"../secrets/{SUPER}"}},
     "default": "deny",
     "rules": [],
@@ -119,7 +130,7 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     hook = HookServer()
     g = start_policy_gateway("gw-approvals", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
-                             policies=[AGENT, DBA, OTHER], passwords={SUPER: pw},
+                             policies=[AGENT, DBA, AUDITOR, OTHER], passwords={SUPER: pw},
                              settings={"approvals": {"poll_interval": "50ms",
                                                      "webhook_url": hook.url}})
     e = Env()
@@ -581,6 +592,13 @@ def test_admin_console_refusals(env):
     # approvers: an admin whose role the rule does not list; and nobody approves their own
     bg = run_held(env, "DELETE FROM orders WHERE id = 5 AND id > 0")
     req = wait_request(env, "id = 5 AND id > 0")
+    r = psql(console(env, sub="auditor-eve", role="auditor"), "-c", f"APPROVE {req['id']}")
+    assert r.returncode != 0 and "not among the approvers" in r.stderr, r.stderr
+    r = psql(console(env, sub="auditor-eve", role="auditor"), "-c", "SHOW APPROVALS")
+    assert r.returncode == 0 and str(req["id"]) in r.stdout
+    r = psql(console(env, sub=AGENT_SUB), "-c", f"APPROVE {req['id']}")
+    assert r.returncode != 0 and "own request" in r.stderr, r.stderr
+    assert [x for x in requests(env) if x["id"] == req["id"]][0]["state"] == "pending"
     r = psql(ep, "-c", f"DENY {req['id']}; SHOW APPROVALS")
     assert r.returncode == 0, r.stderr
     bg.join()
