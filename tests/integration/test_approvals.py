@@ -37,6 +37,9 @@ SCHEMA = """
 create table orders (id int primary key, note text);
 create table items (id int primary key, note text);
 create table slow (id int primary key, note text);
+create schema hidden;
+create table hidden.orders (id int, secret text);
+insert into hidden.orders values (1, 'not for agents');
 """
 
 AGENT = {
@@ -409,6 +412,26 @@ def test_node_pg_queued_select_waits_behind_the_held_delete_and_denial_reaches_i
     bg.join(60)
     assert [d["name"] for d in out["done"]] == ["del", "after"], out
     assert out["done"][0]["error"]["code"] == "42501" and out["done"][1]["rows"] == [["4"]]
+
+
+def test_an_approved_statement_changes_the_search_path_the_policy_tracks(env):
+    c = connect(env)
+    try:
+        bg = Background(lambda: c.cursor().execute(
+            "DELETE FROM orders WHERE id = 1 AND id > -1; SET search_path = hidden, public"))
+        req = wait_request(env, "SET search_path = hidden")
+        cli(env, "approve", str(req["id"]), "--as", "alice")
+        bg.join()
+        assert bg.error is None, bg.error
+        with c.cursor() as cur:
+            cur.execute("show search_path")
+            assert cur.fetchone()[0] == "hidden, public"
+            # orders is now hidden.orders, which no rule allows
+            with pytest.raises(psycopg2.Error) as e:
+                cur.execute("select * from orders")
+            assert e.value.pgcode == "42501" and "hidden.orders" in str(e.value)
+    finally:
+        c.close()
 
 
 def test_cancel_during_hold_gives_57014_and_withdraws(env):
