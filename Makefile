@@ -20,7 +20,7 @@ PYTHON   := /usr/bin/python3
 all: $(BUILD)/bulwark
 
 help:
-	@echo "targets: all unit integration test asan bench demo format clean"
+	@echo "targets: all unit integration test asan fuzz soak bench demo format clean"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -41,8 +41,14 @@ deps:
 	@scripts/install-deps.sh
 
 # Unit tests: every tests/unit/test_*.c is one cmocka binary; all run, failures counted.
+# A binary that runs longer than UNIT_TIMEOUT seconds is killed and counts as failed.
+UNIT_TIMEOUT ?= 300
 unit: $(UNITBIN)
-	@fail=0; for t in $(UNITBIN); do echo "== $$t"; $$t || fail=1; done; \
+	@fail=0; for t in $(UNITBIN); do echo "== $$t"; \
+	   timeout -k 10 $(UNIT_TIMEOUT) $$t; rc=$$?; \
+	   if [ $$rc -eq 124 ] || [ $$rc -eq 137 ]; then \
+	     echo "[  FAILED  ] 1 test(s): $$t killed after $(UNIT_TIMEOUT)s"; fi; \
+	   [ $$rc -eq 0 ] || fail=1; done; \
 	 if [ $$fail -ne 0 ]; then echo "unit: FAILED"; exit 1; fi; echo "unit: all passed"
 
 integration: $(BUILD)/bulwark
@@ -69,5 +75,7 @@ format:
 
 clean:
 	rm -rf build
+
+include tests/fuzz/fuzz.mk
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
