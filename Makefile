@@ -15,7 +15,7 @@ UNITSRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNITBIN  := $(UNITSRC:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON   := /usr/bin/python3
 
-.PHONY: all deps test unit integration asan bench demo format clean help
+.PHONY: all deps test unit integration asan soak bench demo format clean help
 
 all: $(BUILD)/bulwark
 
@@ -63,6 +63,11 @@ asan: deps
 	$(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" all unit
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" integration
+
+# Soak (not in CI): SOAK_SECONDS (600) of 64 clients, then RSS, audit verify and record
+# counts are checked (tests/soak/soak.py).
+soak: all
+	BULWARK_BIN=$(abspath $(BUILD)/bulwark) $(PYTHON) tests/soak/soak.py
 
 bench: deps all
 	bench/run.sh $(BENCH_ARGS)
