@@ -126,6 +126,7 @@ static void loads_spec_example_with_defaults(void **state)
     assert_int_equal(c->shutdown_grace_ms, 30000);
     assert_int_equal(c->login_timeout_ms, 15000);
     assert_int_equal(c->max_client_conn, 10000);
+    assert_int_equal(c->tcp_keepalive_ms, 60000);
 
     /* roles, in file order: policies/analyst.json, then policies/ops.json */
     assert_int_equal(c->n_roles, 3);
@@ -214,6 +215,7 @@ static void loads_every_key_set_explicitly(void **state)
     assert_int_equal(c->shutdown_grace_ms, 0);
     assert_int_equal(c->login_timeout_ms, 3000);
     assert_int_equal(c->max_client_conn, 50);
+    assert_int_equal(c->tcp_keepalive_ms, 5000);
 
     /* extra/svc.json is matched by two patterns and loaded once */
     assert_int_equal(c->n_roles, 2);
