@@ -35,6 +35,7 @@ static const char *const top_keys[] = {
     "login_timeout",
     "max_client_conn",
     "masking",
+    "tcp_keepalive",
     NULL,
 };
 
@@ -532,6 +533,7 @@ static void load_knobs(load_t *L, const cJSON *root)
     (void)cfgw_dur(&L->w, root, "login_timeout", 0, 1, 600000, &c->login_timeout_ms);
     if (cfgw_int(&L->w, root, "max_client_conn", 0, 1, 1000000, &n) > 0)
         c->max_client_conn = (int)n;
+    (void)cfgw_dur(&L->w, root, "tcp_keepalive", 0, 1000, 7200000, &c->tcp_keepalive_ms);
 }
 
 /* ---- policy files ---- */
@@ -687,6 +689,7 @@ static void set_defaults(cfg_t *c)
     c->max_client_conn = 10000;
     c->masking.max_row_bytes = 16u << 20;
     c->masking.catalog_refresh_ms = 60000;
+    c->tcp_keepalive_ms = 60000;
 }
 
 static void load_root(load_t *L, const cJSON *root)

@@ -136,6 +136,7 @@ typedef struct cfg {
     int64_t shutdown_grace_ms;    /* "shutdown_grace", default "30s" */
     int64_t login_timeout_ms;     /* "login_timeout", default "15s" */
     int max_client_conn;          /* "max_client_conn", default 10000 */
+    int64_t tcp_keepalive_ms;     /* "tcp_keepalive", default "60s" (proxy/limits.c) */
     char **watch_files;           /* see cfg_watch_files */
     size_t n_watch_files;         /* (its count) */
     int refcount;                 /* owned by the loop thread: cfg_retain/cfg_release */

@@ -227,11 +227,14 @@ void session_fail(session_t *s, const char *severity, const char *sqlstate, cons
         session_close(s, msg);
         return;
     }
+    /* sqlstate may point into the upstream's input buffer, which upstream_close frees */
+    char code[6];
+    snprintf(code, sizeof(code), "%s", sqlstate);
     char q[600];
-    log_event(LOG_INFO, "session_error", "session=%s sqlstate=%s message=%s", s->id, sqlstate,
+    log_event(LOG_INFO, "session_error", "session=%s sqlstate=%s message=%s", s->id, code,
               log_q(q, sizeof(q), msg));
     upstream_close(s);
-    pgw_write_error(&s->client.out, severity, sqlstate, msg);
+    pgw_write_error(&s->client.out, severity, code, msg);
     s->state = ST_CLOSING;
     ev_timer_stop(s->srv->loop, &s->timer);
     ev_timer_set(&s->timer, CLOSE_FLUSH_TIMEOUT, 0.);
