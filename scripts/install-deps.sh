@@ -22,9 +22,10 @@ for arg in "$@"; do
     esac
 done
 
-# Build: compiler, libraries (-dev), unit-test and sanitizer tools.
+# Build: compiler, libraries (-dev), unit-test, sanitizer and fuzzing tools (libFuzzer is in
+# libclang-rt-14-dev).
 build_pkgs=(
-    gcc make pkg-config clang clang-format valgrind
+    gcc make pkg-config clang clang-format valgrind libclang-rt-14-dev
     libev-dev libpg-query-dev libcjson-dev liblmdb-dev libssl-dev
     libcmocka-dev libcurl4-openssl-dev libvectorscan-dev
 )

@@ -7,12 +7,22 @@
 #   "      text"        six spaces: the term's description
 #   "    text"          four spaces: a paragraph (a blank line before it starts a new one)
 # In SYNOPSIS every line stays a line of its own.
-function esc(s) {
-    gsub(/\\/, "\\e", s)
-    gsub(/-/, "\\-", s)
-    if (s ~ /^[.']/)
-        s = "\\&" s
-    return s
+# Backslash -> \e, hyphen -> \-, a leading . or ' guarded; character by character, as
+# gsub's backslash handling differs between awks.
+function esc(s,    out, i, c) {
+    out = ""
+    for (i = 1; i <= length(s); i++) {
+        c = substr(s, i, 1)
+        if (c == "\\")
+            out = out "\\e"
+        else if (c == "-")
+            out = out "\\-"
+        else
+            out = out c
+    }
+    if (out ~ /^[.']/)
+        out = "\\&" out
+    return out
 }
 BEGIN {
     print ".\\\" Generated from docs/cli.txt by scripts/txt2man.awk; edit that file instead."

@@ -36,6 +36,7 @@ static const char *const top_keys[] = {
     "max_client_conn",
     "workers",
     "masking",
+    "tcp_keepalive",
     NULL,
 };
 
@@ -535,6 +536,7 @@ static void load_knobs(load_t *L, const cJSON *root)
         c->max_client_conn = (int)n;
     if (cfgw_int(&L->w, root, "workers", 0, 1, CFG_MAX_WORKERS, &n) > 0)
         c->workers = (int)n;
+    (void)cfgw_dur(&L->w, root, "tcp_keepalive", 0, 1000, 7200000, &c->tcp_keepalive_ms);
 }
 
 /* ---- policy files ---- */
@@ -690,6 +692,7 @@ static void set_defaults(cfg_t *c)
     c->max_client_conn = 10000;
     c->masking.max_row_bytes = 16u << 20;
     c->masking.catalog_refresh_ms = 60000;
+    c->tcp_keepalive_ms = 60000;
 }
 
 static void load_root(load_t *L, const cJSON *root)

@@ -141,6 +141,7 @@ typedef struct cfg {
     int64_t login_timeout_ms;     /* "login_timeout", default "15s" */
     int max_client_conn;          /* "max_client_conn", default 10000 */
     int workers;                  /* "workers" (1..CFG_MAX_WORKERS), 0 = one per core */
+    int64_t tcp_keepalive_ms;     /* "tcp_keepalive", default "60s" (proxy/limits.c) */
     char **watch_files;           /* see cfg_watch_files */
     size_t n_watch_files;         /* (its count) */
     atomic_int refcount;          /* any thread (worker loops): cfg_retain/cfg_release */

@@ -127,9 +127,10 @@ appr_rc_t appr_find_grant(appr_store_t *st, const appr_key_t *k, int64_t now_us,
                           int64_t *until_us);
 
 /* Requests newest first. filter: 0 pending only, 1 all, 2 usable grants
- * only. fn returns non-zero to stop. */
+ * only. fn returns non-zero to stop. max_scan > 0: look at no more than
+ * that many of the newest requests (a bound for callers on a loop). */
 enum { APPR_LIST_PENDING, APPR_LIST_ALL, APPR_LIST_GRANTS };
-int appr_list(appr_store_t *st, int filter, int64_t now_us,
+int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
               int (*fn)(void *arg, const appr_req_t *r), void *arg);
 
 /* JSON of a request (for --json, the console and webhooks). */

@@ -373,7 +373,7 @@ appr_rc_t appr_find_grant(appr_store_t *st, const appr_key_t *key, int64_t now_u
     return res;
 }
 
-int appr_list(appr_store_t *st, int filter, int64_t now_us,
+int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
               int (*fn)(void *arg, const appr_req_t *r), void *arg)
 {
     MDB_txn *txn;
@@ -386,8 +386,11 @@ int appr_list(appr_store_t *st, int filter, int64_t now_us,
     }
     MDB_val k, v;
     int stop = 0;
+    size_t seen = 0;
     for (int rc = mdb_cursor_get(c, &k, &v, MDB_LAST); rc == 0 && !stop;
          rc = mdb_cursor_get(c, &k, &v, MDB_PREV)) {
+        if (max_scan && seen++ >= max_scan)
+            break;
         appr_req_t r;
         if (req_from_json(v.mv_data, v.mv_size, &r))
             continue;

@@ -206,7 +206,7 @@ static int run_list(const opts_t *o)
     int rc = 1;
     if (l.arr || l.cells) {
         int filter = o->grants ? APPR_LIST_GRANTS : o->all ? APPR_LIST_ALL : APPR_LIST_PENDING;
-        rc = appr_list(st, filter, l.now_us, list_row, &l) < 0;
+        rc = appr_list(st, filter, l.now_us, 0, list_row, &l) < 0;
     }
     if (rc) {
         fprintf(stderr, "bulwark approvals: cannot read the approvals database\n");

@@ -3,17 +3,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pg_query.h>
+
 #include "cli/cli.h"
+#include "cli/schema.h"
 #include "config.h"
+#include "mask/mask.h"
 #include "policy/policy.h"
+#include "util/buf.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: bulwark explain -c bulwark.json --role R [--json] [--search-path P]\n"
-               "                       [--user U] SQL\n"
+               "                       [--user U] [--schema FILE] SQL\n"
                "\n"
                "Parse SQL as the gateway does and print, for each statement, the accesses it\n"
-               "makes (operation and object), the rules that matched each, and the decision.\n"
+               "makes (operation and object), the rules that matched each, and the decision;\n"
+               "then, for each statement, whether and why each output column is masked and\n"
+               "which uses of masked columns deny it (SPEC 5.3).\n"
                "SQL may hold several statements; `-` reads it from standard input. The exit\n"
                "status is 0 when the explanation was printed, whatever the decision.\n"
                "\n"
@@ -23,6 +30,10 @@ static void usage(FILE *f)
                "      --search-path P   the session's search_path (default: \"$user\", public)\n"
                "      --user U          the upstream user \"$user\" stands for (default: the\n"
                "                        role's first upstream user)\n"
+               "      --schema FILE     the relations masks are planned against, as SQL DDL\n"
+               "                        (e.g. `pg_dump --schema-only`); without it every\n"
+               "                        relation is unknown and masked whole, as the gateway\n"
+               "                        does for a relation missing from its catalog\n"
                "  -h, --help            this text\n");
 }
 
@@ -51,6 +62,122 @@ static char *read_stdin(size_t *len)
     return b;
 }
 
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *b = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (cap - n < 4096) {
+            char *g = realloc(b, cap ? cap * 2 : 65536);
+            if (!g) {
+                free(b);
+                fclose(f);
+                return NULL;
+            }
+            b = g;
+            cap = cap ? cap * 2 : 65536;
+        }
+        size_t got = fread(b + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    fclose(f);
+    b[n] = '\0';
+    return b;
+}
+
+static int no_catalog(void *arg, const char *schema, const char *name, mask_relation_t *out)
+{
+    return -1;
+}
+
+/* The masks of each statement of sql (SPEC 2: explain shows "masks"). Text goes
+ * to out; JSON (when json) into *arr. -1 with a message on stderr on failure. */
+static int explain_masks(const cfg_t *c, const cfg_role_t *cr, const char *sql, const char *sp,
+                         const char *user, const char *schema_file, buf_t *out, cJSON *arr)
+{
+    char err[512] = "";
+    mask_rules_t *rules = mask_rules_compile(cr->masks, c->masking.hash_key,
+                                             c->masking.hash_key_len, err, sizeof(err));
+    if (!rules) {
+        fprintf(stderr, "bulwark explain: masks of role \"%s\": %s\n", cr->name, err);
+        return -1;
+    }
+    int rc = -1;
+    xschema_t *xs = NULL;
+    char **path = NULL;
+    char *ddl = NULL;
+    PgQueryParseResult pr = {0};
+    cJSON *tree = NULL;
+    if (!mask_rules_active(rules)) {
+        buf_append(out, "masks: none (the role masks nothing)\n", 37);
+        rc = 0;
+        goto out;
+    }
+    if (schema_file) {
+        if (!(ddl = read_file(schema_file))) {
+            fprintf(stderr, "bulwark explain: cannot read %s\n", schema_file);
+            goto out;
+        }
+        if (!(xs = xschema_load(ddl, rules, err, sizeof(err)))) {
+            fprintf(stderr, "bulwark explain: %s: %s\n", schema_file, err);
+            goto out;
+        }
+    }
+    path = mask_search_path_parse(sp ? sp : "\"$user\", public", user);
+    pr = pg_query_parse(sql);
+    if (!path || pr.error || !(tree = cJSON_Parse(pr.parse_tree))) {
+        rc = pr.error ? 0 : -1; /* the policy's explanation already shows the parse error */
+        goto out;
+    }
+    if (!xs) {
+        const char note[] = "masks: planned without a catalog (--schema): relations are "
+                            "unknown here, so their columns show as masked whole\n";
+        buf_append(out, note, sizeof(note) - 1);
+    }
+    int i = 0;
+    const cJSON *st;
+    cJSON_ArrayForEach(st, cJSON_GetObjectItemCaseSensitive(tree, "stmts"))
+    {
+        mask_plan_t *p;
+        if (mask_plan_statement(rules, st, xs ? xschema_resolve : no_catalog, xs,
+                                (const char *const *)path, &p) < 0)
+            goto out;
+        char head[64];
+        int k = snprintf(head, sizeof(head), "masks of statement %d:\n", ++i);
+        buf_append(out, head, (size_t)k);
+        mask_plan_explain(p, out);
+        char why[512];
+        if (mask_plan_denied(p, why, sizeof(why))) {
+            k = snprintf(head, sizeof(head), "=> denied by masking: ");
+            buf_append(out, head, (size_t)k);
+            buf_append(out, why, strlen(why));
+            buf_append(out, "\n", 1);
+        }
+        if (arr) {
+            cJSON *j = mask_plan_explain_json(p);
+            if (j) {
+                cJSON_AddBoolToObject(j, "denied", mask_plan_denied(p, why, sizeof(why)));
+                cJSON_AddItemToArray(arr, j);
+            }
+        }
+        mask_plan_release(p);
+    }
+    rc = out->failed ? -1 : 0;
+out:
+    cJSON_Delete(tree);
+    pg_query_free_parse_result(pr);
+    mask_search_path_free(path);
+    xschema_free(xs);
+    free(ddl);
+    mask_rules_release(rules);
+    return rc;
+}
+
 /* Option with a value: "-x V", "--long V" or "--long=V". Returns 1 if matched
  * (value in *val, or NULL when missing), 0 if not this option. */
 static int opt_value(int argc, char **argv, int *i, const char *sh, const char *lo,
@@ -71,7 +198,7 @@ static int opt_value(int argc, char **argv, int *i, const char *sh, const char *
 
 int cli_explain(int argc, char **argv)
 {
-    const char *path = NULL, *role = NULL, *sp = NULL, *user = NULL, *sql = NULL;
+    const char *path = NULL, *role = NULL, *sp = NULL, *user = NULL, *sql = NULL, *schema = NULL;
     bool json = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
@@ -89,6 +216,8 @@ int cli_explain(int argc, char **argv)
             slot = &sp;
         else if (opt_value(argc, argv, &i, NULL, "--user", &v))
             slot = &user;
+        else if (opt_value(argc, argv, &i, NULL, "--schema", &v))
+            slot = &schema;
         else if (!strcmp(a, "--json")) {
             json = true;
             continue;
@@ -162,14 +291,28 @@ int cli_explain(int argc, char **argv)
         goto out;
     }
     char *text = json ? policy_explain_json(&r, sql, len) : policy_explain_text(&r, sql, len);
-    if (text) {
-        fputs(text, stdout);
-        if (json)
-            fputc('\n', stdout);
-        rc = 0;
-    }
-    free(text);
     policy_result_free(&r);
+    buf_t mtext;
+    buf_init(&mtext, 0);
+    cJSON *obj = json && text ? cJSON_Parse(text) : NULL;
+    cJSON *masks = obj ? cJSON_AddArrayToObject(obj, "masks") : NULL;
+    if (text && (!json || masks) &&
+        explain_masks(c, cr, sql, sp, user, schema, &mtext, masks) == 0) {
+        if (json) {
+            char *o = cJSON_PrintUnformatted(obj);
+            if (o)
+                printf("%s\n", o);
+            rc = o ? 0 : 1;
+            free(o);
+        } else {
+            fputs(text, stdout);
+            fwrite(mtext.data, 1, mtext.len, stdout);
+            rc = 0;
+        }
+    }
+    cJSON_Delete(obj);
+    buf_free(&mtext);
+    free(text);
 out:
     policy_session_free(ps);
     policy_set_free(set);

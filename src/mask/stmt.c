@@ -349,7 +349,7 @@ static void plan_copy(lctx_t *c, const cJSON *b, pres_t *P)
             const cJSON *a;
             cJSON_ArrayForEach(a, att)
             {
-                bool found;
+                bool found = false;
                 const char *nm = ml_sval(a);
                 lin_t l = nm ? ml_item_col(c, T, nm, &found) : ml_lin_uncertain("COPY column");
                 ml_cols_push(c, &P->cols, nm ? nm : "?",

@@ -204,16 +204,15 @@ static const char *status_text(int code)
     }
 }
 
-static void respond(conn_t *c, int code, const char *ctype, const void *body, size_t len,
-                    bool head)
+static void respond(conn_t *c, int code, const char *ctype, const void *body, size_t len, bool head)
 {
     ev_io_stop(c->h->loop, &c->rw);
     char hdr[300];
-    int n = snprintf(hdr, sizeof(hdr),
-                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
-                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-                     code, status_text(code), ctype, len,
-                     code == 405 ? "Allow: GET, HEAD\r\n" : "");
+    int n =
+        snprintf(hdr, sizeof(hdr),
+                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                 "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                 code, status_text(code), ctype, len, code == 405 ? "Allow: GET, HEAD\r\n" : "");
     buf_reset(&c->out);
     buf_append(&c->out, hdr, (size_t)n);
     if (!head)

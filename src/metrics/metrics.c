@@ -23,9 +23,8 @@
 typedef enum { K_COUNTER, K_GAUGE, K_HISTOGRAM } kind_t;
 
 /* Latency buckets, seconds (upper bounds; +Inf is implied). */
-static const double lat_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                    0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
-                                    1,      2.5,     5,      10};
+static const double lat_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                    0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 #define NB (sizeof(lat_bounds) / sizeof(lat_bounds[0]))
 
 typedef struct family_def {
@@ -51,35 +50,52 @@ enum {
 };
 
 static const family_def_t families[F_COUNT] = {
-    [F_CONNECTIONS] = {"bulwark_connections_total", "Client connections accepted.", K_COUNTER, 0,
-                       {NULL}},
+    [F_CONNECTIONS] =
+        {"bulwark_connections_total", "Client connections accepted.", K_COUNTER, 0, {NULL}},
     [F_SESSIONS] = {"bulwark_sessions_total",
-                    "Sessions started (login and upstream connection succeeded).", K_COUNTER, 2,
+                    "Sessions started (login and upstream connection succeeded).",
+                    K_COUNTER,
+                    2,
                     {"role", "target"}},
-    [F_SESSIONS_ACTIVE] = {"bulwark_sessions_active", "Sessions running now.", K_GAUGE, 2,
-                           {"role", "target"}},
+    [F_SESSIONS_ACTIVE] =
+        {"bulwark_sessions_active", "Sessions running now.", K_GAUGE, 2, {"role", "target"}},
     [F_STATEMENTS] = {"bulwark_statements_total",
                       "Query strings and Parse messages decided, by decision and deciding rule.",
-                      K_COUNTER, 3, {"role", "decision", "rule"}},
-    [F_LOGIN_FAILURES] = {"bulwark_login_failures_total", "Failed logins by reason.", K_COUNTER,
-                          1, {"reason"}},
+                      K_COUNTER,
+                      3,
+                      {"role", "decision", "rule"}},
+    [F_LOGIN_FAILURES] =
+        {"bulwark_login_failures_total", "Failed logins by reason.", K_COUNTER, 1, {"reason"}},
     [F_UPSTREAM_ERRORS] = {"bulwark_upstream_errors_total",
-                           "Upstream failures: connect, login, timeout, lost.", K_COUNTER, 2,
+                           "Upstream failures: connect, login, timeout, lost.",
+                           K_COUNTER,
+                           2,
                            {"target", "kind"}},
     [F_APPROVALS_PENDING] = {"bulwark_approvals_pending",
-                             "Approval requests waiting for a decision.", K_GAUGE, 1, {"role"}},
+                             "Approval requests waiting for a decision.",
+                             K_GAUGE,
+                             1,
+                             {"role"}},
     [F_MASKED] = {"bulwark_masked_values_total",
-                  "Values masked in results, by masked column and by detector.", K_COUNTER, 2,
+                  "Values masked in results, by masked column and by detector.",
+                  K_COUNTER,
+                  2,
                   {"column", "detector"}},
     [F_GATE_SECONDS] = {"bulwark_gate_seconds",
                         "Gateway time per decided statement: parse, policy, audit enqueue.",
-                        K_HISTOGRAM, 0, {NULL}},
+                        K_HISTOGRAM,
+                        0,
+                        {NULL}},
     [F_UPSTREAM_FIRST_BYTE] = {"bulwark_upstream_first_byte_seconds",
                                "From a sync point going upstream to the first byte of its reply.",
-                               K_HISTOGRAM, 1, {"target"}},
+                               K_HISTOGRAM,
+                               1,
+                               {"target"}},
     [F_UPSTREAM_READY] = {"bulwark_upstream_ready_seconds",
-                          "From a sync point going upstream to its ReadyForQuery.", K_HISTOGRAM,
-                          1, {"target"}},
+                          "From a sync point going upstream to its ReadyForQuery.",
+                          K_HISTOGRAM,
+                          1,
+                          {"target"}},
 };
 
 typedef struct series {
@@ -169,7 +185,8 @@ static series_t *find_or_add(family_t *fam, int f, const char *key, size_t klen,
         atomic_store_explicit(&fam->slots, slots, memory_order_release);
     }
     uint32_t h = fnv1a(key, klen);
-    for (size_t i = 0, at = h % MX_MAX_SERIES; i < MX_MAX_SERIES; i++, at = (at + 1) % MX_MAX_SERIES) {
+    for (size_t i = 0, at = h % MX_MAX_SERIES; i < MX_MAX_SERIES;
+         i++, at = (at + 1) % MX_MAX_SERIES) {
         series_t *s = slot_at(slots, f, at);
         if (!atomic_load_explicit(&s->ready, memory_order_acquire)) {
             if (!add)
@@ -354,8 +371,8 @@ static void header(buf_t *out, const char *name, const char *help, const char *t
 }
 
 /* name{labels[,le="..."]} — key holds the label values of `def`. */
-static void sample_start(buf_t *out, const char *name, const char *suffix,
-                         const family_def_t *def, const char *key, const char *le)
+static void sample_start(buf_t *out, const char *name, const char *suffix, const family_def_t *def,
+                         const char *key, const char *le)
 {
     put(out, "%s%s", name, suffix);
     if (def->nlabels == 0 && !le)
@@ -428,7 +445,9 @@ static void render_family(buf_t *out, metrics_t *const *loops, size_t n, int f)
 {
     const family_def_t *d = &families[f];
     header(out, d->name, d->help,
-           d->kind == K_COUNTER ? "counter" : d->kind == K_GAUGE ? "gauge" : "histogram");
+           d->kind == K_COUNTER ? "counter"
+           : d->kind == K_GAUGE ? "gauge"
+                                : "histogram");
     size_t count;
     agg_t *a = collect(loops, n, f, &count);
     if (!count && d->nlabels == 0) {
@@ -475,14 +494,15 @@ static void scalar(buf_t *out, const char *name, const char *type, const char *h
 
 /* A log2 histogram of the audit writer (bucket i counts values < 2^(i+1),
  * the last one everything above) as a Prometheus histogram. */
-static void log2_hist(buf_t *out, const char *name, const char *help, const uint64_t *h,
-                      size_t nb, double unit, bool integer_bounds, double sum)
+static void log2_hist(buf_t *out, const char *name, const char *help, const uint64_t *h, size_t nb,
+                      double unit, bool integer_bounds, double sum)
 {
     header(out, name, help, "histogram");
     uint64_t cum = 0;
     for (size_t i = 0; i + 1 < nb; i++) {
         cum += h[i];
-        double le = integer_bounds ? (double)((1ull << (i + 1)) - 1) : (double)(1ull << (i + 1)) * unit;
+        double le =
+            integer_bounds ? (double)((1ull << (i + 1)) - 1) : (double)(1ull << (i + 1)) * unit;
         put(out, "%s_bucket{le=\"%.9g\"} %llu\n", name, le, (unsigned long long)cum);
     }
     cum += h[nb - 1];

@@ -59,8 +59,7 @@ typedef struct metrics_session {
 void metrics_session_start(metrics_t *m, metrics_session_t *ms, const char *role,
                            const char *target);
 /* Safe to call for a session that never started (counts nothing then). */
-void metrics_session_end(metrics_t *m, metrics_session_t *ms, const char *role,
-                         const char *target);
+void metrics_session_end(metrics_t *m, metrics_session_t *ms, const char *role, const char *target);
 /* A statement (a Query's text or a Parse) was decided by `rule` (NULL: the
  * role's default, shown as "_default"); t0 from metrics_clock_ns()
  * when the gate took it: the gateway's time (parse, policy, audit enqueue). */
@@ -88,18 +87,18 @@ void metrics_upstream_ready(metrics_t *m, metrics_session_t *ms, const char *tar
 
 typedef struct metrics_target_health {
     const char *name;
-    bool up;             /* the last probe connected */
-    double last_ok_age;  /* seconds since the last good probe; < 0 = never */
+    bool up;            /* the last probe connected */
+    double last_ok_age; /* seconds since the last good probe; < 0 = never */
 } metrics_target_health_t;
 
 /* Figures that live elsewhere, read at scrape time by the loop serving it. */
 typedef struct metrics_snapshot {
-    int64_t connections;         /* client connections open now */
-    int64_t max_connections;     /* max_client_conn */
-    double start_time;           /* process start, seconds since the epoch */
+    int64_t connections;     /* client connections open now */
+    int64_t max_connections; /* max_client_conn */
+    double start_time;       /* process start, seconds since the epoch */
     bool have_cache;
     policy_cache_stats_t cache;
-    bool have_audit;             /* the store is open */
+    bool have_audit; /* the store is open */
     bool audit_failing;
     audit_stats_t audit;
     const metrics_target_health_t *targets;
@@ -125,8 +124,8 @@ typedef struct metrics_routes {
 typedef enum {
     MX_REQ_INCOMPLETE, /* the header block has not ended yet */
     MX_REQ_OK,
-    MX_REQ_BAD,        /* 400 */
-    MX_REQ_METHOD,     /* 405: only GET and HEAD */
+    MX_REQ_BAD,    /* 400 */
+    MX_REQ_METHOD, /* 405: only GET and HEAD */
 } mx_req_status_t;
 /* Parse an HTTP/1.x request held in buf[0..len): on MX_REQ_OK, path (without
  * the query string, NUL-terminated, at most pathsz - 1 bytes) and *head. */

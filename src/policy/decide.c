@@ -681,7 +681,11 @@ static void emit(ctx_t *c, policy_op_t op, policy_obj_t kind, const char *object
     a->op = op;
     a->kind = kind;
     a->object = object ? object : "";
-    a->verb = verb;
+    /* the verb may live in the intent, which the cache can free before the result is
+       used (uncached checks, statements larger than the cache): the result keeps a copy */
+    a->verb = verb ? arena_strdup(c->a, verb) : NULL;
+    if (verb && !a->verb)
+        c->oom = true;
     a->without_where = without_where;
     if (!special && op == POLICY_OP_UNKNOWN) {
         special = "builtin:unknown";

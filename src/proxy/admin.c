@@ -34,6 +34,8 @@
 #include "util/log.h"
 
 #define ADMIN_MAX_ROWS 1000
+/* Requests looked at per SHOW (newest first): reads on the loop stay short. */
+#define ADMIN_MAX_SCAN 20000
 #define ADMIN_MAX_COLS 12
 
 static int64_t wall_us(void)
@@ -142,6 +144,8 @@ typedef struct list_ctx {
 static int approval_row(void *arg, const appr_req_t *r)
 {
     list_ctx_t *c = arg;
+    if (c->t->nrows >= ADMIN_MAX_ROWS)
+        return 1;
     char id[24], age[32], sql[90], last[64] = "once";
     snprintf(id, sizeof(id), "%llu", (unsigned long long)r->id);
     fmt_age(age, sizeof(age), r->created_us, c->now);
@@ -166,7 +170,8 @@ static void show_approvals(session_t *s, bool grants)
     table_init(&t, grants ? gnames : names, 10);
     list_ctx_t c = {&t, wall_us(), grants};
     if (appr_list(appr_worker_store(s->srv->approvals),
-                  grants ? APPR_LIST_GRANTS : APPR_LIST_PENDING, c.now, approval_row, &c) < 0) {
+                  grants ? APPR_LIST_GRANTS : APPR_LIST_PENDING, c.now, ADMIN_MAX_SCAN,
+                  approval_row, &c) < 0) {
         table_send(s, &t, "SHOW"); /* frees; then the error replaces nothing already sent */
         error(s, "58030", "bulwark: cannot read the approvals database");
         return;
@@ -291,7 +296,8 @@ static void stats_done(session_t *s, const buf_t *parts, int nparts, bool later)
     stat_row(&t, "workers", (unsigned long long)nparts);
     unsigned long long pending = 0;
     if (srv->approvals &&
-        appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, 0, count_one, &pending) == 0)
+        appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, 0, ADMIN_MAX_SCAN,
+                  count_one, &pending) == 0)
         stat_row(&t, "approvals_pending", pending);
     policy_cache_stats_t cs;
     workers_cache_stats(srv->hub, &cs);
@@ -430,6 +436,26 @@ static void decide(session_t *s, const words_t *w, bool approve)
 
 static void admin_run(session_t *s);
 
+/* The console's decision in the audit chain (the held session records its own end). */
+static void record_decision(session_t *s, const appr_result_t *res)
+{
+    if (!s->srv->audit)
+        return;
+    cJSON *f = cJSON_CreateObject();
+    cJSON_AddStringToObject(f, "event", "approval_decision");
+    cJSON_AddNumberToObject(f, "approval", (double)res->id);
+    cJSON_AddStringToObject(f, "decision", appr_state_name(res->state));
+    cJSON_AddStringToObject(f, "by", s->subject ? s->subject : "");
+    cJSON_AddStringToObject(f, "by_role", s->role_name);
+    cJSON_AddStringToObject(f, "via", "console");
+    if (res->grant_until_us)
+        cJSON_AddNumberToObject(f, "grant_until", (double)res->grant_until_us);
+    uint64_t seq;
+    if (audit_append(s->srv->audit, AUDIT_REC_NOTE, s->id, f, &seq) < 0)
+        log_event(LOG_ERROR, "audit_append_failed", "session=%s type=note event=approval_decision",
+                  s->id);
+}
+
 void admin_decided(server_t *srv, const appr_result_t *res)
 {
     session_t *s = srv->sessions;
@@ -450,6 +476,7 @@ void admin_decided(server_t *srv, const appr_result_t *res)
                              res->grant_until_us ? until : NULL};
         table_row(&t, row);
         table_send(s, &t, res->state == APPR_APPROVED ? "APPROVE" : "DENY");
+        record_decision(s, res);
         log_event(LOG_INFO, "approval_decided", "session=%s id=%llu state=%s by=\"%s\" via=console",
                   s->id, (unsigned long long)res->id, appr_state_name(res->state), s->subject);
     } else if (res->rc == APPR_NOT_PENDING) {
@@ -627,6 +654,11 @@ void admin_start(session_t *s)
     pgw_write_ready(b, 'I');
     s->state = ST_RELAY;
     ev_timer_stop(s->srv->loop, &s->timer);
+    if (s->role->end_session_at_token_expiry) {
+        double left = (double)s->token_exp - ev_now(s->srv->loop);
+        ev_timer_set(&s->expiry, left > 0 ? left : 0., 0.);
+        ev_timer_start(s->srv->loop, &s->expiry);
+    }
     rec_session_start(s);
     char q[300];
     log_event(LOG_INFO, "session_start", "session=%s peer=%s role=%s target=bulwark sub=%s admin=yes",

@@ -60,7 +60,7 @@ typedef struct named {
     bool writes;
     cJSON *params; /* portals: the Bind values */
     /* statements let through by an approval (held.c): the request, the
-     * grant's end (0: one execution only) and the executions so far */
+     * grant's end (-1: one execution only) and the executions so far */
     uint64_t approval;
     int64_t approval_until_us;
     uint32_t execs;
@@ -330,8 +330,8 @@ static gate_verdict_t refuse(session_t *s, const decided_t *d, const char *sqlst
     int rc = 0;
     if (d->kind == 'P')
         rc = refused_remember(g, d->stmt, message ? message : "refused");
-    if (d->kind == 'P' && s->mf)
-        maskflow_parse_refused(s, d->stmt);
+    if (s->mf)
+        maskflow_refused(s);
     if (rc == 0)
         rc = send_sentinel(s, d->kind, d->stmt, sqlstate, message, position);
     if (d->kind == 'P')
@@ -368,6 +368,16 @@ static gate_verdict_t parse_allowed(session_t *s, decided_t *d, uint64_t approva
     return GATE_FORWARD;
 }
 
+/* An approved statement's effects (search_path, PREPARE, ...) count like an
+ * allowed one's: policy_session_apply only takes allowed results, and an
+ * untracked SET search_path would let later names resolve wrongly. */
+static void apply_approved(policy_session_t *ps, const policy_result_t *r)
+{
+    policy_result_t a = *r;
+    a.decision = POLICY_ALLOW;
+    policy_session_apply(ps, &a);
+}
+
 /* A `review` statement (SPEC 6): a grant lets it through, otherwise it is
  * held for a human or refused naming the request (held.c). */
 static gate_verdict_t settle_review(session_t *s, decided_t *d)
@@ -378,7 +388,7 @@ static gate_verdict_t settle_review(session_t *s, decided_t *d)
     if (k == REVIEW_REFUSE)
         log_refusal(s, d->kind == 'Q' ? "Query" : "Parse", r);
     if (k == REVIEW_PASS) {
-        policy_session_apply(s->gate->ps, r);
+        apply_approved(s->gate->ps, r);
         if (d->kind == 'P')
             return parse_allowed(s, d, rv.approval, rv.grant_until_us ? rv.grant_until_us : -1);
     }
@@ -532,7 +542,7 @@ static gate_verdict_t resume_approval(session_t *s, char type, const uint8_t *bo
               (unsigned long long)approval, h->by);
     s->holding = false;
     approval_end(s, "approved");
-    policy_session_apply(g->ps, &d.r);
+    apply_approved(g->ps, &d.r);
     gate_verdict_t v;
     if (type == 'Q') {
         v = query_sent(s, seq);

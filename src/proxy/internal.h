@@ -364,4 +364,8 @@ void resolver_cancel(struct resolve_req *req);
 
 uint64_t now_ms(void);
 
+/* limits.c: the soft RLIMIT_NOFILE raised to the hard one; client TCP keepalive. */
+void proxy_raise_nofile(void);
+void proxy_client_keepalive(int fd, int64_t idle_ms);
+
 #endif

@@ -39,18 +39,33 @@
 
 typedef struct portal {
     int refs;
-    char *name;
     mask_plan_t *plan;
     mask_desc_t *desc; /* from the Describe of this portal (the real formats) */
-    bool nodata;       /* its Describe said NoData */
     bool described;    /* c2u: a Describe of it went upstream since its Bind */
 } portal_t;
+
+/* A name the server may or may not have accepted yet. PostgreSQL refuses a
+ * second prepared statement or portal (SQL cursors are portals) of the same
+ * name and keeps the first, so what the client sent is only a candidate until
+ * the server's ParseComplete / BindComplete / CommandComplete confirms it. */
+typedef struct pend {
+    uint64_t id;
+    uint64_t group; /* sync group it was sent in */
+    mask_plan_t *plan;
+    portal_t *portal;
+} pend_t;
+
+#define MF_PENDING 8
 
 typedef struct named {
     struct named *next;
     char *name;
-    mask_plan_t *plan; /* prepared, cursor */
-    portal_t *portal;  /* portals */
+    bool have; /* a confirmed value */
+    mask_plan_t *plan;
+    portal_t *portal;
+    pend_t pend[MF_PENDING];
+    int npend;
+    bool lost; /* a pending one did not fit: ambiguous until none is pending */
 } named_t;
 
 typedef struct registry {
@@ -58,12 +73,21 @@ typedef struct registry {
     size_t n;
 } registry_t;
 
+/* A registration an item confirms when its statement succeeds. */
+typedef struct reg_ref {
+    registry_t *reg;
+    char *name;
+    uint64_t id; /* 0: none */
+} reg_ref_t;
+
 typedef enum {
     IT_SYNC,        /* Query or Sync: ends at ReadyForQuery */
     IT_RESULT,      /* one statement of a Query */
     IT_EXECUTE,     /* an Execute of a portal */
     IT_DESC_STMT,   /* Describe of a statement: ParameterDescription, then T or NoData */
     IT_DESC_PORTAL, /* Describe of a portal: T or NoData */
+    IT_PARSE,       /* ParseComplete confirms the statement's name */
+    IT_BIND,        /* BindComplete confirms the portal's name */
     IT_CATALOG,     /* the gateway's catalog read (a Query, swallowed) */
     IT_ROLLBACK,    /* ... and its ROLLBACK when it did not end idle */
 } it_kind_t;
@@ -76,7 +100,14 @@ typedef struct item {
     portal_t *portal;  /* EXECUTE, DESC_PORTAL */
     mask_desc_t *desc; /* RESULT: bound at its RowDescription */
     mask_copy_t *copy; /* RESULT, EXECUTE: COPY TO STDOUT in progress */
+    reg_ref_t reg;     /* confirmed by ParseComplete, BindComplete or CommandComplete */
 } item_t;
+
+/* A statement planned and waiting to go upstream. */
+typedef struct staged {
+    mask_plan_t *plan;
+    reg_ref_t reg;
+} staged_t;
 
 typedef struct pcache {
     char *key; /* sql \x01 search_path candidates */
@@ -103,10 +134,13 @@ struct maskflow {
     item_t *head, *tail;
     size_t nitems;
     bool ext_open; /* extended-protocol messages since the last Sync */
-    /* names */
-    registry_t prepared, cursors, portals;
-    /* plans of the Query being decided, until it goes upstream */
-    mask_plan_t **stash;
+    /* names: prepared statements (Parse, SQL PREPARE) and portals (Bind, SQL
+     * DECLARE), as PostgreSQL keeps them: two namespaces */
+    registry_t prepared, portals;
+    uint64_t group;   /* sync groups sent so far */
+    uint64_t next_id; /* of pending registrations */
+    /* the statements of the Query or Parse being decided, until it goes upstream */
+    staged_t *stash;
     size_t nstash;
     pcache_t cache[MF_CACHE];
     buf_t out;
@@ -145,11 +179,29 @@ void maskflow_rules_free(mask_rules_t **rules, size_t n)
 
 /* ---- registries ------------------------------------------------------------------ */
 
+static portal_t *portal_new(mask_plan_t *plan)
+{
+    portal_t *p = calloc(1, sizeof(*p));
+    if (!p) {
+        mask_plan_release(plan);
+        return NULL;
+    }
+    p->refs = 1;
+    p->plan = plan;
+    return p;
+}
+
+static portal_t *portal_retain(portal_t *p)
+{
+    if (p)
+        p->refs++;
+    return p;
+}
+
 static void portal_release(portal_t *p)
 {
     if (!p || --p->refs > 0)
         return;
-    free(p->name);
     mask_plan_release(p->plan);
     mask_desc_free(p->desc);
     free(p);
@@ -166,21 +218,27 @@ static named_t **reg_slot(registry_t *r, const char *name)
     return p;
 }
 
+static void pend_free(pend_t *e)
+{
+    mask_plan_release(e->plan);
+    portal_release(e->portal);
+    memset(e, 0, sizeof(*e));
+}
+
 static void named_free(named_t *n)
 {
     free(n->name);
     mask_plan_release(n->plan);
     portal_release(n->portal);
+    for (int i = 0; i < n->npend; i++)
+        pend_free(&n->pend[i]);
     free(n);
 }
 
-static void reg_drop(registry_t *r, const char *name)
+static void reg_unlink(registry_t *r, named_t **slot)
 {
-    named_t **p = reg_slot(r, name);
-    if (!*p)
-        return;
-    named_t *n = *p;
-    *p = n->next;
+    named_t *n = *slot;
+    *slot = n->next;
     named_free(n);
     r->n--;
 }
@@ -195,29 +253,169 @@ static void reg_clear(registry_t *r)
     memset(r, 0, sizeof(*r));
 }
 
-/* Takes ownership of plan / portal (released on failure). */
-static int reg_put(registry_t *r, const char *name, mask_plan_t *plan, portal_t *portal)
+static named_t *reg_entry(registry_t *r, const char *name, bool create)
 {
-    reg_drop(r, name);
+    named_t **slot = reg_slot(r, name);
+    if (*slot || !create)
+        return *slot;
     named_t *n = r->n < MF_MAX_NAMED ? calloc(1, sizeof(*n)) : NULL;
     if (!n || !(n->name = strdup(name))) {
         free(n);
-        mask_plan_release(plan);
-        portal_release(portal);
-        return -1;
+        return NULL;
     }
-    n->plan = plan;
-    n->portal = portal;
-    named_t **slot = reg_slot(r, name);
-    n->next = *slot;
     *slot = n;
     r->n++;
+    return n;
+}
+
+/* A candidate for name (takes plan / portal). Returns its id, 0 when out of memory. */
+static uint64_t reg_pend(maskflow_t *mf, registry_t *r, const char *name, mask_plan_t *plan,
+                         portal_t *portal)
+{
+    named_t *n = reg_entry(r, name, true);
+    if (!n) {
+        mask_plan_release(plan);
+        portal_release(portal);
+        return 0;
+    }
+    if (n->npend == MF_PENDING) { /* the oldest one's outcome is then not followed */
+        pend_free(&n->pend[0]);
+        memmove(&n->pend[0], &n->pend[1], (MF_PENDING - 1) * sizeof(pend_t));
+        n->npend--;
+        n->lost = true;
+    }
+    pend_t *e = &n->pend[n->npend++];
+    e->id = ++mf->next_id;
+    e->group = mf->group;
+    e->plan = plan;
+    e->portal = portal;
+    return e->id;
+}
+
+/* The server answered the statement that sent a candidate: ok = it took it. */
+static void reg_resolve(reg_ref_t *ref, bool ok)
+{
+    if (!ref->id)
+        return;
+    named_t **slot = reg_slot(ref->reg, ref->name);
+    named_t *n = *slot;
+    for (int i = 0; n && i < n->npend; i++) {
+        if (n->pend[i].id != ref->id)
+            continue;
+        pend_t e = n->pend[i];
+        memmove(&n->pend[i], &n->pend[i + 1], (size_t)(n->npend - i - 1) * sizeof(pend_t));
+        n->npend--;
+        if (ok) {
+            mask_plan_release(n->plan);
+            portal_release(n->portal);
+            n->plan = e.plan;
+            n->portal = e.portal;
+            n->have = true;
+        } else {
+            pend_free(&e);
+        }
+        if (!n->npend)
+            n->lost = false;
+        break;
+    }
+    if (n && !n->have && !n->npend)
+        reg_unlink(ref->reg, slot);
+    free(ref->name);
+    memset(ref, 0, sizeof(*ref));
+}
+
+static int ref_set(reg_ref_t *ref, registry_t *r, const char *name, uint64_t id)
+{
+    ref->reg = r;
+    ref->id = id;
+    ref->name = id ? strdup(name) : NULL;
+    if (id && !ref->name) {
+        ref->id = 0; /* stays pending: lookups of the name stay ambiguous */
+        return -1;
+    }
+    return id ? 0 : -1;
+}
+
+/* What a name stands for now, seen from a message of the current sync group:
+ * a candidate sent in this same group is the one (had the server refused it,
+ * it would skip this message too: PG docs 55.2.3); otherwise every candidate
+ * still possible must agree. *plan (retained) / *portal (a reference) are NULL
+ * when nothing is known; ambiguous gives a plan that masks every column (and,
+ * for a portal, a new portal object that will be described). */
+static bool same_shape(const mask_plan_t *a, const mask_plan_t *b);
+
+static int reg_lookup(maskflow_t *mf, registry_t *r, const char *name, uint64_t group,
+                      mask_plan_t **plan, portal_t **portal)
+{
+    *plan = NULL;
+    if (portal)
+        *portal = NULL;
+    named_t *n = reg_entry(r, name, false);
+    if (!n)
+        return 0;
+    const pend_t *cur = NULL;
+    for (int i = 0; i < n->npend; i++)
+        if (n->pend[i].group == group)
+            cur = &n->pend[i];
+    if (cur) {
+        *plan = mask_plan_retain(cur->plan ? cur->plan : cur->portal->plan);
+        if (portal)
+            *portal = portal_retain(cur->portal);
+        return 0;
+    }
+    const mask_plan_t *first = NULL;
+    portal_t *only = NULL;
+    int ncand = 0;
+    bool agree = !n->lost;
+    if (n->have) {
+        first = n->plan ? n->plan : n->portal->plan;
+        only = n->portal;
+        ncand++;
+    }
+    for (int i = 0; i < n->npend; i++) {
+        const mask_plan_t *p = n->pend[i].plan ? n->pend[i].plan : n->pend[i].portal->plan;
+        if (!first)
+            first = p;
+        else if (!same_shape(first, p))
+            agree = false;
+        only = n->pend[i].portal;
+        ncand++;
+    }
+    if (!ncand)
+        return 0;
+    if (ncand == 1 && agree) {
+        *plan = mask_plan_retain((mask_plan_t *)first);
+        if (portal)
+            *portal = portal_retain(only);
+        return 0;
+    }
+    *plan = agree ? mask_plan_retain((mask_plan_t *)first) : mask_plan_unknown(mf->rules);
+    if (!*plan)
+        return -1;
+    if (portal && !(*portal = portal_new(mask_plan_retain(*plan)))) {
+        mask_plan_release(*plan);
+        *plan = NULL;
+        return -1;
+    }
     return 0;
 }
 
-static named_t *reg_get(registry_t *r, const char *name)
+/* Close (protocol): the name is gone, whatever was pending. Later lookups find
+ * nothing and mask whole. */
+static void reg_forget(registry_t *r, const char *name)
 {
-    return *reg_slot(r, name);
+    named_t **slot = reg_slot(r, name);
+    named_t *n = *slot;
+    if (!n)
+        return;
+    mask_plan_release(n->plan);
+    portal_release(n->portal);
+    n->plan = NULL;
+    n->portal = NULL;
+    n->have = false;
+    n->lost = n->npend > 0; /* what is pending may still arrive: stay ambiguous */
+    if (!n->npend)
+        reg_unlink(r, slot);
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------- */
@@ -252,6 +450,7 @@ maskflow_t *maskflow_new(session_t *s, bool *oom)
 
 static void item_free(item_t *it)
 {
+    reg_resolve(&it->reg, false); /* not confirmed: the server did not take it */
     mask_plan_release(it->plan);
     portal_release(it->portal);
     mask_desc_free(it->desc);
@@ -259,10 +458,13 @@ static void item_free(item_t *it)
     free(it);
 }
 
+/* Statements planned but not sent (refused, or replaced by the next decision). */
 static void stash_clear(maskflow_t *mf)
 {
-    for (size_t i = 0; i < mf->nstash; i++)
-        mask_plan_release(mf->stash[i]);
+    for (size_t i = 0; i < mf->nstash; i++) {
+        reg_resolve(&mf->stash[i].reg, false);
+        mask_plan_release(mf->stash[i].plan);
+    }
     free(mf->stash);
     mf->stash = NULL;
     mf->nstash = 0;
@@ -285,10 +487,9 @@ void maskflow_free(maskflow_t *mf)
         n = it->next;
         item_free(it);
     }
-    reg_clear(&mf->prepared);
-    reg_clear(&mf->cursors);
-    reg_clear(&mf->portals);
     stash_clear(mf);
+    reg_clear(&mf->prepared);
+    reg_clear(&mf->portals);
     for (size_t i = 0; i < MF_CACHE; i++)
         cache_entry_clear(&mf->cache[i]);
     catalog_free(mf->cat);
@@ -381,8 +582,8 @@ bool maskflow_c2u_ready(session_t *s, char type, size_t avail, size_t total)
     maskflow_t *mf = s->mf;
     if (mf->waiting)
         return false;
-    if (type == 'D' && avail < total)
-        return false;
+    if (type == 'D' && avail < total && total <= 64 * 1024)
+        return false; /* larger: malformed, see c2u_describe */
     if ((type == 'Q' || type == 'P') && catalog_due(mf) && upstream_idle(mf)) {
         if (start_catalog_read(mf))
             return false;
@@ -421,10 +622,21 @@ static void catalog_done(maskflow_t *mf, bool ok)
               mf->s->id, mf->s->role_name);
 }
 
-static mf_verdict_t catalog_message(maskflow_t *mf, char type, const uint8_t *body, size_t len)
+static mf_verdict_t on_notification(maskflow_t *mf, const uint8_t *body, size_t len,
+                                    const uint8_t **rep, size_t *replen);
+
+/* Replies to the catalog read are the gateway's own: swallowed. Messages the
+ * server sends on its own at any time (NotificationResponse, ParameterStatus)
+ * still go to the client. */
+static mf_verdict_t catalog_message(maskflow_t *mf, char type, const uint8_t *body, size_t len,
+                                    const uint8_t **rep, size_t *replen)
 {
     item_t *it = mf->head;
     switch (type) {
+    case 'A':
+        return on_notification(mf, body, len, rep, replen);
+    case 'S':
+        return MF_PASS;
     case 'D':
         if (it->kind == IT_CATALOG && !mf->load_error &&
             catalog_add_row(mf->loading, body, len) < 0)
@@ -636,16 +848,22 @@ static int plan_cached(maskflow_t *mf, const char *sql, size_t len, const paths_
     return rc;
 }
 
-/* FETCH and EXECUTE stand for the plan remembered under their name; the
- * statement's own plan masks everything. Returns a retained plan. */
+/* FETCH and EXECUTE stand for the plan remembered under their name (in this
+ * group: see reg_lookup); the statement's own plan masks everything. Returns a
+ * retained plan, NULL when out of memory. */
 static mask_plan_t *substitute(maskflow_t *mf, mask_plan_t *p)
 {
     mask_stmt_kind_t k = mask_plan_kind(p);
     const char *name = mask_plan_name(p);
     if ((k != MASK_STMT_FETCH && k != MASK_STMT_EXECUTE) || !name)
         return mask_plan_retain(p);
-    named_t *n = reg_get(k == MASK_STMT_FETCH ? &mf->cursors : &mf->prepared, name);
-    return mask_plan_retain(n && n->plan ? n->plan : p);
+    mask_plan_t *found;
+    portal_t *portal = NULL;
+    if (reg_lookup(mf, k == MASK_STMT_FETCH ? &mf->portals : &mf->prepared, name, mf->group,
+                   &found, k == MASK_STMT_FETCH ? &portal : NULL) < 0)
+        return NULL;
+    portal_release(portal);
+    return found ? found : mask_plan_retain(p);
 }
 
 static bool may_change_catalog(const policy_result_t *r)
@@ -660,17 +878,23 @@ static bool may_change_catalog(const policy_result_t *r)
     return false;
 }
 
-/* Remember what a statement defines for later statements: cursors, prepared. */
-static int remember(maskflow_t *mf, mask_plan_t *p)
+/* A statement that defines a name for later ones (DECLARE, PREPARE): its plan
+ * is a candidate for that name until the statement's CommandComplete. */
+static int remember(maskflow_t *mf, staged_t *st)
 {
-    const char *name = mask_plan_name(p);
-    if (!name)
+    const char *name = mask_plan_name(st->plan);
+    mask_stmt_kind_t k = mask_plan_kind(st->plan);
+    if (!name || (k != MASK_STMT_CURSOR && k != MASK_STMT_PREPARE))
         return 0;
-    if (mask_plan_kind(p) == MASK_STMT_CURSOR)
-        return reg_put(&mf->cursors, name, mask_plan_retain(p), NULL);
-    if (mask_plan_kind(p) == MASK_STMT_PREPARE)
-        return reg_put(&mf->prepared, name, mask_plan_retain(p), NULL);
-    return 0;
+    registry_t *r = k == MASK_STMT_CURSOR ? &mf->portals : &mf->prepared;
+    uint64_t id;
+    if (k == MASK_STMT_CURSOR) {
+        portal_t *p = portal_new(mask_plan_retain(st->plan));
+        id = p ? reg_pend(mf, r, name, NULL, p) : 0;
+    } else {
+        id = reg_pend(mf, r, name, mask_plan_retain(st->plan), NULL);
+    }
+    return ref_set(&st->reg, r, name, id);
 }
 
 int maskflow_plan(session_t *s, policy_session_t *ps, char kind, const char *stmt,
@@ -690,85 +914,75 @@ int maskflow_plan(session_t *s, policy_session_t *ps, char kind, const char *stm
         snprintf(msg, msgsz, "bulwark: the statement cannot be checked for masked columns");
         return 1;
     }
-    for (size_t i = 0; i < n; i++) {
-        mask_plan_t *sub = substitute(mf, plans[i]);
-        mask_plan_release(plans[i]);
-        plans[i] = sub;
-    }
-    for (size_t i = 0; i < n; i++) {
+    stash_clear(mf);
+    size_t nplans = n;
+    staged_t *st = calloc(n ? n : 1, sizeof(*st));
+    if (!st)
+        rc = -1;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        /* one after the other: a FETCH sees the DECLARE before it in the same string;
+         * a Parse's FETCH / EXECUTE is resolved when it is bound (executed) */
+        st[i].plan = kind == 'Q' ? substitute(mf, plans[i]) : mask_plan_retain(plans[i]);
+        if (!st[i].plan) {
+            rc = -1;
+            break;
+        }
         char why[400];
-        if (mask_plan_denied(plans[i], why, sizeof(why))) {
+        if (mask_plan_denied(st[i].plan, why, sizeof(why))) {
             snprintf(msg, msgsz, "bulwark: %s (role %s)", why, s->role_name);
             rc = 1;
             break;
         }
-    }
-    for (size_t i = 0; rc == 0 && i < n; i++)
-        if (remember(mf, plans[i]) < 0)
+        /* DECLARE / PREPARE sent by Parse define their name at Execute */
+        if (kind == 'Q' && remember(mf, &st[i]) < 0)
             rc = -1;
+    }
+    if (rc == 0 && kind == 'P' && n == 0 && !(st[0].plan = mask_plan_unknown(mf->rules)))
+        rc = -1;
     if (rc == 0 && kind == 'P') {
-        mask_plan_t *p = n ? mask_plan_retain(plans[0]) : NULL;
-        if (!p && !(p = mask_plan_unknown(mf->rules)))
+        /* the statement's name is a candidate until ParseComplete */
+        uint64_t id = reg_pend(mf, &mf->prepared, stmt, mask_plan_retain(st[0].plan), NULL);
+        if (ref_set(&st[0].reg, &mf->prepared, stmt, id) < 0)
             rc = -1;
-        else if (reg_put(&mf->prepared, stmt, p, NULL) < 0)
-            rc = -1;
+        n = 1;
     }
-    if (rc == 0 && kind == 'Q') {
+    mf->stash = st;
+    mf->nstash = st ? n : 0;
+    if (rc != 0)
         stash_clear(mf);
-        mf->stash = plans;
-        mf->nstash = n;
-        plans = NULL;
-    }
-    if (plans) {
-        for (size_t i = 0; i < n; i++)
-            mask_plan_release(plans[i]);
-        free(plans);
-    }
+    for (size_t i = 0; i < nplans; i++)
+        mask_plan_release(plans[i]);
+    free(plans);
     if (rc == 0 && may_change_catalog(r))
         mf->dirty = true;
     return rc;
 }
 
-void maskflow_parse_refused(session_t *s, const char *stmt)
+void maskflow_refused(session_t *s)
 {
-    reg_drop(&s->mf->prepared, stmt);
+    stash_clear(s->mf);
 }
 
 void maskflow_sentinel(session_t *s, char kind)
 {
     maskflow_t *mf = s->mf;
-    if (kind == 'Q' && !push(mf, IT_SYNC))
-        mf->ext_open = true; /* cannot fail open: the next E pops; stay conservative */
+    if (kind != 'Q')
+        return;
+    if (push(mf, IT_SYNC))
+        mf->group++;
+    else
+        mf->ext_open = true; /* out of memory: no idle point is trusted any more */
 }
 
 /* ---- c2u ---------------------------------------------------------------------------- */
 
-static portal_t *portal_new(const char *name, mask_plan_t *plan)
+static int sync_point(maskflow_t *mf)
 {
-    portal_t *p = calloc(1, sizeof(*p));
-    if (!p || !(p->name = strdup(name))) {
-        free(p);
-        mask_plan_release(plan);
-        return NULL;
-    }
-    p->refs = 1;
-    p->plan = plan;
-    return p;
-}
-
-/* The portal of that name; one the client did not Bind through us is a SQL
- * cursor (DECLARE), or unknown (masked whole). The registry owns it. */
-static portal_t *portal_find(maskflow_t *mf, const char *name)
-{
-    named_t *n = reg_get(&mf->portals, name);
-    if (n)
-        return n->portal;
-    named_t *c = reg_get(&mf->cursors, name);
-    mask_plan_t *plan = c ? mask_plan_retain(c->plan) : mask_plan_unknown(mf->rules);
-    portal_t *p = plan ? portal_new(name, plan) : NULL;
-    if (!p || reg_put(&mf->portals, name, NULL, p) < 0)
-        return NULL;
-    return p;
+    mf->ext_open = false;
+    if (!push(mf, IT_SYNC))
+        return -1;
+    mf->group++;
+    return 0;
 }
 
 static int c2u_query(maskflow_t *mf)
@@ -777,14 +991,54 @@ static int c2u_query(maskflow_t *mf)
         item_t *it = push(mf, IT_RESULT);
         if (!it)
             return -1;
-        it->plan = mf->stash[i];
-        mf->stash[i] = NULL;
+        it->plan = mf->stash[i].plan;
+        it->reg = mf->stash[i].reg;
+        memset(&mf->stash[i], 0, sizeof(mf->stash[i]));
     }
     if (mf->nstash == 0 && !push(mf, IT_RESULT)) /* EmptyQueryResponse */
         return -1;
     stash_clear(mf);
-    mf->ext_open = false;
-    return push(mf, IT_SYNC) ? 0 : -1;
+    return sync_point(mf);
+}
+
+static int c2u_parse(maskflow_t *mf)
+{
+    mf->ext_open = true;
+    item_t *it = push(mf, IT_PARSE);
+    if (!it)
+        return -1;
+    if (mf->nstash) {
+        it->reg = mf->stash[0].reg;
+        memset(&mf->stash[0].reg, 0, sizeof(reg_ref_t));
+    }
+    stash_clear(mf);
+    return 0;
+}
+
+/* The plan of a prepared statement, or one that masks every column. */
+static mask_plan_t *stmt_plan(maskflow_t *mf, const char *name)
+{
+    mask_plan_t *p;
+    if (reg_lookup(mf, &mf->prepared, name, mf->group, &p, NULL) < 0)
+        return NULL;
+    return p ? p : mask_plan_unknown(mf->rules);
+}
+
+/* The portal of that name (a reference): bound through us, a SQL cursor, or
+ * unknown (a new portal that masks every column). */
+static portal_t *portal_get(maskflow_t *mf, const char *name)
+{
+    mask_plan_t *plan;
+    portal_t *p;
+    if (reg_lookup(mf, &mf->portals, name, mf->group, &plan, &p) < 0)
+        return NULL;
+    if (p) {
+        mask_plan_release(plan);
+        return p;
+    }
+    mask_plan_release(plan);
+    plan = mask_plan_unknown(mf->rules);
+    return plan ? portal_new(plan) : NULL;
 }
 
 static int c2u_bind(maskflow_t *mf, const uint8_t *body, size_t avail)
@@ -792,73 +1046,79 @@ static int c2u_bind(maskflow_t *mf, const uint8_t *body, size_t avail)
     const char *portal = (const char *)body;
     size_t pl = strnlen(portal, avail);
     if (pl == avail)
-        return -1;
+        return -2;
     const char *stmt = portal + pl + 1;
     if (strnlen(stmt, avail - pl - 1) == avail - pl - 1)
+        return -2;
+    mask_plan_t *raw = stmt_plan(mf, stmt);
+    mask_plan_t *plan = raw ? substitute(mf, raw) : NULL;
+    mask_plan_release(raw);
+    portal_t *p = plan ? portal_new(plan) : NULL;
+    item_t *it = p ? push(mf, IT_BIND) : NULL;
+    if (!it) {
+        portal_release(p);
         return -1;
-    named_t *st = reg_get(&mf->prepared, stmt);
-    mask_plan_t *plan = st ? mask_plan_retain(st->plan) : mask_plan_unknown(mf->rules);
-    portal_t *p = plan ? portal_new(portal, plan) : NULL;
-    if (!p)
-        return -1;
-    return reg_put(&mf->portals, portal, NULL, p);
+    }
+    uint64_t id = reg_pend(mf, &mf->portals, portal, NULL, p);
+    return ref_set(&it->reg, &mf->portals, portal, id);
 }
 
 static int c2u_describe(maskflow_t *mf, const uint8_t *body, size_t len)
 {
-    if (len < 2 || body[len - 1] != '\0')
-        return -1;
+    if (len < 2 || body[len - 1] != '\0' || (body[0] != 'S' && body[0] != 'P'))
+        return -2;
     const char *name = (const char *)body + 1;
     if (body[0] == 'S') {
         item_t *it = push(mf, IT_DESC_STMT);
-        if (!it)
-            return -1;
-        named_t *st = reg_get(&mf->prepared, name);
-        it->plan = st ? mask_plan_retain(st->plan) : mask_plan_unknown(mf->rules);
-        return it->plan ? 0 : -1;
+        return it && (it->plan = stmt_plan(mf, name)) ? 0 : -1;
     }
-    portal_t *p = portal_find(mf, name);
+    portal_t *p = portal_get(mf, name);
     item_t *it = p ? push(mf, IT_DESC_PORTAL) : NULL;
-    if (!it)
+    if (!it) {
+        portal_release(p);
         return -1;
+    }
     p->described = true;
-    p->refs++;
     it->portal = p;
     return 0;
 }
 
-/* DESIGN 2.4: an Execute whose portal's shape is unknown gets our Describe first. */
+/* DESIGN 2.4: an Execute whose portal's shape is unknown gets our Describe
+ * first. An Execute of SQL DECLARE / PREPARE defines that name. */
 static int c2u_execute(maskflow_t *mf, const uint8_t *body, size_t len)
 {
     const char *name = (const char *)body;
     if (strnlen(name, len) == len)
-        return -1;
-    portal_t *p = portal_find(mf, name);
+        return -2;
+    portal_t *p = portal_get(mf, name);
     if (!p)
         return -1;
     if (!p->described) {
         item_t *d = push(mf, IT_DESC_PORTAL);
-        if (!d)
+        if (!d) {
+            portal_release(p);
             return -1;
+        }
         d->swallow = true;
-        d->portal = p;
-        p->refs++;
+        d->portal = portal_retain(p);
         p->described = true;
         pgw_write_describe(&mf->s->upstream.out, 'P', name);
     }
     item_t *it = push(mf, IT_EXECUTE);
-    if (!it)
+    if (!it) {
+        portal_release(p);
         return -1;
+    }
     it->portal = p;
-    p->refs++;
-    return 0;
+    staged_t st = {.plan = p->plan};
+    return remember(mf, &st) < 0 ? -1 : (it->reg = st.reg, 0);
 }
 
 static int c2u_close(maskflow_t *mf, const uint8_t *body, size_t len)
 {
     if (len < 2 || body[len - 1] != '\0')
-        return -1;
-    reg_drop(body[0] == 'S' ? &mf->prepared : &mf->portals, (const char *)body + 1);
+        return -2;
+    reg_forget(body[0] == 'S' ? &mf->prepared : &mf->portals, (const char *)body + 1);
     return 0;
 }
 
@@ -869,8 +1129,7 @@ int maskflow_c2u(session_t *s, char type, const uint8_t *body, size_t avail)
     case 'Q':
         return c2u_query(mf);
     case 'P':
-        mf->ext_open = true;
-        return 0;
+        return c2u_parse(mf);
     case 'B':
         mf->ext_open = true;
         return c2u_bind(mf, body, avail);
@@ -884,8 +1143,7 @@ int maskflow_c2u(session_t *s, char type, const uint8_t *body, size_t avail)
         mf->ext_open = true;
         return c2u_close(mf, body, avail);
     case 'S':
-        mf->ext_open = false;
-        return push(mf, IT_SYNC) ? 0 : -1;
+        return sync_point(mf);
     default:
         return 0;
     }
@@ -932,6 +1190,8 @@ bool maskflow_u2c_whole(const session_t *s, char type)
     case 'T':
     case 't':
     case 'n':
+    case '1':
+    case '2':
     case 'C':
     case 'I':
     case 's':
@@ -1003,7 +1263,6 @@ static mf_verdict_t on_rowdesc(maskflow_t *mf, const uint8_t *body, size_t len,
     } else if (it && it->kind == IT_DESC_PORTAL) {
         mask_desc_free(it->portal->desc);
         it->portal->desc = d;
-        it->portal->nodata = false;
         swallow = it->swallow;
         pop(mf);
     } else {
@@ -1025,7 +1284,6 @@ static mf_verdict_t on_nodata(maskflow_t *mf)
     if (it && it->kind == IT_DESC_PORTAL) {
         mask_desc_free(it->portal->desc);
         it->portal->desc = NULL;
-        it->portal->nodata = true;
         swallow = it->swallow;
         pop(mf);
     } else if (it && it->kind == IT_DESC_STMT) {
@@ -1079,6 +1337,18 @@ static void on_done(maskflow_t *mf, char type)
     if (type == 's' && it->kind != IT_EXECUTE)
         return;
     log_summary(mf, current_desc(mf));
+    if (type == 'C') /* DECLARE / PREPARE took their names */
+        reg_resolve(&it->reg, true);
+    pop(mf);
+}
+
+/* ParseComplete / BindComplete: the server took the name. */
+static void on_complete(maskflow_t *mf, it_kind_t kind)
+{
+    item_t *it = mf->head;
+    if (!it || it->kind != kind)
+        return;
+    reg_resolve(&it->reg, true);
     pop(mf);
 }
 
@@ -1150,6 +1420,20 @@ static mf_verdict_t on_copy_data(maskflow_t *mf, char type, const uint8_t *body,
     return rc == 1 ? MF_REPLACED : MF_PASS;
 }
 
+static mf_verdict_t on_notification(maskflow_t *mf, const uint8_t *body, size_t len,
+                                    const uint8_t **rep, size_t *replen)
+{
+    buf_reset(&mf->out);
+    int rc = mask_rewrite_notification(mf->rules, mf->scratch, body, len, &mf->out);
+    if (rc < 0 || mf->out.failed) {
+        fail(mf->s, "XX000", "bulwark: a notification could not be masked; the session is closed");
+        return MF_FAIL;
+    }
+    *rep = mf->out.data;
+    *replen = mf->out.len;
+    return rc == 1 ? MF_REPLACED : MF_PASS;
+}
+
 mf_verdict_t maskflow_u2c(session_t *s, char type, const uint8_t *body, size_t len,
                           const uint8_t **rep, size_t *replen)
 {
@@ -1157,12 +1441,18 @@ mf_verdict_t maskflow_u2c(session_t *s, char type, const uint8_t *body, size_t l
     *rep = NULL;
     *replen = 0;
     if (mf->head && (mf->head->kind == IT_CATALOG || mf->head->kind == IT_ROLLBACK))
-        return catalog_message(mf, type, body, len);
+        return catalog_message(mf, type, body, len, rep, replen);
     switch (type) {
     case 'T':
         return on_rowdesc(mf, body, len, rep, replen);
     case 'n':
         return on_nodata(mf);
+    case '1':
+        on_complete(mf, IT_PARSE);
+        return MF_PASS;
+    case '2':
+        on_complete(mf, IT_BIND);
+        return MF_PASS;
     case 'D':
         return on_datarow(mf, body, len, rep, replen);
     case 'C':
@@ -1173,17 +1463,8 @@ mf_verdict_t maskflow_u2c(session_t *s, char type, const uint8_t *body, size_t l
     case 'E':
     case 'N':
         return on_error(mf, type, body, len, rep, replen);
-    case 'A': {
-        buf_reset(&mf->out);
-        int rc = mask_rewrite_notification(mf->rules, mf->scratch, body, len, &mf->out);
-        if (rc < 0 || mf->out.failed) {
-            fail(s, "XX000", "bulwark: a notification could not be masked; the session is closed");
-            return MF_FAIL;
-        }
-        *rep = mf->out.data;
-        *replen = mf->out.len;
-        return rc == 1 ? MF_REPLACED : MF_PASS;
-    }
+    case 'A':
+        return on_notification(mf, body, len, rep, replen);
     case 'Z':
         while (mf->head && !is_sync(mf->head))
             pop(mf);

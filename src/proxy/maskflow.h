@@ -64,13 +64,14 @@ bool maskflow_c2u_ready(struct session *s, char type, size_t avail, size_t total
 int maskflow_plan(struct session *s, policy_session_t *ps, char kind, const char *stmt,
                   const char *sql, size_t len, const policy_result_t *r, char *msg,
                   size_t msgsz);
-/* gate.c: a refused Parse: the server will not know `stmt`. */
-void maskflow_parse_refused(struct session *s, const char *stmt);
+/* gate.c: the statement just planned is refused after all (its names are not defined). */
+void maskflow_refused(struct session *s);
 /* gate.c: a sentinel went upstream ('Q': a Query, answered by E and Z). */
 void maskflow_sentinel(struct session *s, char kind);
 /* session.c: the message at the client input's head goes upstream now
  * (body: avail bytes of it; whole except a Bind's parameters). May write an
- * injected Describe upstream first. -1: out of memory (end the session). */
+ * injected Describe upstream first. -1: out of memory, -2: malformed (end the
+ * session). */
 int maskflow_c2u(struct session *s, char type, const uint8_t *body, size_t avail);
 
 /* u2c. Whether the message must be held whole before it is forwarded. */

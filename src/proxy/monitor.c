@@ -28,16 +28,16 @@ typedef struct probe {
     struct monitor *mon;
     char *name, *host;
     int port;
-    int fd;                  /* connecting, or -1 */
+    int fd; /* connecting, or -1 */
     ev_io w;
-    struct resolve_req *req; /* resolving, or NULL */
+    struct resolve_req *req;                          /* resolving, or NULL */
     struct sockaddr_storage addrs[RESOLVE_MAX_ADDRS]; /* tried in turn, as libpq does */
     socklen_t lens[RESOLVE_MAX_ADDRS];
     int naddrs, next_addr;
-    double started;          /* ev_now when the running attempt began */
-    bool tried, up;          /* a result exists; the last attempt connected */
-    double last_ok;          /* ev_now of the last success */
-    char err[160];           /* why the last attempt failed */
+    double started; /* ev_now when the running attempt began */
+    bool tried, up; /* a result exists; the last attempt connected */
+    double last_ok; /* ev_now of the last success */
+    char err[160];  /* why the last attempt failed */
 } probe_t;
 
 typedef struct monitor {
@@ -81,8 +81,7 @@ static void probe_done(probe_t *p, const char *err)
     snprintf(p->err, sizeof(p->err), "%s", err);
     char q[200];
     if (was_up)
-        log_event(LOG_WARN, "target_down", "target=%s error=%s", p->name,
-                  log_q(q, sizeof(q), err));
+        log_event(LOG_WARN, "target_down", "target=%s error=%s", p->name, log_q(q, sizeof(q), err));
 }
 
 static void probe_connect(probe_t *p);
@@ -226,12 +225,12 @@ bool monitor_ready(server_t *srv, char *why, size_t whysz)
     monitor_t *m = srv->monitor;
     size_t len = 0;
     why[0] = '\0';
-#define WHY(...)                                                                   \
-    do {                                                                           \
-        if (len < whysz) {                                                         \
-            int k_ = snprintf(why + len, whysz - len, __VA_ARGS__);                \
-            len += k_ > 0 ? (size_t)k_ : 0;                                        \
-        }                                                                          \
+#define WHY(...)                                                                                   \
+    do {                                                                                           \
+        if (len < whysz) {                                                                         \
+            int k_ = snprintf(why + len, whysz - len, __VA_ARGS__);                                \
+            len += k_ > 0 ? (size_t)k_ : 0;                                                        \
+        }                                                                                          \
     } while (0)
     if (srv->draining)
         WHY("draining: the gateway is shutting down\n");
@@ -282,8 +281,8 @@ static void route_metrics(void *arg, buf_t *out)
     for (size_t i = 0; i < m->n; i++) {
         th[i].name = m->probes[i].name;
         th[i].up = m->probes[i].tried && m->probes[i].up;
-        th[i].last_ok_age = m->probes[i].last_ok > 0 ? ev_now(srv->loop) - m->probes[i].last_ok
-                                                     : -1;
+        th[i].last_ok_age =
+            m->probes[i].last_ok > 0 ? ev_now(srv->loop) - m->probes[i].last_ok : -1;
     }
     x.targets = th;
     x.n_targets = m->n;
@@ -333,9 +332,11 @@ void monitor_reload(server_t *srv)
         return;
     }
     if (!cfg->metrics_listen || strcmp(cfg->metrics_listen, m->listen))
-        log_event(LOG_WARN, "reload_metrics_unchanged", "reason=\"metrics_listen needs a restart\"");
+        log_event(LOG_WARN, "reload_metrics_unchanged",
+                  "reason=\"metrics_listen needs a restart\"");
     if (probes_build(m, cfg) < 0)
-        log_event(LOG_ERROR, "metrics_failed", "error=\"out of memory: probes keep the old targets\"");
+        log_event(LOG_ERROR, "metrics_failed",
+                  "error=\"out of memory: probes keep the old targets\"");
     ev_feed_event(srv->loop, &m->tick, EV_TIMER); /* probe the new targets now */
 }
 

@@ -276,6 +276,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             refuse(fd, "53300", "sorry, too many clients already");
             continue;
         }
+        proxy_client_keepalive(fd, srv->rt->cfg->tcp_keepalive_ms);
         session_t *s = session_new(srv, fd, (struct sockaddr *)&peer);
         metrics_connection(srv->metrics);
         if (!s) {
@@ -700,6 +701,7 @@ static void shared_close(server_t *srv)
 int proxy_serve(const char *config_path)
 {
     signal(SIGPIPE, SIG_IGN);
+    proxy_raise_nofile();
     server_t srv;
     memset(&srv, 0, sizeof(srv));
     srv.listen_fd = -1;

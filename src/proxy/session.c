@@ -228,11 +228,14 @@ void session_fail(session_t *s, const char *severity, const char *sqlstate, cons
         session_close(s, msg);
         return;
     }
+    /* sqlstate may point into the upstream's input buffer, which upstream_close frees */
+    char code[6];
+    snprintf(code, sizeof(code), "%s", sqlstate);
     char q[600];
-    log_event(LOG_INFO, "session_error", "session=%s sqlstate=%s message=%s", s->id, sqlstate,
+    log_event(LOG_INFO, "session_error", "session=%s sqlstate=%s message=%s", s->id, code,
               log_q(q, sizeof(q), msg));
     upstream_close(s);
-    pgw_write_error(&s->client.out, severity, sqlstate, msg);
+    pgw_write_error(&s->client.out, severity, code, msg);
     s->state = ST_CLOSING;
     ev_timer_stop(s->srv->loop, &s->timer);
     ev_timer_set(&s->timer, CLOSE_FLUSH_TIMEOUT, 0.);
@@ -817,10 +820,15 @@ static void relay_c2u(session_t *s)
         if (g == 2)
             continue;
         size_t total = 5 + (size_t)h.len;
-        if (s->mf && maskflow_c2u(s, h.type, buf_head(&c->in) + 5,
-                                  buf_unread(&c->in) - 5 < h.len ? buf_unread(&c->in) - 5
-                                                                 : h.len) < 0) {
-            session_fail(s, "FATAL", "53200", "bulwark: out of memory tracking result shapes");
+        int m = s->mf ? maskflow_c2u(s, h.type, buf_head(&c->in) + 5,
+                                     buf_unread(&c->in) - 5 < h.len ? buf_unread(&c->in) - 5
+                                                                    : h.len)
+                      : 0;
+        if (m < 0) {
+            if (m == -2)
+                session_fail(s, "FATAL", "08P01", "bulwark: malformed protocol message");
+            else
+                session_fail(s, "FATAL", "53200", "bulwark: out of memory tracking result shapes");
             return;
         }
         size_t n = buf_unread(&c->in) < total ? buf_unread(&c->in) : total;

@@ -37,6 +37,9 @@ SCHEMA = """
 create table orders (id int primary key, note text);
 create table items (id int primary key, note text);
 create table slow (id int primary key, note text);
+create schema hidden;
+create table hidden.orders (id int, secret text);
+insert into hidden.orders values (1, 'not for agents');
 """
 
 AGENT = {
@@ -62,8 +65,19 @@ AGENT = {
 DBA = {
     "role": "dba",
     "admin": True,
-    "identities": [{"iss": harness.ISSUER, "sub": "alice"}, {"iss": harness.ISSUER,
-                                                            "sub": "dba-*"}],
+    # AGENT_SUB is also a dba identity here, to show that nobody approves their own request
+    "identities": [{"iss": harness.ISSUER, "sub": "alice"},
+                   {"iss": harness.ISSUER, "sub": "dba-*"},
+                   {"iss": harness.ISSUER, "sub": AGENT_SUB}],
+    "upstream": {DB: {"user": SUPER, "password_file": f"../secrets/{SUPER}"}},
+    "default": "deny",
+    "rules": [],
+}
+
+AUDITOR = {  # an admin, but not an approver of any rule
+    "role": "auditor",
+    "admin": True,
+    "identities": [{"iss": harness.ISSUER, "sub": "auditor-*"}],
     "upstream": {DB: {"user": SUPER, "password_file": f"../secrets/{SUPER}"}},
     "default": "deny",
     "rules": [],
@@ -119,7 +133,7 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     hook = HookServer()
     g = start_policy_gateway("gw-approvals", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
-                             policies=[AGENT, DBA, OTHER], passwords={SUPER: pw},
+                             policies=[AGENT, DBA, AUDITOR, OTHER], passwords={SUPER: pw},
                              settings={"approvals": {"poll_interval": "50ms",
                                                      "webhook_url": hook.url}})
     e = Env()
@@ -369,6 +383,57 @@ def test_node_pg_with_parameters_held_then_approved(env):
     assert res["after"]["rows"] == [["4"]]
 
 
+def test_node_pg_queued_select_waits_behind_the_held_delete_and_denial_reaches_it(env):
+    cases = [{"name": "del", "text": "DELETE FROM orders WHERE id = $1 AND note <> $2",
+              "values": [2, "x"]},
+             {"name": "after", "text": "SELECT count(*)::int FROM orders WHERE id > $1",
+              "values": [0]}]
+    out = {}
+    bg = Background(lambda: out.update(harness.node_script(
+        "approval_checks.js", env.ep, timeout=60,
+        extra_env={"BWIT_APPROVAL_CASES": json.dumps(cases)})))
+    req = wait_request(env, "note <> $2")
+    time.sleep(0.3)
+    assert bg.t.is_alive()
+    cli(env, "approve", str(req["id"]), "--as", "alice")
+    bg.join(60)
+    assert bg.error is None, bg.error
+    assert [d["name"] for d in out["done"]] == ["del", "after"], out
+    assert out["done"][0]["rowCount"] == 1 and out["done"][1]["rows"] == [["4"]]
+    assert any(f"request {req['id']}" in n for n in out["notices"]), out["notices"]
+    # denied: the queued SELECT still runs after the error
+    out.clear()
+    cases[0]["values"] = [3, "x"]
+    bg = Background(lambda: out.update(harness.node_script(
+        "approval_checks.js", env.ep, timeout=60,
+        extra_env={"BWIT_APPROVAL_CASES": json.dumps(cases)})))
+    req = wait_request(env, "note <> $2")
+    cli(env, "deny", str(req["id"]), "--as", "alice", "--reason", "no")
+    bg.join(60)
+    assert [d["name"] for d in out["done"]] == ["del", "after"], out
+    assert out["done"][0]["error"]["code"] == "42501" and out["done"][1]["rows"] == [["4"]]
+
+
+def test_an_approved_statement_changes_the_search_path_the_policy_tracks(env):
+    c = connect(env)
+    try:
+        bg = Background(lambda: c.cursor().execute(
+            "DELETE FROM orders WHERE id = 1 AND id > -1; SET search_path = hidden, public"))
+        req = wait_request(env, "SET search_path = hidden")
+        cli(env, "approve", str(req["id"]), "--as", "alice")
+        bg.join()
+        assert bg.error is None, bg.error
+        with c.cursor() as cur:
+            cur.execute("show search_path")
+            assert cur.fetchone()[0] == "hidden, public"
+            # orders is now hidden.orders, which no rule allows
+            with pytest.raises(psycopg2.Error) as e:
+                cur.execute("select * from orders")
+            assert e.value.pgcode == "42501" and "hidden.orders" in str(e.value)
+    finally:
+        c.close()
+
+
 def test_cancel_during_hold_gives_57014_and_withdraws(env):
     c = connect(env)
     bg = Background(lambda: c.cursor().execute("DELETE FROM orders WHERE id = 1 AND note <> ''"))
@@ -550,6 +615,13 @@ def test_admin_console_refusals(env):
     # approvers: an admin whose role the rule does not list; and nobody approves their own
     bg = run_held(env, "DELETE FROM orders WHERE id = 5 AND id > 0")
     req = wait_request(env, "id = 5 AND id > 0")
+    r = psql(console(env, sub="auditor-eve", role="auditor"), "-c", f"APPROVE {req['id']}")
+    assert r.returncode != 0 and "not among the approvers" in r.stderr, r.stderr
+    r = psql(console(env, sub="auditor-eve", role="auditor"), "-c", "SHOW APPROVALS")
+    assert r.returncode == 0 and str(req["id"]) in r.stdout
+    r = psql(console(env, sub=AGENT_SUB), "-c", f"APPROVE {req['id']}")
+    assert r.returncode != 0 and "own request" in r.stderr, r.stderr
+    assert [x for x in requests(env) if x["id"] == req["id"]][0]["state"] == "pending"
     r = psql(ep, "-c", f"DENY {req['id']}; SHOW APPROVALS")
     assert r.returncode == 0, r.stderr
     bg.join()

@@ -129,3 +129,24 @@ def test_example_config_passes_check_once_its_files_exist(installed, tmp_path):
     (etc / "secrets/agent_ro").write_text("not-a-real-password\n")
     r = harness.run([binary, "check", "-c", str(etc / "bulwark.json")])
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler")
+def test_help_text_survives_backslashes_quotes_and_roff_specials(tmp_path):
+    """scripts/txt2c.awk and txt2man.awk escape what C and roff would read differently."""
+    text = 'NAME\n    a\\b "q" c\\\\d -x %s %%\n.starts with a dot\n\'and a quote\n'
+    (tmp_path / "cli.txt").write_text(text)
+    scripts = harness.REPO_ROOT / "scripts"
+    c = harness.run(["awk", "-f", str(scripts / "txt2c.awk"), str(tmp_path / "cli.txt")])
+    assert c.returncode == 0, c.stderr
+    (tmp_path / "help.c").write_text(c.stdout)
+    (tmp_path / "main.c").write_text('#include <stdio.h>\nextern const char bulwark_help_text[];\n'
+                                     'int main(void) { fputs(bulwark_help_text, stdout); }\n')
+    r = harness.run(["cc", "-Wall", "-Werror", "-o", str(tmp_path / "h"),
+                     str(tmp_path / "main.c"), str(tmp_path / "help.c")])
+    assert r.returncode == 0, r.stderr
+    assert harness.run([str(tmp_path / "h")]).stdout == text
+    man = harness.run(["awk", "-f", str(scripts / "txt2man.awk"), str(tmp_path / "cli.txt")])
+    assert man.returncode == 0, man.stderr
+    assert "a\\eb" in man.stdout and "c\\e\\ed \\-x" in man.stdout
+    assert "\n\\&.starts with a dot\n" in man.stdout and "\n\\&'and a quote\n" in man.stdout

@@ -191,3 +191,36 @@ def test_million_row_result_streams_to_a_slow_reader_with_bounded_gateway_memory
             f"gateway RSS grew by {growth_mib:.1f} MiB (baseline {baseline} KiB, peak "
             f"{sampler.peak} KiB) while streaming; bound {RSS_GROWTH_BOUND_MIB} MiB")
     print(f"streamed {rows} rows in {elapsed:.1f}s")
+
+
+def test_client_that_stops_reading_mid_result_holds_bounded_memory_and_stalls_nobody(gw, pg):
+    """Fault injection (issue 8): the client sends a huge query and never reads. The
+    gateway stops reading upstream (PostgreSQL's backend blocks in ClientWrite), its
+    memory stays bounded, other sessions go on, and the client's close frees all."""
+    app = "bwit-stopped-reader"
+    c = raw_login(gw.endpoint(application_name=app), timeout=60)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    baseline = rss_kib(gw.pid) if not gw.is_direct else 0
+    c.send(query_msg(f"select g, repeat('x', {STREAM_ROW_WIDTH}) "
+                     f"from generate_series(1, {STREAM_ROWS}) g"))
+    blocked = ("application_name = %s and state = 'active' and exists (select 1 from "
+               "pg_stat_activity a where a.pid = pg_stat_activity.pid and "
+               "a.wait_event = 'ClientWrite')")
+    wait_for(lambda: pg.backends(blocked, (app,)), 30,
+             "the upstream backend to block writing to the gateway")
+    other = gw.endpoint(application_name="bwit-beside-stopped").connect()
+    try:
+        for i in range(20):
+            with other.cursor() as cur:
+                cur.execute("select count(*) from orders where id > %s", (i,))
+                assert cur.fetchone()[0] == max(0, 10 - i)
+        # still blocked: the gateway did not read the rest into memory
+        assert pg.backends(blocked, (app,))
+        if not gw.is_direct:
+            growth_mib = (rss_kib(gw.pid) - baseline) / 1024
+            assert growth_mib < RSS_GROWTH_BOUND_MIB, f"RSS grew by {growth_mib:.1f} MiB"
+    finally:
+        other.close()
+        c.close(rst=True)
+    wait_for(lambda: not pg.backends("application_name = %s", (app,)), 15,
+             "the stopped reader's upstream backend to go away")

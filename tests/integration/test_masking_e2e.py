@@ -71,6 +71,23 @@ def agent_policy() -> dict:
     }
 
 
+def agent2_policy() -> dict:
+    """Masks no detector would find again: a leak of a plan shows as a clear name."""
+    return {
+        "role": "agent2",
+        "identities": [{"iss": harness.ISSUER, "sub": "svc-agent2-*"}],
+        "upstream": {DB: {"user": READER, "password_file": f"../secrets/{READER}"}},
+        "default": "deny",
+        "rules": [{"id": "read", "action": "allow", "operations": ["select"],
+                   "relations": ["public.*"]}],
+        "masks": [{"column": "public.customers.name", "method": "fixed", "value": "[hidden]"},
+                  {"column": "public.customers.email", "method": "hash"}],
+    }
+
+
+MAX_ROW = 4 << 20
+
+
 @pytest.fixture(scope="module")
 def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     pw = "pw-" + secrets.token_hex(12)
@@ -90,12 +107,18 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
         cur.execute(f"grant usage on all sequences in schema public to {READER}")
     c.close()
     target = {"host": "127.0.0.1", "port": pg.port, "sslmode": "disable", "dbname": DB}
+    keyfile = tmp_path_factory.mktemp("maskkey") / "mask-hmac.key"
+    keyfile.write_text(secrets.token_hex(32))
     g = start_policy_gateway("gw-mask-e2e", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
-                             policies=[agent_policy()], passwords={READER: pw},
+                             policies=[agent_policy(), agent2_policy()], passwords={READER: pw},
                              settings={"audit": {"path": "var/audit", "map_size": "256MiB",
-                                                 "capture_rows": 50}})
+                                                 "capture_rows": 50},
+                                       "masking": {"hash_key_file": str(keyfile),
+                                                   "max_row_bytes": "4MiB"}})
     g.ep = g.endpoint(role="agent", target=DB, sub=SUB, application_name="bwit-mask-e2e")
+    g.ep2 = g.endpoint(role="agent2", target=DB, sub="svc-agent2-mask",
+                       application_name="bwit-mask-e2e2")
     try:
         yield g
     finally:
@@ -658,3 +681,170 @@ def test_audit_records_hold_masked_rows_only(env):
     rp = run([str(env.binary), "replay", sid, "-c", str(env.config_path)])
     assert rp.returncode == 0, rp.stderr
     assert "a***@example.com" in rp.stdout and not leaks(rp.stdout, ALL_VALUES), rp.stdout
+
+
+def test_explain_shows_the_masks_of_each_statement(env, pg, tmp_path):
+    dump = tmp_path / "schema.sql"
+    r = run([str(PG_BIN / "pg_dump"), "--schema-only", "-h", str(pg.datadir), "-p", str(pg.port),
+             "-U", "postgres", "-f", str(dump), DB])
+    assert r.returncode == 0, r.stderr
+    sql = ("SELECT c.email AS e, name, lower(ssn) FROM customers c; "
+           "SELECT id FROM customers WHERE ssn LIKE '1%'; SELECT * FROM v_nested")
+    r = run([str(env.binary), "explain", "-c", str(env.config_path), "--role", "agent",
+             "--schema", str(dump), "--json", sql])
+    assert r.returncode == 0, r.stderr
+    masks = json.loads(r.stdout)["masks"]
+    assert len(masks) == 3, masks
+    assert not masks[0]["denied"] and masks[1]["denied"] and not masks[2]["denied"], masks
+    text = run([str(env.binary), "explain", "-c", str(env.config_path), "--role", "agent",
+                "--schema", str(dump), sql])
+    assert text.returncode == 0, text.stderr
+    out = text.stdout
+    assert 'column 1 "e": masked by email' in out, out
+    assert 'column 2 "name": not masked' in out, out
+    assert 'column 3 "lower": masked by redact' in out, out
+    assert "denied by masking: masked column public.customers.ssn is used in WHERE" in out, out
+    assert 'column 2 "card": masked by partial' in out, out
+    bare = run([str(env.binary), "explain", "-c", str(env.config_path), "--role", "agent",
+                "SELECT name FROM customers"])
+    assert bare.returncode == 0 and "without a catalog" in bare.stdout, bare.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# Names the server refused: a second DECLARE or Parse of a name keeps the first. The
+# card number's lineage method (partial) proves the first plan applied; the detector alone
+# would give "****".
+
+
+NAMES = ["Alice Archer", "Bob Baker", "Carol Chen", "Dan Dent"]
+
+
+def test_a_refused_redeclaration_does_not_replace_the_cursors_plan(env):
+    cap = Capture(env.port)
+    try:
+        conn = env.ep2.with_(port=cap.port).connect()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DECLARE hc CURSOR WITH HOLD FOR SELECT name AS x FROM customers "
+                        "ORDER BY id")
+            with pytest.raises(psycopg2.Error):
+                cur.execute("DECLARE hc CURSOR WITH HOLD FOR SELECT id::text AS x FROM customers")
+            cur.execute("FETCH ALL FROM hc")
+            rows = cur.fetchall()
+            cur.execute("CLOSE hc")
+            # the same within one Query string: the second DECLARE fails, FETCH never runs
+            cur.execute("DECLARE hd CURSOR WITH HOLD FOR SELECT name AS x FROM customers")
+            with pytest.raises(psycopg2.Error):
+                cur.execute("DECLARE hd CURSOR WITH HOLD FOR SELECT 'x'::text AS x; "
+                            "FETCH ALL FROM hd")
+            cur.execute("FETCH ALL FROM hd")
+            rows2 = cur.fetchall()
+        conn.close()
+    finally:
+        cap.close()
+    assert rows == [("[hidden]",)] * 4, rows
+    assert rows2 == [("[hidden]",)] * 4, rows2
+    assert not byte_leaks(cap.received(), NAMES)
+
+
+def test_a_refused_second_parse_of_a_name_does_not_replace_its_plan(env):
+    cap = Capture(env.port)
+    try:
+        c = raw_login(env.ep2.with_(port=cap.port))
+        c.send(parse_msg("dup", "SELECT name FROM customers ORDER BY id") + SYNC)
+        assert [t for t, _ in until_ready(c)] == [b"1", b"Z"]
+        c.send(parse_msg("dup", "SELECT id::text FROM customers ORDER BY id") + SYNC)
+        assert b"E" in [t for t, _ in until_ready(c)]
+        c.send(bind_msg("", "dup", [], [0]) + execute_msg("") + SYNC)
+        first = [harness.decode_datarow(b) for t, b in until_ready(c) if t == b"D"]
+        # the second attempt and an execution pipelined, without waiting for the error:
+        # either plan could hold, so the result is masked whole
+        c.send(parse_msg("dup", "SELECT id::text FROM customers ORDER BY id") + SYNC +
+               bind_msg("", "dup", [], [0]) + execute_msg("") + SYNC)
+        msgs = until_ready(c) + until_ready(c)
+        second = [harness.decode_datarow(b) for t, b in msgs if t == b"D"]
+        c.close()
+    finally:
+        cap.close()
+    assert first == [["[hidden]"]] * 4, first
+    assert second in ([["[hidden]"]] * 4, [["****"]] * 4), second
+    assert not byte_leaks(cap.received(), NAMES)
+
+
+def test_hash_is_deterministic_across_sessions_and_keeps_joins(env):
+    got = []
+    for _ in range(2):
+        c = env.ep2.connect()
+        c.autocommit = True
+        with c.cursor() as cur:
+            cur.execute("SELECT id, email FROM customers ORDER BY id")
+            got.append(cur.fetchall())
+        c.close()
+    assert got[0] == got[1], got
+    hashes = [e for _, e in got[0]]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), hashes
+    assert len(set(hashes)) == len(hashes)
+    assert not leaks(repr(got), ALL_VALUES)
+
+
+def test_rows_larger_than_max_row_bytes_end_the_session(env):
+    conn = connect(env)
+    with conn.cursor() as cur:
+        cur.execute("SELECT repeat('x', 3000000) || ssn, id FROM customers WHERE id = 1")
+        assert cur.fetchone()[1] == 1
+    conn.close()
+    c = raw_login(env.ep)
+    c.send(harness.query_msg(f"SELECT repeat('x', {MAX_ROW}) || ssn FROM customers"))
+    got = []
+    with pytest.raises(EOFError):
+        while True:
+            got.append(c.read_msg(10))
+    assert [t for t, _ in got] == [b"T", b"E"], got
+    err = harness.parse_error_fields(got[1][1])
+    assert err.get("S") == "FATAL" and err.get("C") == "54000", err
+    assert "max_row_bytes" in err.get("M", ""), err
+    c2 = connect(env)  # the gateway serves on
+    with c2.cursor() as cur:
+        cur.execute("SELECT 1")
+    c2.close()
+
+
+# ---------------------------------------------------------------------------------------
+# What agents and tools do with a masking role: reflection and \d must work, unmasked
+
+
+def test_sqlalchemy_reflection_and_psql_describe_work_through_a_masking_role(env):
+    from sqlalchemy import MetaData, create_engine, inspect, select
+    from sqlalchemy.schema import CreateTable
+
+    off = env.log_size()
+    eng = create_engine(env.ep.with_(application_name="bwit-mask-sqla").uri("postgresql+psycopg2"))
+    try:
+        insp = inspect(eng)
+        assert {"customers", "orders"} <= set(insp.get_table_names())
+        assert "customer_contacts" in insp.get_view_names()
+        cols = [c["name"] for c in insp.get_columns("customers")]
+        assert cols == ["id", "name", "email", "card_number", "ssn", "notes"], cols
+        for t in ("customers", "orders"):
+            insp.get_pk_constraint(t)
+            insp.get_foreign_keys(t)
+            insp.get_indexes(t)
+            insp.get_unique_constraints(t)
+        md = MetaData()
+        md.reflect(bind=eng, only=["customers", "orders", "customer_contacts"], views=True)
+        sample = {}
+        for table in md.sorted_tables:
+            str(CreateTable(table).compile(eng))
+            with eng.connect() as conn:
+                sample[table.name] = conn.execute(select(table).limit(3)).fetchall()
+    finally:
+        eng.dispose()
+    assert sample["customers"][0][2] == "a***@example.com", sample
+    assert not leaks(repr(sample), ALL_VALUES)
+    masking_refusals = [ln for ln in env.refusals_since(off) if "builtin:masking" in ln]
+    assert not masking_refusals, masking_refusals
+    r = psql(env.ep, "-v", "ON_ERROR_STOP=1", "-c", r"\d customers", "-c", r"\dt", "-c",
+             r"\d+ customer_contacts", "-c", r"\dn")
+    assert r.returncode == 0, r.stderr
+    assert "card_number" in r.stdout and "customer_contacts" in r.stdout, r.stdout
+    assert not leaks(r.stdout, ALL_VALUES), r.stdout

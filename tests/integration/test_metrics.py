@@ -10,6 +10,7 @@ the exposition format written here (not a client library, which would be lenient
 import json
 import math
 import re
+import shutil
 import socket
 import threading
 import time
@@ -236,8 +237,9 @@ DENY_RULE = "no-order-deletes"
 
 
 class MetricsGateway(Gateway):
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, audit=None, **kw):
         super().__init__(*a, **kw)
+        self.audit_overrides = audit or {}
         self.metrics_port = harness.free_port()
         self.flaky_port = harness.free_port()
         self.flaky = Forwarder("127.0.0.1", self.pg.port, self.flaky_port)
@@ -254,6 +256,7 @@ class MetricsGateway(Gateway):
         super().write_config()
         cfg = json.loads(self.config_path.read_text())
         cfg["metrics_listen"] = f"127.0.0.1:{self.metrics_port}"
+        cfg["audit"].update(self.audit_overrides)
         self.config_path.write_text(json.dumps(cfg, indent=2))
         pol_path = self.workdir / "policies" / "app.json"
         pol = json.loads(pol_path.read_text())
@@ -474,3 +477,60 @@ def healthy_m(mgw):
 def harness_healthy(g):
     from conftest import Healthy
     return Healthy(g)
+
+
+@pytest.mark.skipif(not shutil.which("mdb_copy"), reason="mdb_copy (lmdb-utils) not installed")
+def test_audit_store_backup_with_mdb_copy_while_serving_verifies(mgw, tmp_path):
+    """docs/operations.md: `mdb_copy -c` of the live store is a consistent backup."""
+    c = mgw.endpoint(role="app", target="shop").connect()
+    c.autocommit = True
+    with c.cursor() as cur:
+        cur.execute("select 1")
+    audit = mgw.workdir / "var" / "audit"
+    backup = tmp_path / "audit-backup"
+    backup.mkdir()
+    r = harness.run(["mdb_copy", "-c", str(audit), str(backup)])
+    c.close()
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(mgw.config_path.read_text())
+    cfg["audit"]["path"] = str(backup)
+    alt = mgw.workdir / "bulwark-backup.json"
+    alt.write_text(json.dumps(cfg))
+    r = harness.run([str(mgw.binary), "audit", "verify", "-c", str(alt)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert mgw.alive()
+
+
+def test_healthz_turns_503_when_the_audit_store_cannot_write(bulwark_bin, pg, certdir,
+                                                             secret_registry, tmp_path_factory):
+    """A 1 MiB map fills up (there is no retention to free it): the store fails, statements
+    get 58030 (on_failure deny), and /healthz says why while /livez stays 200."""
+    g = MetricsGateway(bulwark_bin, tmp_path_factory.mktemp("gw-metrics-full"), pg, certdir,
+                       GatewayOptions(), secret_registry, name="gw-metrics-full",
+                       audit={"map_size": "1MiB", "on_failure": "deny"})
+    g.start()
+    try:
+        wait_for(lambda: g.get("/healthz")[0] == 200, PROBE_WAIT_S, "/healthz 200")
+        conn = g.endpoint(role="app", target="shop").connect()
+        conn.autocommit = True
+        cur = conn.cursor()
+        for i in range(20000):
+            try:
+                cur.execute("select %s::int as i, repeat('x', 8000) as pad", (i,))
+            except psycopg2.Error as e:
+                assert e.pgcode == "58030", e
+                break
+        else:
+            raise AssertionError("the 1 MiB audit store never filled")
+        st, _, body = g.get("/healthz")
+        assert st == 503 and "audit store: cannot write" in body.decode(), body
+        assert "target" not in body.decode()
+        s = g.scrape()
+        assert val(s, "bulwark_audit_failing") == 1
+        assert val(s, "bulwark_audit_records_refused_total") >= 1
+        assert g.get("/livez")[0] == 200
+        conn.close()
+    finally:
+        g.flaky.close()
+        assert g.alive(), g.log_tail()
+        g.stop()

@@ -203,13 +203,13 @@ static void lists_pending_all_and_grants(void **state)
     appr_decision_t d = approve_at(T0, 0);
     assert_int_equal(appr_decide(st, 2, &d, NULL, err, sizeof(err)), APPR_OK);
     int n = 0;
-    assert_int_equal(appr_list(st, APPR_LIST_PENDING, T0, count, &n), 0);
+    assert_int_equal(appr_list(st, APPR_LIST_PENDING, T0, 0, count, &n), 0);
     assert_int_equal(n, 2);
     n = 0;
-    assert_int_equal(appr_list(st, APPR_LIST_ALL, T0, count, &n), 0);
+    assert_int_equal(appr_list(st, APPR_LIST_ALL, T0, 0, count, &n), 0);
     assert_int_equal(n, 3);
     n = 0;
-    assert_int_equal(appr_list(st, APPR_LIST_GRANTS, T0, count, &n), 0);
+    assert_int_equal(appr_list(st, APPR_LIST_GRANTS, T0, 0, count, &n), 0);
     assert_int_equal(n, 1);
 }
 

@@ -129,6 +129,7 @@ static void loads_spec_example_with_defaults(void **state)
     assert_null(c->masking.hash_key);
     assert_int_equal(c->masking.max_row_bytes, 16u << 20);
     assert_int_equal(c->masking.catalog_refresh_ms, 60000);
+    assert_int_equal(c->tcp_keepalive_ms, 60000);
 
     /* roles, in file order: policies/analyst.json, then policies/ops.json */
     assert_int_equal(c->n_roles, 3);
@@ -221,6 +222,7 @@ static void loads_every_key_set_explicitly(void **state)
     assert_int_equal(c->masking.hash_key_len, 40);
     assert_int_equal(c->masking.max_row_bytes, 2u << 20);
     assert_int_equal(c->masking.catalog_refresh_ms, 300000);
+    assert_int_equal(c->tcp_keepalive_ms, 5000);
 
     /* extra/svc.json is matched by two patterns and loaded once */
     assert_int_equal(c->n_roles, 2);

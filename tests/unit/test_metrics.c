@@ -83,9 +83,8 @@ static void counts_by_label_and_escapes_in_samples(void **state)
     assert_sample(t, "bulwark_login_failures_total{reason=\"we\\\"ird\\\\\\n\"}", "1");
     assert_sample(t, "bulwark_statements_total{role=\"analyst\",decision=\"deny\",rule=\"no-ddl\"}",
                   "1");
-    assert_sample(t,
-                  "bulwark_statements_total{role=\"analyst\",decision=\"allow\",rule=\"_default\"}",
-                  "1");
+    assert_sample(
+        t, "bulwark_statements_total{role=\"analyst\",decision=\"allow\",rule=\"_default\"}", "1");
     assert_sample(t, "bulwark_connections_total", "1");
     assert_non_null(strstr(t, "# TYPE bulwark_login_failures_total counter\n"));
     assert_non_null(strstr(t, "# TYPE bulwark_sessions_active gauge\n"));
@@ -136,8 +135,8 @@ static void histogram_buckets_are_cumulative(void **state)
 {
     metrics_t *m = metrics_new();
     uint64_t now = metrics_clock_ns();
-    metrics_statement(m, "r", "allow", "x", now - 3000000);  /* 3 ms ago: le 0.005 */
-    metrics_statement(m, "r", "allow", "x", now - 30000000); /* 30 ms ago: le 0.05 */
+    metrics_statement(m, "r", "allow", "x", now - 3000000);        /* 3 ms ago: le 0.005 */
+    metrics_statement(m, "r", "allow", "x", now - 30000000);       /* 30 ms ago: le 0.05 */
     metrics_statement(m, "r", "allow", "x", now - 60000000000ull); /* a minute: +Inf only */
     char *t = render(&m, 1, NULL);
     assert_sample(t, "bulwark_gate_seconds_bucket{le=\"0.0025\"}", "0");
@@ -259,14 +258,19 @@ static void snapshot_figures_are_rendered(void **state)
 {
     metrics_t *m = metrics_new();
     metrics_target_health_t th[] = {{.name = "shop", .up = true}, {.name = "we\"ird", .up = false}};
-    metrics_snapshot_t x = {.connections = 7, .max_connections = 100, .start_time = 1700000000,
-                            .have_cache = true, .have_audit = true, .targets = th, .n_targets = 2};
+    metrics_snapshot_t x = {.connections = 7,
+                            .max_connections = 100,
+                            .start_time = 1700000000,
+                            .have_cache = true,
+                            .have_audit = true,
+                            .targets = th,
+                            .n_targets = 2};
     x.cache.hits = 5;
     x.cache.misses = 2;
     x.audit.written = 10;
     x.audit.appended = 11;
-    x.audit.batch_hist[0] = 2; /* two commits of 1 record */
-    x.audit.batch_hist[3] = 1; /* one of 8-15 */
+    x.audit.batch_hist[0] = 2;     /* two commits of 1 record */
+    x.audit.batch_hist[3] = 1;     /* one of 8-15 */
     x.audit.commit_us_hist[9] = 3; /* 512-1023 µs */
     x.audit.commit_us_total = 2000;
     char *t = render(&m, 1, &x);
