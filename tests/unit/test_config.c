@@ -126,6 +126,7 @@ static void loads_spec_example_with_defaults(void **state)
     assert_int_equal(c->shutdown_grace_ms, 30000);
     assert_int_equal(c->login_timeout_ms, 15000);
     assert_int_equal(c->max_client_conn, 10000);
+    assert_int_equal(c->workers, 0); /* one per core, decided by the proxy */
     assert_null(c->masking.hash_key);
     assert_int_equal(c->masking.max_row_bytes, 16u << 20);
     assert_int_equal(c->masking.catalog_refresh_ms, 60000);
@@ -218,6 +219,7 @@ static void loads_every_key_set_explicitly(void **state)
     assert_int_equal(c->shutdown_grace_ms, 0);
     assert_int_equal(c->login_timeout_ms, 3000);
     assert_int_equal(c->max_client_conn, 50);
+    assert_int_equal(c->workers, 3);
     assert_non_null(c->masking.hash_key);
     assert_int_equal(c->masking.hash_key_len, 40);
     assert_int_equal(c->masking.max_row_bytes, 2u << 20);
