@@ -96,7 +96,7 @@ TSAN_TESTS ?= test_workers.py test_approvals.py test_lifecycle.py test_identity.
 TSAN_FLAGS := BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer"
 tsan: deps
 	TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" $(MAKE) $(TSAN_FLAGS) all unit
-	TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" \
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" BULWARK_TEST_WORKER_CLIENTS=48 \
 	  $(MAKE) $(TSAN_FLAGS) integration \
 	  INTEGRATION_TESTS="$(addprefix tests/integration/,$(TSAN_TESTS))"
 

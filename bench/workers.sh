@@ -72,7 +72,7 @@ for mode in $MODES; do
         WK_TABLE+=("| $mode -c $c (tps) | ${MED[direct]} | ${MED[bulwark1]} | ${MED[bulwark2]} | $(ratio "${MED[bulwark2]}" "${MED[bulwark1]}") | $(ratio "${MED[bulwark2]}" "${MED[direct]}") |")
     done
 done
-for p in "${WK_PIDS[@]}"; do stop_pid "$p"; done
+for p in "${WK_PIDS[@]}"; do stop_pid "$p" || true; done   # (set -e: a gone pid fails kill)
 WK_PIDS=()
 TABLE+=("" "Worker loops (same run):" "" "${WK_TABLE[@]}")
 TARGETS=(direct pgbouncer bulwark)
