@@ -200,6 +200,8 @@ struct server {
     struct resolver *resolver;
     policy_cache_t *policy_cache; /* parse cache of this loop */
     struct mask_scratch *mask_scratch; /* Vectorscan scratch of this loop (maskflow.c) */
+    /* audit, keystore, approvals, webhook: one of each for the process, opened by
+     * worker 0 before the other workers start (thread-safe; see workers.h) */
     struct audit *audit;          /* NULL: recording off */
     ev_async audit_w;             /* the audit writer's notify */
     struct ident_keystore *keystore; /* jwks_url keys, fetched by a worker */

@@ -18,6 +18,9 @@
 
 /* Messages waiting in one mailbox at most: cancels and console questions. */
 #define BOX_MAX 4096
+/* One worker's answer to a console question (SHOW SESSIONS: at most ADMIN_MAX_ROWS rows
+ * are shown in all); allocated as it grows. */
+#define PART_MAX (4u << 20)
 
 typedef struct msg {
     struct msg *next;
@@ -274,7 +277,7 @@ static msg_t *msg_new(void (*fn)(server_t *, msg_t *))
     msg_t *m = calloc(1, sizeof(*m));
     if (m) {
         m->fn = fn;
-        buf_init(&m->part, 64 * 1024);
+        buf_init(&m->part, PART_MAX);
     }
     return m;
 }
@@ -507,7 +510,7 @@ int workers_gather(session_t *s, gather_make_fn make, gather_done_fn done)
     g->n = h->n;
     g->done = done;
     for (int i = 0; i < h->n; i++)
-        buf_init(&g->parts[i], 1024 * 1024);
+        buf_init(&g->parts[i], PART_MAX);
     make(srv, &g->parts[srv->worker_id]);
     g->got = 1;
     if (h->n == 1) {
