@@ -34,6 +34,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -45,7 +46,8 @@ import psycopg2
 import pytest
 
 import harness
-from harness import PG_BIN, Gateway, GatewayOptions, node_script, raw_login, run, wait_for
+from harness import (PG_BIN, Gateway, GatewayOptions, msg, node_script, raw_login, run,
+                     wait_for)
 
 pytestmark = pytest.mark.gateway_only  # the audit trail is the gateway's
 
@@ -200,10 +202,9 @@ def sqlstate_of(fn) -> str | None:
 
 
 def whole_number(v) -> bool:
-    """An integer. `bulwark replay --json` prints some microsecond times in exponent form
-    (1.79586782064529e+15: cJSON's %.15g when it round-trips), which json reads as a float
-    of integral value; the export's canonical form always has plain integers."""
-    return isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+    """A plain JSON integer: `bulwark replay --json` prints times as the export's canonical
+    form does (once it printed 1.79586782064529e+15, cJSON's %.15g, for microseconds)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def by_type(records: list, type_: str, session: str | None = None) -> list:
@@ -526,6 +527,62 @@ def test_statement_records_hold_the_intent(audited_run):
             (NODE_CASES[1]["text"], "insert", "public.audit_items")):
         a = accesses(sql)
         assert op in a and obj in a, f"intent of {sql!r} does not name {op} on {obj}: {a}"
+
+
+def extended_query(c, sql: str, params: list) -> list:
+    """Parse/Bind/Execute/Sync of sql with text parameters on a raw connection; the rows."""
+    vals = b"".join(struct.pack("!i", len(p)) + p for p in (v.encode() for v in params))
+    c.send(msg(b"P", b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+           + msg(b"B", b"\0\0" + struct.pack("!HH", 0, len(params)) + vals
+                 + struct.pack("!H", 0))
+           + msg(b"E", b"\0" + struct.pack("!i", 0)) + msg(b"S"))
+    rows, err = [], None
+    while True:
+        t, body = c.read_msg(10)
+        if t == b"D":
+            rows.append(harness.decode_datarow(body))
+        elif t == b"E":
+            err = harness.PgError(harness.parse_error_fields(body))
+        elif t == b"Z":
+            if err:
+                raise err
+            return rows
+
+
+SECRET_PARAMS = {  # value -> what the detectors must leave of it in the record
+    "4111 1111 1111 1111": "****",                        # credit_card (Luhn)
+    "ssn 123-45-6789 on file": "ssn **** on file",          # us_ssn
+    "mail alice.smith@example.com now": "mail **** now",    # email
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ": "****",  # secret: JWT
+}
+
+
+def test_bind_parameters_pass_through_the_detectors_before_they_are_recorded(
+        audit_gateways):
+    """issue 6: Bind parameter values are recorded after every content detector (SPEC 5.3)
+    redacted what it found, so a card number, an SSN, an address or a token an agent sends
+    as a parameter is not kept in clear in the audit trail; plain values stay as they were."""
+    g = audit_gateways("audit-bind-detect")
+    c = raw_login(g.ep("svc-bind-detect"))
+    plain = ["hello 42", "order #1234"]
+    values = plain + list(SECRET_PARAMS)
+    sql = "select " + " + ".join(f"length(${i + 1}::text)" for i in range(len(values)))
+    try:
+        rows = extended_query(c, sql, values)
+    finally:
+        c.close()
+    assert rows == [[str(sum(len(v) for v in values))]], rows  # ran with the real values
+    stop_cleanly(g)
+    lines = g.export_lines()
+    text = json.dumps(lines, ensure_ascii=False)
+    for part in ("4111 1111 1111 1111", "123-45-6789", "alice.smith@example.com",
+                 "eyJhbGciOiJIUzI1NiJ9", "c2lnbmF0dXJlLXNpZ25hdHVyZQ"):
+        assert part not in text, f"{part!r} of a Bind value is in the audit trail"
+    st = [r for r in by_type([o["record"] for o in lines if "record" in o], "statement")
+          if r["data"]["sql"] == sql]
+    assert len(st) == 1, st
+    assert st[0]["data"]["params"] == plain + list(SECRET_PARAMS.values()), st[0]["data"]
+    g.verify()
 
 
 def check_replay_text(text: str, sid: str, sub: str, stmts: list, cases: list, key: str):
@@ -935,10 +992,6 @@ def fill_until(cur, stop, limit=20000):
     raise AssertionError(f"the {FULL_MAP} store did not fill after {limit} statements")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 6 note): an LMDB map filled to 100% cannot be freed by retention, "
-    "because even a delete transaction needs free pages; the writer must stop appending at "
-    "a headroom threshold. strict: this fails CI once it passes, so the mark is removed."))
 def test_map_full_with_deny_refuses_58030_keeps_serving_and_recovers_after_retention(
         audit_gateways, items_table):
     """SPEC 3/8 on_failure deny: ERROR 58030 while the store cannot write; issue 6: the

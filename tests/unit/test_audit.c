@@ -327,6 +327,88 @@ static void canonical_json_replaces_invalid_utf8(void **state)
     cJSON_Delete(j);
 }
 
+/* The fast path's fields stream gives exactly the bytes canon_json gives for
+ * the same fields as cJSON: same order, escapes, numbers, duplicates. */
+static void fields_stream_is_canonical_like_cjson(void **state)
+{
+    (void)state;
+    static const char odd[] = "q\"\\\n\x01\x7f\xff\xe2\x82 \xc3\xa9\xf0\x9f\x98\x80";
+    cJSON *j = cJSON_CreateObject();
+    audit_fields_t f;
+    audit_fields_init(&f, 0);
+
+    cJSON_AddStringToObject(j, "sql", odd);
+    audit_f_cstr(&f, "sql", odd);
+    cJSON_AddNumberToObject(j, "start", 1714564800012345.0);
+    audit_f_int(&f, "start", 1714564800012345);
+    cJSON_AddNumberToObject(j, "big", 9007199254740994.0); /* beyond 2^53: a string */
+    audit_f_int(&f, "big", 9007199254740994LL);
+    cJSON_AddNumberToObject(j, "neg", -7);
+    audit_f_int(&f, "neg", -7);
+    cJSON_AddBoolToObject(j, "writes", false);
+    audit_f_bool(&f, "writes", false);
+    cJSON_AddNullToObject(j, "rule");
+    audit_f_null(&f, "rule");
+    cJSON_AddStringToObject(j, "\xc3\xa9t\xc3\xa9", "non-ASCII name");
+    audit_f_cstr(&f, "\xc3\xa9t\xc3\xa9", "non-ASCII name");
+    cJSON_AddStringToObject(j, "\xef\xbd\xa1", "U+FF61 sorts after U+1F600 in UTF-16");
+    audit_f_cstr(&f, "\xef\xbd\xa1", "U+FF61 sorts after U+1F600 in UTF-16");
+    cJSON_AddStringToObject(j, "\xf0\x9f\x98\x80", "emoji");
+    audit_f_cstr(&f, "\xf0\x9f\x98\x80", "emoji");
+    cJSON_AddStringToObject(j, "sql", "duplicate: the first stays");
+    audit_f_cstr(&f, "sql", "duplicate: the first stays");
+    cJSON *vals = cJSON_AddArrayToObject(j, "values");
+    audit_fields_t v;
+    audit_fields_init(&v, 0);
+    audit_f_open(&v, NULL, '[');
+    for (int r = 0; r < 3; r++) {
+        cJSON *row = cJSON_CreateArray();
+        audit_f_open(&v, NULL, '[');
+        cJSON_AddItemToArray(row, cJSON_CreateString(r ? "x" : ""));
+        audit_f_str(&v, NULL, r ? "x" : "", r ? 1 : 0);
+        cJSON_AddItemToArray(row, cJSON_CreateNull());
+        audit_f_null(&v, NULL);
+        cJSON_AddItemToArray(vals, row);
+        audit_f_close(&v);
+    }
+    audit_f_close(&v);
+    audit_f_splice(&f, "values", &v);
+    cJSON *intent = cJSON_Parse("[{\"op\":\"select\",\"object\":\"public.t\",\"decision\":"
+                                "\"allow\",\"n\":1.5,\"z\":{\"b\":[],\"a\":{}}}]");
+    audit_f_json(&f, "intent", intent);
+    cJSON_AddItemToObject(j, "intent", intent);
+    assert_true(audit_fields_ok(&f));
+
+    buf_t want, got;
+    buf_init(&want, 0);
+    buf_init(&got, 0);
+    assert_true(canon_json(&want, j));
+    assert_true(fields_canon(&got, f.b.data, f.b.len));
+    buf_put_u8(&want, 0);
+    buf_put_u8(&got, 0);
+    assert_string_equal((char *)got.data, (char *)want.data);
+    assert_non_null(strstr((char *)got.data, "\"big\":\"9007199254740994\""));
+
+    /* malformed streams are refused, never read past */
+    for (size_t cut = 1; cut < f.b.len; cut += 7) {
+        buf_reset(&got);
+        got.failed = false;
+        (void)fields_canon(&got, f.b.data, cut); /* no crash, no overread (ASan) */
+    }
+    audit_f_open(&f, "unclosed", '{');
+    assert_false(audit_fields_ok(&f));
+    audit_fields_reset(&f);
+    for (int i = 0; i < 70; i++)
+        audit_f_open(&f, i ? NULL : "deep", '[');
+    assert_false(audit_fields_ok(&f));
+
+    buf_free(&want);
+    buf_free(&got);
+    audit_fields_free(&f);
+    audit_fields_free(&v);
+    cJSON_Delete(j);
+}
+
 /* ---- the writer ---- */
 
 static _Atomic int notified;
@@ -1071,6 +1153,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(canonical_json_sorts_keys_and_escapes_minimally),
         cmocka_unit_test(canonical_json_replaces_invalid_utf8),
+        cmocka_unit_test(fields_stream_is_canonical_like_cjson),
         cmocka_unit_test(appends_while_writer_commits_and_reopen_continues_chain),
         cmocka_unit_test(refuses_bad_arguments_without_consuming_a_seq),
         cmocka_unit_test(detects_a_changed_byte),
