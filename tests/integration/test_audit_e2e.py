@@ -977,6 +977,116 @@ def test_export_passes_the_documented_outside_verifier_and_edits_are_caught(
 
 
 # ---------------------------------------------------------------------------------------
+# 4b. export --follow --cursor: restarted mid-stream, every record exactly once
+
+def start_follower(g: AuditGateway, out: Path, cursor: Path) -> subprocess.Popen:
+    with open(out, "ab") as f:  # appended to, as docs/audit.md says (>>)
+        return subprocess.Popen(
+            [str(g.binary), "audit", "export", "-c", str(g.config_path), "--follow",
+             "--cursor", str(cursor)], stdout=f, stderr=subprocess.PIPE)
+
+
+def test_export_follow_with_a_cursor_resumes_without_gaps_or_duplicates(audit_gateways,
+                                                                        tmp_path):
+    """issue 10 part 3: `audit export --follow --cursor FILE` streams new records as JSON
+    lines; killed (SIGKILL, at arbitrary moments while records keep coming) or stopped
+    (SIGTERM) and started again with the same cursor and output file, it leaves every
+    record in the file exactly once, in order, and the stream passes the outside verifier
+    of docs/audit.md."""
+    g = audit_gateways("audit-follow")
+    out, cursor = tmp_path / "follow.jsonl", tmp_path / "follow.cursor"
+    stop = threading.Event()
+    errors, sent = [], [0]
+
+    def load():
+        try:
+            conn = g.ep("svc-follow").connect()
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    cur.execute("select %s::int as n", (sent[0],))
+                    sent[0] += 1
+            conn.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    stderr = []
+    try:
+        for i in range(8):
+            p = start_follower(g, out, cursor)
+            time.sleep(0.25 + 0.17 * (i % 4))
+            if i % 4 == 3:
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(10) == 0
+            else:
+                p.kill()
+                p.wait(10)
+            stderr.append(p.stderr.read().decode())
+            p.stderr.close()
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors
+    assert sent[0] > 100, sent
+    stop_cleanly(g)  # the last records: session end, close note, signed head
+    p = start_follower(g, out, cursor)
+    want = g.export_lines()
+    last = max(o["seq"] for o in want if "seq" in o)
+    wait_for(lambda: cursor.exists() and json.loads(cursor.read_text())["next"] > last, 20,
+             "the follower to catch up")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0
+    stderr.append(p.stderr.read().decode())
+    p.stderr.close()
+
+    text = out.read_text()
+    assert text.endswith("\n"), text[-200:]
+    got = [json.loads(ln) for ln in text.splitlines()]
+    seqs = [o["seq"] for o in got if "record" in o]
+    assert seqs == list(range(1, last + 1)), (
+        f"records missing or repeated: {len(seqs)} lines for {last} records; "
+        f"repeated {sorted(k for k, n in Counter(seqs).items() if n > 1)[:10]}, "
+        f"missing {sorted(set(range(1, last + 1)) - set(seqs))[:10]}\n" + "".join(stderr))
+    assert [o for o in got if "record" in o] == [o for o in want if "record" in o]
+    ok = run_docs_verifier(docs_verifier(tmp_path), [ln + "\n" for ln in text.splitlines()])
+    assert ok.returncode == 0, ok.stderr
+    assert f"ok: {last} records" in ok.stdout, ok.stdout
+
+
+def test_export_cursor_cuts_uncounted_output_and_refuses_a_shorter_one(audit_gateways, tmp_path):
+    """A cursor counts the bytes of its output file: what a killed run wrote after its
+    last cursor update is cut off before resuming (no duplicates, no torn line), and
+    resuming into a file that was truncated or replaced (`>` instead of `>>`) is refused."""
+    g = audit_gateways("audit-cursor-short")
+    conn = g.ep("svc-cursor-short").connect()
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("select 1")
+    conn.close()
+    out, cursor = tmp_path / "out.jsonl", tmp_path / "c.cursor"
+    cmd = [str(g.binary), "audit", "export", "-c", str(g.config_path), "--cursor", str(cursor)]
+    with open(out, "ab") as f:
+        assert subprocess.run(cmd, stdout=f, timeout=30).returncode == 0
+    n = len(out.read_text().splitlines())
+    assert n > 3 and json.loads(cursor.read_text())["offset"] == out.stat().st_size
+    with open(out, "ab") as f:  # nothing new: nothing appended
+        assert subprocess.run(cmd, stdout=f, timeout=30).returncode == 0
+    assert len(out.read_text().splitlines()) == n
+    good = out.read_bytes()
+    with open(out, "ab") as f:  # what a run killed before its cursor update leaves
+        f.write(good.splitlines(keepends=True)[-1] + b'{"hash":"0123')
+    with open(out, "ab") as f:
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, timeout=30)
+    assert r.returncode == 0 and b"dropped" in r.stderr, r.stderr
+    assert out.read_bytes() == good
+    with open(out, "wb") as f:  # truncated, as `>` does
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, timeout=30)
+    assert r.returncode == 1 and b"shorter" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------------------
 # 5. map full
 
 FULL_MAP = "1MiB"
