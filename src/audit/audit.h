@@ -156,8 +156,9 @@ void audit_f_null(audit_fields_t *f, const char *key);
 void audit_f_open(audit_fields_t *f, const char *key, char kind); /* '{' or '[' */
 void audit_f_close(audit_fields_t *f);
 void audit_f_json(audit_fields_t *f, const char *key, const cJSON *v); /* a copy of v */
-/* A value built in another audit_fields_t (exactly one value: e.g. an array
- * opened and closed there with a NULL key). */
+/* What another audit_fields_t holds, with every open closed: with a key,
+ * exactly one value (e.g. an array opened there with a NULL key); with key
+ * NULL, members to add to the object being built here. */
 void audit_f_splice(audit_fields_t *f, const char *key, const audit_fields_t *value);
 
 /* audit_append for a record built as fields (not consumed; reset it to reuse).

@@ -138,6 +138,10 @@ bool sign_verify(EVP_PKEY *k, const void *msg, size_t len, const uint8_t *sig, s
 int store_open(const char *path, uint64_t map_size, bool rw, bool nosync, MDB_env **env,
                audit_dbs_t *dbs, char *err, size_t errsz);
 const char *store_strerror(int rc);
+/* A read-only transaction; when the writer (another process) grew the map
+ * past this process's mapping, adopt the new size first (MDB_MAP_RESIZED).
+ * Only for environments this process does not write (the CLI's). */
+int store_read_txn(MDB_env *env, MDB_txn **txn);
 
 /* The first key whose record's ts >= ts_us (bisection: ts never decreases
  * along the chain); last key + 1 when there is none. */

@@ -848,7 +848,7 @@ static int export_pass(audit_reader_t *r, uint64_t *from, bool *anchored, FILE *
     MDB_env *env = reader_env(r, &dbs);
     MDB_txn *txn;
     MDB_cursor *c = NULL;
-    if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+    if (store_read_txn(env, &txn))
         return -1;
     int ret = -1, rc;
     uint8_t kb[8];

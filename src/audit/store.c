@@ -150,6 +150,14 @@ uint64_t store_live_bytes(MDB_txn *txn, const audit_dbs_t *dbs)
     return total;
 }
 
+int store_read_txn(MDB_env *env, MDB_txn **txn)
+{
+    int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, txn);
+    if (rc == MDB_MAP_RESIZED && mdb_env_set_mapsize(env, 0) == 0)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, txn);
+    return rc;
+}
+
 uint64_t store_used_bytes(MDB_env *env)
 {
     MDB_envinfo info;

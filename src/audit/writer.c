@@ -62,6 +62,7 @@ struct audit {
     bool batched;
     uint64_t map_size, max_record;
     uint64_t headroom; /* map bytes kept free for retention's own transactions */
+    uint64_t max_map_size; /* grow towards this when full (writer thread only) */
     int64_t retention_age_ms;
     uint64_t retention_size;
     audit_opts_t o;
@@ -561,6 +562,42 @@ static void reopen_env(audit_t *a)
         log_event(LOG_ERROR, "audit_reopen_failed", "error=\"%s\"", err);
 }
 
+static void set_limits(audit_t *a)
+{
+    a->group_max_bytes = a->map_size / 16 < (16u << 20) ? a->map_size / 16 : (16u << 20);
+    a->headroom = a->map_size / 8 < (64u << 20) ? a->map_size / 8 : (64u << 20);
+    if (a->headroom < 2 * a->group_max_bytes)
+        a->headroom = 2 * a->group_max_bytes;
+}
+
+/* audit.max_map_size: double the map (at most to that) instead of stopping.
+ * LMDB allows it only while this process has no transaction open: the
+ * writer has none here, and borrowed readers (audit_reader_shared) might,
+ * so not while one exists. Readers in other processes adopt the new size
+ * when they meet it (MDB_MAP_RESIZED, reader.c). */
+static bool grow_map(audit_t *a)
+{
+    if (a->max_map_size <= a->map_size || atomic_load(&a->shared_readers) > 0)
+        return false;
+    uint64_t n = a->map_size * 2;
+    if (n > a->max_map_size || n < a->map_size)
+        n = a->max_map_size;
+    int rc = mdb_env_set_mapsize(a->env, (size_t)n);
+    if (rc) {
+        log_event(LOG_ERROR, "audit_map_grow_failed", "to=%llu error=\"%s\"",
+                  (unsigned long long)n, mdb_strerror(rc));
+        a->max_map_size = a->map_size; /* do not try again */
+        return false;
+    }
+    log_event(LOG_WARN, "audit_map_grown", "path=\"%s\" from=%llu to=%llu max=%llu", a->path,
+              (unsigned long long)a->map_size, (unsigned long long)n,
+              (unsigned long long)a->max_map_size);
+    a->map_size = n;
+    set_limits(a);
+    a->full = false;
+    return true;
+}
+
 /* Checkpoints fall exactly every checkpoint_every records (wherever group
  * boundaries are), and after every map_size/16 bytes of records (so that a
  * small map has cut points too), so retention always finds cut points;
@@ -579,6 +616,8 @@ static int write_group(audit_t *a, entry_t *g, size_t n, size_t bytes, bool forc
     if (n) {
         uint64_t used = store_used_bytes(a->env);
         uint64_t limit = a->map_size - (a->full ? 2 : 1) * a->headroom;
+        while (used + 2 * (uint64_t)bytes > limit && grow_map(a))
+            limit = a->map_size - a->headroom;
         if (used + 2 * (uint64_t)bytes > limit) {
             a->full = true;
             return MDB_MAP_FULL;
@@ -1035,6 +1074,7 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
     defaults(&a->o);
     a->batched = cfg->audit.durability == CFG_DUR_BATCHED;
     a->map_size = cfg->audit.map_size;
+    a->max_map_size = cfg->audit.max_map_size;
     a->max_record = a->map_size / 8;
     a->retention_age_ms = cfg->audit.retention_max_age_ms;
     a->retention_size = cfg->audit.retention_max_size;
@@ -1054,11 +1094,16 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
         free_audit(a);
         return NULL;
     }
+    /* A map grown by an earlier run (max_map_size) stays grown: LMDB keeps
+     * the size in the file; take the larger of it and map_size. */
+    MDB_envinfo info;
+    if (mdb_env_set_mapsize(a->env, 0) == 0 && mdb_env_info(a->env, &info) == 0 &&
+        info.me_mapsize > a->map_size)
+        a->map_size = info.me_mapsize;
+    else
+        (void)mdb_env_set_mapsize(a->env, (size_t)a->map_size);
     a->group_limit = a->o.group_max_records;
-    a->group_max_bytes = a->map_size / 16 < (16u << 20) ? a->map_size / 16 : (16u << 20);
-    a->headroom = a->map_size / 8 < (64u << 20) ? a->map_size / 8 : (64u << 20);
-    if (a->headroom < 2 * a->group_max_bytes)
-        a->headroom = 2 * a->group_max_bytes;
+    set_limits(a);
     a->next_seq = a->written_seq + 1;
     a->synced_seq = a->written_seq;
     atomic_store(&a->durable_seq, a->written_seq);

@@ -493,8 +493,8 @@ static gate_verdict_t on_execute(session_t *s, const uint8_t *body, size_t len)
                      .sql = p->sql,
                      .decision = "allow",
                      .rule = p->rule,
-                     .params = p->params ? cJSON_Duplicate(p->params, true) : NULL,
-                     .intent = p->intent ? cJSON_Duplicate(p->intent, true) : NULL,
+                     .params = p->params,
+                     .intent = p->intent,
                      .writes = p->writes};
     uint64_t seq;
     bool wait;

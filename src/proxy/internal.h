@@ -256,7 +256,7 @@ typedef struct rec_stmt {
     const char *sql;
     const char *decision; /* "allow" | "deny" | "review" */
     const char *rule, *message;
-    cJSON *params, *intent; /* consumed */
+    const cJSON *params, *intent; /* read (copied into the record), not consumed */
     const policy_result_t *policy; /* the intent, read without cJSON (instead of intent) */
     bool writes, refused;
 } rec_stmt_t;

@@ -45,8 +45,8 @@ typedef struct inflight {
     char sqlstate[6];
     char *error;
     uint64_t rows;
-    bool described; /* a RowDescription came: columns, types, values follow */
-    audit_fields_t columns, types, values; /* each one open array ('[' ...) */
+    bool described; /* a RowDescription came: cap holds "columns", "types" and an open "values" */
+    audit_fields_t cap; /* members of the RESULT record, spliced in at completion */
     size_t captured_rows, captured_bytes;
     bool truncated;
 } inflight_t;
@@ -154,9 +154,7 @@ static void inflight_free(inflight_t *e)
 {
     free(e->error);
     cJSON_Delete(e->params);
-    audit_fields_free(&e->columns);
-    audit_fields_free(&e->types);
-    audit_fields_free(&e->values);
+    audit_fields_free(&e->cap);
     free(e);
 }
 
@@ -205,11 +203,8 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
     s->n_statements++;
     if (st->refused)
         s->n_denied++;
-    if (!store(s)) {
-        cJSON_Delete(st->params);
-        cJSON_Delete(st->intent);
+    if (!store(s))
         return 0;
-    }
     audit_fields_t *f = fields_begin();
     audit_f_cstr(f, "sql", st->sql ? st->sql : "");
     audit_f_cstr(f, "protocol", st->protocol);
@@ -226,8 +221,6 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
         audit_f_json(f, "intent", st->intent);
     audit_f_bool(f, "writes", st->writes);
     audit_f_int(f, "start", wall_us());
-    cJSON_Delete(st->params);
-    cJSON_Delete(st->intent);
     if (append_fields(s, AUDIT_REC_STATEMENT, f, seq) < 0)
         return -1;
     cfg_durability_t d = s->rt->cfg->audit.durability;
@@ -399,12 +392,8 @@ static void complete(session_t *s)
         audit_f_cstr(f, "error", e->error ? e->error : "");
     }
     if (e->described) {
-        audit_f_close(&e->columns);
-        audit_f_close(&e->types);
-        audit_f_close(&e->values);
-        audit_f_splice(f, "columns", &e->columns);
-        audit_f_splice(f, "types", &e->types);
-        audit_f_splice(f, "values", &e->values);
+        audit_f_close(&e->cap); /* values */
+        audit_f_splice(f, NULL, &e->cap);
     }
     if (truncated)
         audit_f_bool(f, "truncated", true);
@@ -418,18 +407,19 @@ static void on_row_description(inflight_t *e, const uint8_t *body, size_t len)
     if (e->described || pgw_read_row_description(body, len, &rd) < 0)
         return;
     e->described = true;
-    audit_fields_init(&e->columns, 0);
-    audit_fields_init(&e->types, 0);
-    audit_fields_init(&e->values, 0);
-    audit_f_open(&e->columns, NULL, '[');
-    audit_f_open(&e->types, NULL, '[');
-    audit_f_open(&e->values, NULL, '[');
+    audit_fields_init(&e->cap, 0);
     pgw_column_t col;
     pgw_iter_t it = rd.fields;
-    while (pgw_column_next(&it, &col) == 1) {
-        audit_f_cstr(&e->columns, NULL, col.name);
-        audit_f_int(&e->types, NULL, (int64_t)col.type_oid);
-    }
+    audit_f_open(&e->cap, "columns", '[');
+    while (pgw_column_next(&it, &col) == 1)
+        audit_f_cstr(&e->cap, NULL, col.name);
+    audit_f_close(&e->cap);
+    it = rd.fields;
+    audit_f_open(&e->cap, "types", '[');
+    while (pgw_column_next(&it, &col) == 1)
+        audit_f_int(&e->cap, NULL, (int64_t)col.type_oid);
+    audit_f_close(&e->cap);
+    audit_f_open(&e->cap, "values", '[');
 }
 
 static void on_data_row(session_t *s, inflight_t *e, const uint8_t *body, size_t len)
@@ -448,17 +438,17 @@ static void on_data_row(session_t *s, inflight_t *e, const uint8_t *body, size_t
     const uint8_t *v;
     int32_t vlen;
     pgw_iter_t it = row.cols;
-    audit_f_open(&e->values, NULL, '[');
+    audit_f_open(&e->cap, NULL, '[');
     while (pgw_values_next(&it, &v, &vlen) == 1) {
         if (vlen < 0) {
-            audit_f_null(&e->values, NULL);
+            audit_f_null(&e->cap, NULL);
             continue;
         }
         /* text as cJSON kept it: up to the first NUL (binary values have them) */
         const uint8_t *nul = memchr(v, 0, (size_t)vlen);
-        audit_f_str(&e->values, NULL, (const char *)v, nul ? (size_t)(nul - v) : (size_t)vlen);
+        audit_f_str(&e->cap, NULL, (const char *)v, nul ? (size_t)(nul - v) : (size_t)vlen);
     }
-    audit_f_close(&e->values);
+    audit_f_close(&e->cap);
     e->captured_rows++;
     e->captured_bytes += len;
 }

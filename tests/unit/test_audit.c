@@ -780,6 +780,48 @@ static void map_full_fails_cleanly_and_recovers_when_space_returns(void **state)
     fx_free(f);
 }
 
+static void a_full_map_grows_up_to_max_map_size_then_fails(void **state)
+{
+    (void)state;
+    fx_t *f = fx_new(1 << 20, false);
+    f->cfg.audit.max_map_size = 3 << 20;
+    audit_t *a = open_audit(f, 50, NULL, NULL);
+    char pad[3000];
+    memset(pad, 'g', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = 0;
+    int accepted = 0;
+    for (int i = 0; i < 4000 && !audit_failing(a); i++) {
+        cJSON *o = stmt_fields(i);
+        cJSON_AddStringToObject(o, "pad", pad);
+        uint64_t s;
+        if (audit_append(a, AUDIT_REC_STATEMENT, "s1", o, &s) == 0)
+            accepted++;
+        if (i % 20 == 0)
+            (void)audit_flush(a, 2000);
+    }
+    (void)audit_flush(a, 2000);
+    /* well past the first 1 MiB (grown twice: 2 MiB, then 3 MiB), then full */
+    print_message("  %d records of 3 KB accepted before the 3 MiB map was full\n", accepted);
+    assert_true(accepted > 600);
+    assert_true(audit_failing(a));
+    uint64_t durable = audit_durable_seq(a);
+    assert_true(durable > 600); /* records, not just acceptances, went past 1 MiB */
+    audit_close(a);
+    struct stat st;
+    char data[4200];
+    snprintf(data, sizeof(data), "%s/data.mdb", f->store);
+    assert_int_equal(stat(data, &st), 0);
+    assert_true(st.st_size > (2 << 20) && st.st_size <= (3 << 20));
+    /* a restart with the configured 1 MiB keeps the grown map and its records */
+    a = open_audit(f, 50, NULL, NULL);
+    assert_true(audit_failing(a) || audit_flush(a, 2000) == 0);
+    audit_close(a);
+    audit_verify_result_t res = verify_store(f->store, NULL);
+    expect_ok(&res);
+    assert_true(res.last_seq >= durable);
+    fx_free(f);
+}
+
 static void retention_by_size_keeps_a_tiny_map_writing_and_verifiable(void **state)
 {
     (void)state;
@@ -1167,6 +1209,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(reports_a_tail_truncated_after_a_checkpoint),
         cmocka_unit_test(detects_a_changed_checkpoint_and_a_foreign_key),
         cmocka_unit_test(map_full_fails_cleanly_and_recovers_when_space_returns),
+        cmocka_unit_test(a_full_map_grows_up_to_max_map_size_then_fails),
         cmocka_unit_test(retention_by_size_keeps_a_tiny_map_writing_and_verifiable),
         cmocka_unit_test(retention_by_age_retires_old_records),
         cmocka_unit_test(appends_from_many_threads_keep_one_linear_chain),
