@@ -137,6 +137,19 @@ static int u16_next(u16it_t *it)
     return (int)(0xd800 | (cp >> 10));
 }
 
+int canon_name_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    u16it_t x = {(const unsigned char *)a, alen, 0, 0};
+    u16it_t y = {(const unsigned char *)b, blen, 0, 0};
+    for (;;) {
+        int ux = u16_next(&x), uy = u16_next(&y);
+        if (ux != uy)
+            return ux < uy ? -1 : 1;
+        if (ux < 0)
+            return 0;
+    }
+}
+
 typedef struct member {
     const cJSON *item;
     size_t index;

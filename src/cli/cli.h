@@ -33,5 +33,8 @@ int cli_audit_opt(const char *cmd, int argc, char **argv, int *i, const char *na
                   const char **out);
 struct audit_reader *cli_audit_reader(const char *cmd, const char *config, struct cfg **cfg_out);
 long long cli_audit_now_us(void);
+/* audit export --cursor FILE [--follow] (src/cli/export.c): exit status. */
+int cli_export_cursor(struct audit_reader *r, unsigned long long from, const char *cursor,
+                      _Bool follow, volatile int *stop);
 
 #endif
