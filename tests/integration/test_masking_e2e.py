@@ -79,9 +79,13 @@ def agent2_policy() -> dict:
         "upstream": {DB: {"user": READER, "password_file": f"../secrets/{READER}"}},
         "default": "deny",
         "rules": [{"id": "read", "action": "allow", "operations": ["select"],
-                   "relations": ["public.*"]}],
+                   "relations": ["public.*"]},
+                  {"id": "scratch", "action": "allow",
+                   "operations": ["select", "insert", "ddl"], "relations": ["scratch.*"]}],
         "masks": [{"column": "public.customers.name", "method": "fixed", "value": "[hidden]"},
-                  {"column": "public.customers.email", "method": "hash"}],
+                  {"column": "public.customers.email", "method": "hash"},
+                  {"column": "scratch.people.secret", "method": "fixed", "value": "[secret]"},
+                  {"column": "scratch.people.added", "method": "fixed", "value": "[added]"}],
     }
 
 
@@ -848,3 +852,43 @@ def test_sqlalchemy_reflection_and_psql_describe_work_through_a_masking_role(env
     assert r.returncode == 0, r.stderr
     assert "card_number" in r.stdout and "customer_contacts" in r.stdout, r.stdout
     assert not leaks(r.stdout, ALL_VALUES), r.stdout
+
+
+def test_columns_renamed_or_added_during_a_session_are_masked_afterwards(env):
+    conn = env.ep2.connect()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE scratch.people (id int, nick text, other text)")
+            cur.execute("INSERT INTO scratch.people VALUES (1, 'n1', 'o1'), (2, 'n2', 'o2')")
+            cur.execute("SELECT * FROM scratch.people ORDER BY id")
+            before = cur.fetchall()
+            cur.execute("ALTER TABLE scratch.people RENAME COLUMN nick TO secret")
+            cur.execute("SELECT * FROM scratch.people ORDER BY id")
+            renamed = cur.fetchall()
+            cur.execute("SELECT p.secret || '!' AS s FROM scratch.people p")
+            expr = cur.fetchall()
+            cur.execute("ALTER TABLE scratch.people ADD COLUMN added text DEFAULT 'zz'")
+            cur.execute("SELECT * FROM scratch.people ORDER BY id")
+            added = cur.fetchall()
+            # in one transaction: after the DDL every relation counts as unknown until the
+            # catalog is read again at the next idle point
+            cur.execute("BEGIN")
+            cur.execute("ALTER TABLE scratch.people RENAME COLUMN other TO secret2")
+            cur.execute("SELECT id, secret2 FROM scratch.people")
+            in_tx = sorted(cur.fetchall())
+            with pytest.raises(psycopg2.Error) as refused:  # a filter on unknown lineage
+                cur.execute("SELECT id FROM scratch.people WHERE id = 1")
+            cur.execute("ROLLBACK")
+            cur.execute("ALTER TABLE scratch.people RENAME COLUMN other TO secret2")
+            cur.execute("SELECT id, secret2 FROM scratch.people ORDER BY 1")
+            after_tx = cur.fetchall()
+    finally:
+        conn.close()
+    assert before == [(1, "n1", "o1"), (2, "n2", "o2")], before
+    assert renamed == [(1, "[secret]", "o1"), (2, "[secret]", "o2")], renamed
+    assert expr == [("****",), ("****",)], expr
+    assert added == [(1, "[secret]", "o1", "[added]"), (2, "[secret]", "o2", "[added]")], added
+    assert in_tx == [("****", "****"), ("****", "****")], in_tx
+    assert refused.value.pgcode == "42501" and "unknown lineage" in refused.value.pgerror
+    assert after_tx == [(1, "o1"), (2, "o2")], after_tx
