@@ -129,6 +129,7 @@ struct maskflow {
     bool load_error; /* the read in flight failed */
     bool resume;     /* the read ended: relay the client's input again */
     char cat_status; /* transaction status the read started in, and must end in */
+    int undo_tries;
     double loaded_at;
     uint64_t gen; /* catalog generation (plans cached under it) */
     /* the FIFO */
@@ -661,12 +662,15 @@ static mf_verdict_t catalog_message(maskflow_t *mf, char type, const uint8_t *bo
             break;
         }
         mf->load_error = true;
-        if (!first) { /* even the undo failed: the client's transaction is not its own */
+        /* an error left our transaction open, or the client's aborted: undo. The
+         * undo runs under the client's statement_timeout too: try it a few times */
+        if (first)
+            mf->undo_tries = 0;
+        if (++mf->undo_tries > 5) {
             fail(mf->s, "08006",
                  "bulwark: the session's transaction state was lost reading the catalog");
             return MF_FAIL;
         }
-        /* an error left our transaction open, or the client's aborted: undo */
         if (!push(mf, IT_ROLLBACK))
             return MF_FAIL;
         pgw_write_query(&mf->s->upstream.out,
@@ -1249,8 +1253,9 @@ static mf_verdict_t on_rowdesc(maskflow_t *mf, const uint8_t *body, size_t len,
     mask_plan_t *unknown = NULL;
     bool known = rowdesc_known(mf, body, len);
     if (!plan || !known) {
-        if (!known)
-            mf->dirty = true; /* read the catalog again at the next idle point */
+        if (!known && mf->cat)
+            mf->dirty = true; /* read the catalog again at the next idle point (without
+                               * one, not before catalog_refresh: no retry storm) */
         if (!(unknown = mask_plan_unknown(mf->rules)))
             return MF_FAIL;
         plan = unknown;

@@ -927,6 +927,6 @@ def test_a_failed_catalog_read_leaves_the_clients_transaction_as_it_was(env):
     finally:
         conn.close()
     assert masked == [("****", "****")], masked  # no catalog: masked whole
-    assert count == ("****",) or count == (1,), count
+    assert count == (1,), count  # count(*) carries no column; the transaction went on
     failed = [ln for ln in env.log_text().splitlines() if "mask_catalog_failed" in ln]
     assert failed, "the catalog read did not fail as the test meant it to"
