@@ -49,6 +49,7 @@ typedef enum {
 
 const char *appr_state_name(appr_state_t s); /* "pending", ... */
 
+
 /* One request. Strings are owned (appr_req_free). Times: µs since the epoch. */
 typedef struct appr_req {
     uint64_t id;
@@ -68,6 +69,9 @@ typedef struct appr_req {
 } appr_req_t;
 
 void appr_req_free(appr_req_t *r);
+/* For display: "expired" for a request still pending past its expiry (a
+ * reject-mode request nobody decided; nothing waits on it), else the state. */
+const char *appr_state_at(const appr_req_t *r, int64_t now_us);
 
 typedef enum {
     APPR_OK = 0,
@@ -168,6 +172,12 @@ int appr_worker_close_pending(appr_worker_t *w, uint64_t id, appr_state_t to);
 int appr_worker_consume(appr_worker_t *w, uint64_t id);
 /* True while a use of id is queued but not yet written (a skip function for appr_find_grant). */
 bool appr_worker_used(void *w, uint64_t id);
+
+/* Reject mode: the pending request this gateway made for the same identity
+ * and fingerprint (key: a hash of them), so that re-running a refused
+ * statement does not make a new request each time. 0 = none remembered. */
+uint64_t appr_worker_pending_for(appr_worker_t *w, uint64_t key);
+void appr_worker_remember_pending(appr_worker_t *w, uint64_t key, uint64_t id);
 
 /* A decision from the admin console, written by the worker; its outcome
  * comes back through appr_worker_results() under tag. d's strings are copied. */

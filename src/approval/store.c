@@ -28,6 +28,12 @@ const char *appr_state_name(appr_state_t s)
     return s >= APPR_PENDING && s <= APPR_WITHDRAWN ? state_names[s] : "unknown";
 }
 
+const char *appr_state_at(const appr_req_t *r, int64_t now_us)
+{
+    return r->state == APPR_PENDING && r->expires_us <= now_us ? "expired"
+                                                               : appr_state_name(r->state);
+}
+
 static appr_state_t state_parse(const char *s)
 {
     for (int i = APPR_PENDING; s && i <= APPR_WITHDRAWN; i++)
@@ -395,7 +401,8 @@ int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
         if (req_from_json(v.mv_data, v.mv_size, &r))
             continue;
         bool show = filter == APPR_LIST_ALL ||
-                    (filter == APPR_LIST_PENDING && r.state == APPR_PENDING) ||
+                    (filter == APPR_LIST_PENDING && r.state == APPR_PENDING &&
+                     r.expires_us > now_us) ||
                     (filter == APPR_LIST_GRANTS && grant_usable(&r, now_us));
         if (show)
             stop = fn(arg, &r);

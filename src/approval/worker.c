@@ -21,6 +21,7 @@
 #include "util/log.h"
 
 #define QUEUE_MAX 4096
+#define PENDING_SLOTS 1024
 
 typedef enum { OP_CREATE, OP_CLOSE, OP_CONSUME, OP_DECIDE } op_kind_t;
 
@@ -50,6 +51,10 @@ struct appr_worker {
     /* ids of one-use grants whose use is queued (OP_CONSUME not yet written) */
     uint64_t used[QUEUE_MAX];
     size_t nused;
+    /* reject-mode requests by identity+fingerprint hash (appr_worker_pending_for) */
+    struct {
+        uint64_t key, id;
+    } pending[PENDING_SLOTS];
 };
 
 static int64_t wall_us(void)
@@ -308,4 +313,22 @@ void appr_worker_results(appr_worker_t *w, void (*fn)(void *arg, const appr_resu
         fn(arg, &op->res);
         free(op);
     }
+}
+
+uint64_t appr_worker_pending_for(appr_worker_t *w, uint64_t key)
+{
+    pthread_mutex_lock(&w->mu);
+    size_t i = key % PENDING_SLOTS;
+    uint64_t id = w->pending[i].key == key ? w->pending[i].id : 0;
+    pthread_mutex_unlock(&w->mu);
+    return id;
+}
+
+void appr_worker_remember_pending(appr_worker_t *w, uint64_t key, uint64_t id)
+{
+    pthread_mutex_lock(&w->mu);
+    size_t i = key % PENDING_SLOTS;
+    w->pending[i].key = key;
+    w->pending[i].id = id;
+    pthread_mutex_unlock(&w->mu);
 }

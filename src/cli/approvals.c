@@ -165,7 +165,10 @@ static int list_row(void *arg, const appr_req_t *r)
 {
     listing_t *l = arg;
     if (l->json) {
-        cJSON_AddItemToArray(l->arr, appr_req_json(r));
+        cJSON *o = appr_req_json(r);
+        if (o && r->state == APPR_PENDING)
+            cJSON_ReplaceItemInObject(o, "state", cJSON_CreateString(appr_state_at(r, l->now_us)));
+        cJSON_AddItemToArray(l->arr, o);
         return 0;
     }
     if (l->nrows >= MAX_ROWS)
@@ -180,7 +183,7 @@ static int list_row(void *arg, const appr_req_t *r)
         strftime(until, sizeof(until), "%Y-%m-%d %H:%M:%SZ", &tm);
     }
     row[0] = strdup(id);
-    row[1] = strdup(appr_state_name(r->state));
+    row[1] = strdup(appr_state_at(r, l->now_us));
     row[2] = age_of(r->created_us, l->now_us);
     row[3] = strdup(r->sub ? r->sub : "");
     row[4] = strdup(r->role ? r->role : "");

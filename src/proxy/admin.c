@@ -153,7 +153,7 @@ static int approval_row(void *arg, const appr_req_t *r)
         fmt_time(last, sizeof(last), r->grant_until_us);
     else if (!c->grants)
         fmt_time(last, sizeof(last), r->expires_us);
-    const char *row[] = {id,      appr_state_name(r->state), age, r->sub, r->role, r->target,
+    const char *row[] = {id,      appr_state_at(r, c->now), age, r->sub, r->role, r->target,
                          r->rule, c->grants ? r->by : r->reject ? "reject" : "hold", last, sql};
     table_row(c->t, row);
     return 0;
@@ -236,7 +236,7 @@ static void show_stats(session_t *s)
     stat_row(&t, "denied_of_live_sessions", denied);
     unsigned long long pending = 0;
     if (srv->approvals &&
-        appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, 0, ADMIN_MAX_SCAN,
+        appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, wall_us(), ADMIN_MAX_SCAN,
                   count_one, &pending) == 0)
         stat_row(&t, "approvals_pending", pending);
     policy_cache_stats_t cs;

@@ -101,6 +101,37 @@ static appr_req_t *new_request(session_t *s, const policy_result_t *r, const cha
     return q;
 }
 
+/* FNV-1a over the fields that make a grant's key. */
+static uint64_t request_key(const appr_key_t *k)
+{
+    uint64_t h = 1469598103934665603ull;
+    const char *parts[] = {k->iss, k->sub, k->role, k->target, k->fingerprint};
+    for (size_t i = 0; i < 5; i++)
+        for (const char *c = parts[i]; ; c++) {
+            h = (h ^ (uint8_t)*c) * 1099511628211ull;
+            if (!*c)
+                break;
+        }
+    return h;
+}
+
+/* A reject-mode request still pending (or not yet written) for the same key. */
+static uint64_t reuse_pending(session_t *s, uint64_t rkey)
+{
+    appr_worker_t *w = s->srv->approvals;
+    uint64_t id = appr_worker_pending_for(w, rkey);
+    if (!id)
+        return 0;
+    appr_req_t r;
+    appr_rc_t rc = appr_get(appr_worker_store(w), id, &r);
+    bool pending = rc == APPR_OK && r.state == APPR_PENDING && r.expires_us > wall_us() &&
+                   !strcmp(r.sub, s->subject ? s->subject : "") &&
+                   !strcmp(r.role, s->role_name) && !strcmp(r.target, s->target_name);
+    if (rc == APPR_OK)
+        appr_req_free(&r);
+    return pending ? id : 0;
+}
+
 review_t approval_review(session_t *s, const char *sql, size_t len, const policy_result_t *r,
                          review_out_t *out)
 {
@@ -133,6 +164,18 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
                   (unsigned long long)gid, fp);
         return REVIEW_PASS;
     }
+    uint64_t rkey = request_key(&key);
+    if (r->review.reject) {
+        uint64_t old = reuse_pending(s, rkey);
+        if (old) {
+            out->approval = old;
+            snprintf(out->message, sizeof(out->message),
+                     "%s: approval request %llu is pending; once it is approved (bulwark approve "
+                     "%llu), run the statement again",
+                     r->message, (unsigned long long)old, (unsigned long long)old);
+            return REVIEW_REFUSE;
+        }
+    }
     uint64_t id = appr_worker_next_id(w);
     appr_req_t *q = new_request(s, r, sql, fp, id);
     const char *hook = s->rt->cfg->approvals.webhook_url;
@@ -148,6 +191,8 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     }
     free(q);
     out->approval = id;
+    if (r->review.reject)
+        appr_worker_remember_pending(w, rkey, id);
     log_event(LOG_INFO, "approval_requested", "session=%s id=%llu rule=%s mode=%s", s->id,
               (unsigned long long)id, r->rule ? r->rule : "-", r->review.reject ? "reject" : "hold");
     if (r->review.reject) {

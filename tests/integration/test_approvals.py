@@ -502,6 +502,10 @@ def test_reject_mode_then_approval_passes_once(env):
     e = try_sql(env, sql)
     assert isinstance(e, psycopg2.Error) and e.pgcode == "42501"
     rid = refused_request_id(e)
+    # running it again before anyone decided names the same request
+    again = try_sql(env, "UPDATE items SET note = 'again' WHERE id = 1")
+    assert refused_request_id(again) == rid and "is pending" in str(again)
+    assert len([r for r in requests(env) if r["rule"] == "items-fix"]) == 1
     cli(env, "approve", str(rid), "--as", "alice")
     assert try_sql(env, sql) == 1
     # once: the next run asks again

@@ -205,6 +205,15 @@ static void lists_pending_all_and_grants(void **state)
     int n = 0;
     assert_int_equal(appr_list(st, APPR_LIST_PENDING, T0, 0, count, &n), 0);
     assert_int_equal(n, 2);
+    n = 0; /* past their expiry, pending requests are no longer listed as pending */
+    assert_int_equal(appr_list(st, APPR_LIST_PENDING, T0 + 61 * 1000000LL, 0, count, &n), 0);
+    assert_int_equal(n, 0);
+    n = 0;
+    assert_int_equal(appr_list(st, APPR_LIST_ALL, T0, 1, count, &n), 0);
+    assert_int_equal(n, 1); /* max_scan */
+    appr_req_t r = request(1, false, "a");
+    assert_string_equal(appr_state_at(&r, T0), "pending");
+    assert_string_equal(appr_state_at(&r, T0 + 61 * 1000000LL), "expired");
     n = 0;
     assert_int_equal(appr_list(st, APPR_LIST_ALL, T0, 0, count, &n), 0);
     assert_int_equal(n, 3);
