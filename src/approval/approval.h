@@ -49,14 +49,13 @@ typedef enum {
 
 const char *appr_state_name(appr_state_t s); /* "pending", ... */
 
-
 /* One request. Strings are owned (appr_req_free). Times: µs since the epoch. */
 typedef struct appr_req {
     uint64_t id;
     appr_state_t state;
     char *session, *sub, *iss, *role, *target, *sql, *fingerprint, *rule;
-    bool reject;       /* mode "reject" (else "hold") */
-    char **approvers;  /* role names from the rule */
+    bool reject;      /* mode "reject" (else "hold") */
+    char **approvers; /* role names from the rule */
     size_t n_approvers;
     int64_t created_us, expires_us;
     /* the decision */
@@ -75,7 +74,7 @@ const char *appr_state_at(const appr_req_t *r, int64_t now_us);
 
 typedef enum {
     APPR_OK = 0,
-    APPR_ERR = -1,         /* LMDB or memory error; err says which */
+    APPR_ERR = -1, /* LMDB or memory error; err says which */
     APPR_NOT_FOUND = -2,
     APPR_NOT_PENDING = -3, /* already decided, timed out or withdrawn */
     APPR_EXPIRED = -4,     /* pending but past its expiry */
@@ -185,7 +184,7 @@ int appr_worker_decide(appr_worker_t *w, uint64_t id, const appr_decision_t *d, 
 typedef struct appr_result {
     uint64_t tag, id;
     appr_rc_t rc;
-    appr_state_t state;    /* the request's state after the attempt */
+    appr_state_t state; /* the request's state after the attempt */
     int64_t grant_until_us;
     char err[200];
 } appr_result_t;

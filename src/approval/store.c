@@ -20,8 +20,8 @@ struct appr_store {
     bool own_env;
 };
 
-static const char *const state_names[] = {NULL,       "pending", "approved",
-                                          "denied",   "timeout", "withdrawn"};
+static const char *const state_names[] = {NULL,     "pending", "approved",
+                                          "denied", "timeout", "withdrawn"};
 
 const char *appr_state_name(appr_state_t s)
 {
@@ -46,9 +46,9 @@ void appr_req_free(appr_req_t *r)
 {
     if (!r)
         return;
-    char **strs[] = {&r->session, &r->sub, &r->iss,    &r->role,   &r->target, &r->sql,
-                     &r->fingerprint, &r->rule, &r->by, &r->by_role, &r->os_user, &r->via,
-                     &r->reason, &r->revoked_by};
+    char **strs[] = {&r->session, &r->sub,         &r->iss,    &r->role,      &r->target,
+                     &r->sql,     &r->fingerprint, &r->rule,   &r->by,        &r->by_role,
+                     &r->os_user, &r->via,         &r->reason, &r->revoked_by};
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
         free(*strs[i]);
     for (size_t i = 0; i < r->n_approvers; i++)
@@ -159,8 +159,8 @@ static int req_from_json(const char *text, size_t len, appr_req_t *r)
     int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
     if (n > 0 && (r->approvers = calloc((size_t)n, sizeof(char *)))) {
         const cJSON *e;
-        cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) && (r->approvers[r->n_approvers] =
-                                                               strdup(e->valuestring)))
+        cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) &&
+                                     (r->approvers[r->n_approvers] = strdup(e->valuestring)))
             r->n_approvers++;
     }
     r->created_us = get_i64(o, "created");
@@ -400,10 +400,10 @@ int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
         appr_req_t r;
         if (req_from_json(v.mv_data, v.mv_size, &r))
             continue;
-        bool show = filter == APPR_LIST_ALL ||
-                    (filter == APPR_LIST_PENDING && r.state == APPR_PENDING &&
-                     r.expires_us > now_us) ||
-                    (filter == APPR_LIST_GRANTS && grant_usable(&r, now_us));
+        bool show =
+            filter == APPR_LIST_ALL ||
+            (filter == APPR_LIST_PENDING && r.state == APPR_PENDING && r.expires_us > now_us) ||
+            (filter == APPR_LIST_GRANTS && grant_usable(&r, now_us));
         if (show)
             stop = fn(arg, &r);
         appr_req_free(&r);

@@ -81,9 +81,13 @@ static void run_op(appr_worker_t *w, op_t *op)
         rc = appr_consume(w->st, op->id);
         break;
     case OP_DECIDE: {
-        appr_decision_t d = {.approve = op->approve, .by = op->req.by, .by_role = op->req.by_role,
-                             .os_user = op->req.os_user, .via = op->req.via,
-                             .reason = op->req.reason, .grant_ms = op->grant_ms,
+        appr_decision_t d = {.approve = op->approve,
+                             .by = op->req.by,
+                             .by_role = op->req.by_role,
+                             .os_user = op->req.os_user,
+                             .via = op->req.via,
+                             .reason = op->req.reason,
+                             .grant_ms = op->grant_ms,
                              .now_us = wall_us()};
         appr_req_t out;
         memset(&out, 0, sizeof(out));
@@ -97,8 +101,8 @@ static void run_op(appr_worker_t *w, op_t *op)
     }
     if (rc != APPR_OK)
         log_event(LOG_ERROR, "approval_write_failed", "id=%llu op=%d rc=%d error=\"%s\"",
-                  (unsigned long long)(op->kind == OP_CREATE ? op->req.id : op->id), op->kind,
-                  rc, err);
+                  (unsigned long long)(op->kind == OP_CREATE ? op->req.id : op->id), op->kind, rc,
+                  err);
 }
 
 static void forget_use(appr_worker_t *w, uint64_t id)
@@ -194,8 +198,7 @@ uint64_t appr_worker_next_id(appr_worker_t *w)
 static int enqueue(appr_worker_t *w, op_t *op)
 {
     pthread_mutex_lock(&w->mu);
-    if (w->n >= QUEUE_MAX || w->stopping ||
-        (op->kind == OP_CONSUME && w->nused >= QUEUE_MAX)) {
+    if (w->n >= QUEUE_MAX || w->stopping || (op->kind == OP_CONSUME && w->nused >= QUEUE_MAX)) {
         pthread_mutex_unlock(&w->mu);
         return -1;
     }
@@ -294,8 +297,7 @@ int appr_worker_decide(appr_worker_t *w, uint64_t id, const appr_decision_t *d, 
     return 0;
 }
 
-void appr_worker_results(appr_worker_t *w, void (*fn)(void *arg, const appr_result_t *r),
-                         void *arg)
+void appr_worker_results(appr_worker_t *w, void (*fn)(void *arg, const appr_result_t *r), void *arg)
 {
     pthread_mutex_lock(&w->mu);
     op_t *list = w->done;

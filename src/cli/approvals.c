@@ -218,9 +218,9 @@ static int run_list(const opts_t *o)
         printf("%s\n", s ? s : "[]");
         free(s);
     } else {
-        static const char *const names[NCOLS] = {"id",     "state", "age",  "sub",      "role",
-                                                 "target", "rule",  "by",   "statement"};
-        const char *gnames[NCOLS] = {"id",     "state", "age",  "sub",      "role",
+        static const char *const names[NCOLS] = {"id",     "state", "age", "sub",      "role",
+                                                 "target", "rule",  "by",  "statement"};
+        const char *gnames[NCOLS] = {"id",     "state", "age",   "sub",      "role",
                                      "target", "rule",  "until", "statement"};
         audit_fmt_aligned(stdout, NCOLS, o->grants ? gnames : names, "rllllllll", l.nrows,
                           (const char *const *)l.cells);
@@ -322,9 +322,14 @@ static int run_decide(const char *cmd, const opts_t *o)
             fprintf(stderr, "bulwark %s: refused: %s\n", cmd, why);
             status = 1;
         } else {
-            appr_decision_t d = {.approve = !strcmp(cmd, "approve"), .by = name,
-                                 .by_role = role, .os_user = user, .via = "cli",
-                                 .reason = o->reason, .grant_ms = grant_ms, .now_us = now};
+            appr_decision_t d = {.approve = !strcmp(cmd, "approve"),
+                                 .by = name,
+                                 .by_role = role,
+                                 .os_user = user,
+                                 .via = "cli",
+                                 .reason = o->reason,
+                                 .grant_ms = grant_ms,
+                                 .now_us = now};
             rc = appr_decide(st, id, &d, &r, err, sizeof(err));
             if (rc == APPR_OK) {
                 char dur[32];

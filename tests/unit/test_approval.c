@@ -73,8 +73,13 @@ static appr_key_t key_of(const char *fp)
 
 static appr_decision_t approve_at(int64_t now, int64_t grant_ms)
 {
-    return (appr_decision_t){.approve = true, .by = "alice", .by_role = "dba", .os_user = "root",
-                             .via = "cli", .grant_ms = grant_ms, .now_us = now};
+    return (appr_decision_t){.approve = true,
+                             .by = "alice",
+                             .by_role = "dba",
+                             .os_user = "root",
+                             .via = "cli",
+                             .grant_ms = grant_ms,
+                             .now_us = now};
 }
 
 static void create(appr_store_t *st, appr_req_t r)
