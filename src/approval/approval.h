@@ -116,6 +116,12 @@ appr_rc_t appr_close_pending(appr_store_t *st, uint64_t id, appr_state_t to, int
 appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now_us, char *err,
                       size_t errsz);
 
+/* Retention: delete up to max requests created before before_us, oldest
+ * first, except pending ones not yet expired and grants still in force.
+ * *pruned counts them. */
+appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
+                     size_t *pruned);
+
 /* A one-use grant was used. */
 appr_rc_t appr_consume(appr_store_t *st, uint64_t id);
 
@@ -158,6 +164,9 @@ typedef struct appr_worker appr_worker_t;
  * only wake the loop), and may be NULL. */
 appr_worker_t *appr_worker_new(appr_store_t *st, void (*notify)(void *arg), void *arg)
     __attribute__((warn_unused_result));
+/* Prune requests older than max_age_ms (0 = keep all; audit.retention.max_age)
+ * about once an hour. */
+void appr_worker_set_retention(appr_worker_t *w, int64_t max_age_ms);
 /* Write what is queued, then stop. */
 void appr_worker_free(appr_worker_t *w);
 appr_store_t *appr_worker_store(appr_worker_t *w);

@@ -593,6 +593,44 @@ appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
     return rc;
 }
 
+appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
+                     size_t *pruned)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    *pruned = 0;
+    if (txn_begin(st, true, &txn))
+        return APPR_ERR;
+    if (mdb_cursor_open(txn, st->reqs, &c)) {
+        mdb_txn_abort(txn);
+        return APPR_ERR;
+    }
+    MDB_val k, v;
+    int rc = 0;
+    for (int g = mdb_cursor_get(c, &k, &v, MDB_FIRST); g == 0 && !rc && *pruned < max;
+         g = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        appr_req_t r;
+        if (req_from_json(v.mv_data, v.mv_size, &r)) {
+            rc = mdb_cursor_del(c, 0); /* unreadable: nothing can use it */
+            (*pruned)++;
+            continue;
+        }
+        bool young = r.created_us >= before_us; /* ids grow with time: stop here */
+        bool keep = (r.state == APPR_PENDING && r.expires_us > now_us) || grant_usable(&r, now_us);
+        if (!young && !keep) {
+            rc = grant_put(txn, st, &r, false);
+            if (!rc)
+                rc = mdb_cursor_del(c, 0);
+            (*pruned)++;
+        }
+        appr_req_free(&r);
+        if (young)
+            break;
+    }
+    mdb_cursor_close(c);
+    return commit(txn, rc, NULL, 0);
+}
+
 /* ---- who may decide ------------------------------------------------------------------- */
 
 static bool listed(const appr_req_t *r, const char *role)

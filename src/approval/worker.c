@@ -22,6 +22,8 @@
 
 #define QUEUE_MAX 4096
 #define PENDING_SLOTS 1024
+#define PRUNE_EVERY_US (3600LL * 1000000)
+#define PRUNE_BATCH 10000
 
 typedef enum { OP_CREATE, OP_CLOSE, OP_CONSUME, OP_DECIDE } op_kind_t;
 
@@ -48,6 +50,8 @@ struct appr_worker {
     void *notify_arg;
     bool stopping;
     _Atomic uint64_t next_id;
+    int64_t retention_us; /* 0 = keep everything */
+    int64_t next_prune_us;
     /* ids of one-use grants whose use is queued (OP_CONSUME not yet written) */
     uint64_t used[QUEUE_MAX];
     size_t nused;
@@ -114,13 +118,46 @@ static void forget_use(appr_worker_t *w, uint64_t id)
         }
 }
 
+/* Called with mu held; drops it while pruning. */
+static void maybe_prune(appr_worker_t *w)
+{
+    int64_t now = wall_us();
+    if (!w->retention_us || now < w->next_prune_us)
+        return;
+    int64_t before = now - w->retention_us;
+    pthread_mutex_unlock(&w->mu);
+    size_t n = 0;
+    appr_rc_t rc = appr_prune(w->st, before, now, PRUNE_BATCH, &n);
+    if (n || rc != APPR_OK)
+        log_event(rc == APPR_OK ? LOG_INFO : LOG_ERROR, "approvals_pruned", "requests=%zu ok=%s", n,
+                  rc == APPR_OK ? "yes" : "no");
+    pthread_mutex_lock(&w->mu);
+    /* a full batch: more to do soon */
+    w->next_prune_us = now + (n >= PRUNE_BATCH ? 1000000 : PRUNE_EVERY_US);
+}
+
+/* Wait for work, or until the next prune is due. */
+static void wait_work(appr_worker_t *w)
+{
+    if (!w->retention_us) {
+        pthread_cond_wait(&w->cv, &w->mu);
+        return;
+    }
+    int64_t at = w->next_prune_us;
+    struct timespec t = {.tv_sec = at / 1000000, .tv_nsec = (at % 1000000) * 1000};
+    pthread_cond_timedwait(&w->cv, &w->mu, &t);
+}
+
 static void *worker_main(void *arg)
 {
     appr_worker_t *w = arg;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->head && !w->stopping)
-            pthread_cond_wait(&w->cv, &w->mu);
+        maybe_prune(w);
+        while (!w->head && !w->stopping) {
+            wait_work(w);
+            maybe_prune(w);
+        }
         if (!w->head)
             break;
         op_t *op = w->head;
@@ -332,5 +369,14 @@ void appr_worker_remember_pending(appr_worker_t *w, uint64_t key, uint64_t id)
     size_t i = key % PENDING_SLOTS;
     w->pending[i].key = key;
     w->pending[i].id = id;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void appr_worker_set_retention(appr_worker_t *w, int64_t max_age_ms)
+{
+    pthread_mutex_lock(&w->mu);
+    w->retention_us = max_age_ms > 0 ? max_age_ms * 1000 : 0;
+    w->next_prune_us = wall_us();
+    pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
