@@ -269,6 +269,11 @@ def test_held_delete_runs_after_cli_approval_while_other_sessions_work(env):
     assert stmt and stmt[0]["data"]["decision"] == "review"
     assert note and note[0]["data"]["decision"] == "approved"
     assert note[0]["data"]["statement"] == stmt[0]["seq"] and note[0]["data"]["by"] == "alice"
+    # and the session's replay shows the approval with the statement and the decision
+    replay = subprocess.run([str(env.bin), "replay", "-c", str(env.gw.config_path),
+                             req["session"]], capture_output=True, text=True, timeout=30)
+    assert replay.returncode == 0, replay.stderr
+    assert f"approval {req['id']}" in replay.stdout and "approved" in replay.stdout, replay.stdout
 
 
 def test_twenty_pgbench_sessions_run_while_a_statement_is_held(env, tmp_path):
