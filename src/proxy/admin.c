@@ -34,7 +34,7 @@
 
 #define ADMIN_MAX_ROWS 1000
 /* Requests looked at per SHOW (newest first): reads on the loop stay short. */
-#define ADMIN_MAX_SCAN 5000
+#define ADMIN_MAX_SCAN 20000
 #define ADMIN_MAX_COLS 10
 
 static int64_t wall_us(void)
@@ -84,7 +84,8 @@ static void table_send(session_t *s, table_t *t, const char *tag)
     buf_t *b = &s->client.out;
     pgw_column_t cols[ADMIN_MAX_COLS];
     for (size_t i = 0; i < t->ncols; i++)
-        cols[i] = (pgw_column_t){.name = t->names[i], .type_oid = 25, .typlen = -1, .typmod = -1};
+        cols[i] = (pgw_column_t){.name = t->names[i], .type_oid = 25, .typlen = -1,
+                                 .typmod = -1};
     pgw_write_row_description(b, cols, (uint16_t)t->ncols);
     for (size_t r = 0; r < t->nrows; r++) {
         pgw_value_t v[ADMIN_MAX_COLS];
@@ -157,21 +158,18 @@ static int approval_row(void *arg, const appr_req_t *r)
         fmt_time(last, sizeof(last), r->grant_until_us);
     else if (!c->grants)
         fmt_time(last, sizeof(last), r->expires_us);
-    const char *row[] = {id,      appr_state_at(r, c->now),
-                         age,     r->sub,
-                         r->role, r->target,
-                         r->rule, c->grants ? r->by : r->reject ? "reject" : "hold",
-                         last,    sql};
+    const char *row[] = {id,      appr_state_at(r, c->now), age, r->sub, r->role, r->target,
+                         r->rule, c->grants ? r->by : r->reject ? "reject" : "hold", last, sql};
     table_row(c->t, row);
     return 0;
 }
 
 static bool show_approvals(session_t *s, bool grants)
 {
-    static const char *const names[] = {"id",     "state", "age",  "sub",     "role",
-                                        "target", "rule",  "mode", "expires", "statement"};
-    static const char *const gnames[] = {"id",     "state", "age", "sub",   "role",
-                                         "target", "rule",  "by",  "until", "statement"};
+    static const char *const names[] = {"id",   "state", "age",  "sub",     "role",
+                                        "target", "rule", "mode", "expires", "statement"};
+    static const char *const gnames[] = {"id",   "state", "age", "sub",   "role",
+                                         "target", "rule", "by", "until", "statement"};
     table_t t;
     table_init(&t, grants ? gnames : names, 10);
     list_ctx_t c = {&t, wall_us(), grants};
@@ -188,9 +186,8 @@ static bool show_approvals(session_t *s, bool grants)
 
 static void show_sessions(session_t *s)
 {
-    static const char *const names[] = {
-        "id",    "role", "sub",        "target", "client",
-        "state", "age",  "statements", "denied", "application_name"};
+    static const char *const names[] = {"id",   "role",   "sub",        "target", "client",
+                                        "state", "age",   "statements", "denied", "application_name"};
     table_t t;
     table_init(&t, names, 10);
     uint64_t now = now_ms();
@@ -201,15 +198,12 @@ static void show_sessions(session_t *s)
         if (x->held)
             snprintf(st, sizeof(st), "held (request %llu)", (unsigned long long)x->held->id);
         else
-            snprintf(st, sizeof(st), "%s",
-                     x->admin              ? "console"
-                     : x->tx_status == 'I' ? "idle"
-                                           : "active");
+            snprintf(st, sizeof(st), "%s", x->admin ? "console" : x->tx_status == 'I' ? "idle" : "active");
         dur_format((int64_t)(now - x->started_ms) / 1000 * 1000, age, sizeof(age));
         snprintf(n, sizeof(n), "%llu", (unsigned long long)x->n_statements);
         snprintf(d, sizeof(d), "%llu", (unsigned long long)x->n_denied);
-        const char *row[] = {x->id, x->role_name, x->subject, x->target_name, x->peer, st, age, n,
-                             d,     x->app_name};
+        const char *row[] = {x->id, x->role_name, x->subject, x->target_name, x->peer,
+                             st,    age,          n,          d,              x->app_name};
         table_row(&t, row);
     }
     table_send(s, &t, "SHOW");
@@ -247,8 +241,9 @@ static void show_stats(session_t *s)
     stat_row(&t, "statements_of_live_sessions", stmts);
     stat_row(&t, "denied_of_live_sessions", denied);
     unsigned long long pending = 0;
-    if (srv->approvals && appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, wall_us(),
-                                    ADMIN_MAX_SCAN, count_one, &pending) == 0)
+    if (srv->approvals &&
+        appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, 0, ADMIN_MAX_SCAN,
+                  count_one, &pending) == 0)
         stat_row(&t, "approvals_pending", pending);
     policy_cache_stats_t cs;
     policy_cache_stats(srv->policy_cache, &cs);
@@ -334,8 +329,8 @@ static void decide(session_t *s, const words_t *w, bool approve)
     char *end;
     unsigned long long id = w->n > 1 && !w->quoted[1] ? strtoull(w->w[1], &end, 10) : 0;
     if (!id || *end) {
-        error(s, "42601", "bulwark: syntax: %s",
-              approve ? "APPROVE n [FOR 'duration']" : "DENY n ['reason']");
+        error(s, "42601", "bulwark: syntax: %s", approve ? "APPROVE n [FOR 'duration']"
+                                                          : "DENY n ['reason']");
         return;
     }
     int64_t grant_ms = 0;
@@ -348,8 +343,8 @@ static void decide(session_t *s, const words_t *w, bool approve)
     } else if (!approve && w->n == 3) {
         reason = w->w[2];
     } else if (w->n != 2) {
-        error(s, "42601", "bulwark: syntax: %s",
-              approve ? "APPROVE n [FOR 'duration']" : "DENY n ['reason']");
+        error(s, "42601", "bulwark: syntax: %s", approve ? "APPROVE n [FOR 'duration']"
+                                                          : "DENY n ['reason']");
         return;
     }
     appr_req_t r;
@@ -368,12 +363,8 @@ static void decide(session_t *s, const words_t *w, bool approve)
         error(s, "42501", "bulwark: %s", why);
         return;
     }
-    appr_decision_t d = {.approve = approve,
-                         .by = s->subject,
-                         .by_role = s->role_name,
-                         .via = "console",
-                         .reason = reason,
-                         .grant_ms = grant_ms};
+    appr_decision_t d = {.approve = approve, .by = s->subject, .by_role = s->role_name,
+                         .via = "console", .reason = reason, .grant_ms = grant_ms};
     s->admin_wait = ++s->srv->admin_tags;
     if (appr_worker_decide(s->srv->approvals, id, &d, s->admin_wait) < 0) {
         s->admin_wait = 0;
@@ -471,8 +462,8 @@ static bool admin_command(session_t *s, char *q)
     split(q, &w);
     if (w.bad) {
         error(s, "42601", "bulwark: cannot read the command (unterminated quote?)");
-    } else if (!s->srv->approvals && !(word_is(&w, 0, "show") &&
-                                       (word_is(&w, 1, "sessions") || word_is(&w, 1, "stats")))) {
+    } else if (!s->srv->approvals && !(word_is(&w, 0, "show") && (word_is(&w, 1, "sessions") ||
+                                                                  word_is(&w, 1, "stats")))) {
         error(s, "55000", "bulwark: approvals need the audit store, which is not open");
     } else if (w.n == 2 && word_is(&w, 0, "show") && word_is(&w, 1, "approvals")) {
         return show_approvals(s, false);
@@ -567,8 +558,7 @@ void admin_input(session_t *s)
         } else if (strchr("PBDECH", h.type)) {
             buf_consume(&c->in, total);
             if (h.type == 'P')
-                error(s, "0A000",
-                      "bulwark: the admin console speaks the simple query protocol only");
+                error(s, "0A000", "bulwark: the admin console speaks the simple query protocol only");
         } else {
             session_fail(s, "FATAL", "08P01", "bulwark: invalid frontend message type %d",
                          (unsigned char)h.type);
@@ -583,14 +573,10 @@ void admin_start(session_t *s)
 {
     buf_t *b = &s->client.out;
     pgw_write_auth_ok(b);
-    static const char *const params[][2] = {{"server_version", "15.0 (bulwark admin console)"},
-                                            {"server_encoding", "UTF8"},
-                                            {"client_encoding", "UTF8"},
-                                            {"DateStyle", "ISO, MDY"},
-                                            {"integer_datetimes", "on"},
-                                            {"standard_conforming_strings", "on"},
-                                            {"TimeZone", "UTC"},
-                                            {"is_superuser", "off"}};
+    static const char *const params[][2] = {
+        {"server_version", "15.0 (bulwark admin console)"}, {"server_encoding", "UTF8"},
+        {"client_encoding", "UTF8"}, {"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"},
+        {"standard_conforming_strings", "on"}, {"TimeZone", "UTC"}, {"is_superuser", "off"}};
     for (size_t i = 0; i < sizeof(params) / sizeof(params[0]); i++)
         pgw_write_parameter_status(b, params[i][0], params[i][1]);
     pgw_write_parameter_status(b, "application_name", s->app_name ? s->app_name : "");
@@ -606,9 +592,8 @@ void admin_start(session_t *s)
     }
     rec_session_start(s);
     char q[300];
-    log_event(LOG_INFO, "session_start",
-              "session=%s peer=%s role=%s target=bulwark sub=%s admin=yes", s->id, s->peer,
-              s->role_name, log_q(q, sizeof(q), s->subject));
+    log_event(LOG_INFO, "session_start", "session=%s peer=%s role=%s target=bulwark sub=%s admin=yes",
+              s->id, s->peer, s->role_name, log_q(q, sizeof(q), s->subject));
     session_update_watchers(s);
     admin_input(s);
 }
