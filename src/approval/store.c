@@ -20,12 +20,18 @@ struct appr_store {
     bool own_env;
 };
 
-static const char *const state_names[] = {NULL,       "pending", "approved",
-                                          "denied",   "timeout", "withdrawn"};
+static const char *const state_names[] = {NULL,     "pending", "approved",
+                                          "denied", "timeout", "withdrawn"};
 
 const char *appr_state_name(appr_state_t s)
 {
     return s >= APPR_PENDING && s <= APPR_WITHDRAWN ? state_names[s] : "unknown";
+}
+
+const char *appr_state_at(const appr_req_t *r, int64_t now_us)
+{
+    return r->state == APPR_PENDING && r->expires_us <= now_us ? "expired"
+                                                               : appr_state_name(r->state);
 }
 
 static appr_state_t state_parse(const char *s)
@@ -40,9 +46,9 @@ void appr_req_free(appr_req_t *r)
 {
     if (!r)
         return;
-    char **strs[] = {&r->session, &r->sub, &r->iss,    &r->role,   &r->target, &r->sql,
-                     &r->fingerprint, &r->rule, &r->by, &r->by_role, &r->os_user, &r->via,
-                     &r->reason, &r->revoked_by};
+    char **strs[] = {&r->session, &r->sub,         &r->iss,    &r->role,      &r->target,
+                     &r->sql,     &r->fingerprint, &r->rule,   &r->by,        &r->by_role,
+                     &r->os_user, &r->via,         &r->reason, &r->revoked_by};
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
         free(*strs[i]);
     for (size_t i = 0; i < r->n_approvers; i++)
@@ -153,8 +159,8 @@ static int req_from_json(const char *text, size_t len, appr_req_t *r)
     int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
     if (n > 0 && (r->approvers = calloc((size_t)n, sizeof(char *)))) {
         const cJSON *e;
-        cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) && (r->approvers[r->n_approvers] =
-                                                               strdup(e->valuestring)))
+        cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) &&
+                                     (r->approvers[r->n_approvers] = strdup(e->valuestring)))
             r->n_approvers++;
     }
     r->created_us = get_i64(o, "created");
@@ -394,9 +400,10 @@ int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
         appr_req_t r;
         if (req_from_json(v.mv_data, v.mv_size, &r))
             continue;
-        bool show = filter == APPR_LIST_ALL ||
-                    (filter == APPR_LIST_PENDING && r.state == APPR_PENDING) ||
-                    (filter == APPR_LIST_GRANTS && grant_usable(&r, now_us));
+        bool show =
+            filter == APPR_LIST_ALL ||
+            (filter == APPR_LIST_PENDING && r.state == APPR_PENDING && r.expires_us > now_us) ||
+            (filter == APPR_LIST_GRANTS && grant_usable(&r, now_us));
         if (show)
             stop = fn(arg, &r);
         appr_req_free(&r);
@@ -584,6 +591,44 @@ appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
     rc = commit(txn, w, NULL, 0);
     appr_req_free(&r);
     return rc;
+}
+
+appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
+                     size_t *pruned)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    *pruned = 0;
+    if (txn_begin(st, true, &txn))
+        return APPR_ERR;
+    if (mdb_cursor_open(txn, st->reqs, &c)) {
+        mdb_txn_abort(txn);
+        return APPR_ERR;
+    }
+    MDB_val k, v;
+    int rc = 0;
+    for (int g = mdb_cursor_get(c, &k, &v, MDB_FIRST); g == 0 && !rc && *pruned < max;
+         g = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        appr_req_t r;
+        if (req_from_json(v.mv_data, v.mv_size, &r)) {
+            rc = mdb_cursor_del(c, 0); /* unreadable: nothing can use it */
+            (*pruned)++;
+            continue;
+        }
+        bool young = r.created_us >= before_us; /* ids grow with time: stop here */
+        bool keep = (r.state == APPR_PENDING && r.expires_us > now_us) || grant_usable(&r, now_us);
+        if (!young && !keep) {
+            rc = grant_put(txn, st, &r, false);
+            if (!rc)
+                rc = mdb_cursor_del(c, 0);
+            (*pruned)++;
+        }
+        appr_req_free(&r);
+        if (young)
+            break;
+    }
+    mdb_cursor_close(c);
+    return commit(txn, rc, NULL, 0);
 }
 
 /* ---- who may decide ------------------------------------------------------------------- */

@@ -517,7 +517,10 @@ static gate_verdict_t resume_approval(session_t *s, char type, const uint8_t *bo
         return v;
     }
     const cfg_t *cfg = s->rt->cfg;
-    if (rc < 0 && !cfg->audit.on_failure_allow) {
+    bool waits = rc == 0 && cfg->audit.durability != CFG_DUR_BATCHED &&
+                 !rec_durable(s, h->note_seq);
+    /* on_failure deny: what cannot be recorded does not run, approved or not */
+    if ((rc < 0 || (waits && rec_failing(s))) && !cfg->audit.on_failure_allow) {
         uint64_t seq = h->stmt_seq;
         s->holding = false;
         approval_end(s, "audit store failing");
@@ -528,8 +531,7 @@ static gate_verdict_t resume_approval(session_t *s, char type, const uint8_t *bo
     }
     /* Approved: the decision's record is durable before the statement runs
      * (unless recording is batched, or failing with on_failure allow). */
-    if (rc == 0 && cfg->audit.durability != CFG_DUR_BATCHED && !rec_durable(s, h->note_seq) &&
-        !(rec_failing(s) && cfg->audit.on_failure_allow))
+    if (waits && !rec_failing(s))
         return GATE_HOLD; /* audit_progress resumes it */
     const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
     if (!role || policy_check(role, s->srv->policy_cache, g->ps, d.sql, d.len, &d.r) < 0) {

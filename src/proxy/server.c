@@ -527,7 +527,9 @@ static void approvals_open(server_t *srv)
     }
     if (!srv->approvals)
         log_event(LOG_ERROR, "approvals_unavailable", "error=\"%s\"", err);
-    else if (!(srv->webhook = appr_webhook_new()))
+    if (srv->approvals)
+        appr_worker_set_retention(srv->approvals, srv->rt->cfg->audit.retention_max_age_ms);
+    if (srv->approvals && !(srv->webhook = appr_webhook_new()))
         log_event(LOG_ERROR, "approvals_webhook_unavailable", "error=\"cannot start its thread\"");
 }
 

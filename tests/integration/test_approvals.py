@@ -269,6 +269,11 @@ def test_held_delete_runs_after_cli_approval_while_other_sessions_work(env):
     assert stmt and stmt[0]["data"]["decision"] == "review"
     assert note and note[0]["data"]["decision"] == "approved"
     assert note[0]["data"]["statement"] == stmt[0]["seq"] and note[0]["data"]["by"] == "alice"
+    # and the session's replay shows the approval with the statement and the decision
+    replay = subprocess.run([str(env.bin), "replay", "-c", str(env.gw.config_path),
+                             req["session"]], capture_output=True, text=True, timeout=30)
+    assert replay.returncode == 0, replay.stderr
+    assert f"approval {req['id']}" in replay.stdout and "approved" in replay.stdout, replay.stdout
 
 
 def test_twenty_pgbench_sessions_run_while_a_statement_is_held(env, tmp_path):
@@ -502,6 +507,10 @@ def test_reject_mode_then_approval_passes_once(env):
     e = try_sql(env, sql)
     assert isinstance(e, psycopg2.Error) and e.pgcode == "42501"
     rid = refused_request_id(e)
+    # running it again before anyone decided names the same request
+    again = try_sql(env, "UPDATE items SET note = 'again' WHERE id = 1")
+    assert refused_request_id(again) == rid and "is pending" in str(again)
+    assert len([r for r in requests(env) if r["rule"] == "items-fix"]) == 1
     cli(env, "approve", str(rid), "--as", "alice")
     assert try_sql(env, sql) == 1
     # once: the next run asks again
@@ -515,11 +524,13 @@ def test_reject_mode_then_approval_passes_once(env):
 def test_grant_for_a_duration_passes_until_it_ends_and_revoke_ends_it(env):
     sql = "DELETE FROM items WHERE id = 1"
     rid = refused_request_id(try_sql(env, sql))
-    cli(env, "approve", str(rid), "--for", "2s", "--as", "alice")
-    assert [g["id"] for g in requests(env, "--grants")] == [rid]
+    cli(env, "approve", str(rid), "--for", "8s", "--as", "alice")
+    grants = requests(env, "--grants")
+    assert [g["id"] for g in grants] == [rid]
     assert try_sql(env, "DELETE FROM items WHERE id = 1") == 1
     assert try_sql(env, "DELETE FROM items WHERE id = 2") == 1
-    time.sleep(2.2)
+    until = grants[0]["grant_until"] / 1e6
+    time.sleep(max(0.0, until - time.time()) + 0.3)
     assert isinstance(try_sql(env, "DELETE FROM items WHERE id = 3"), psycopg2.Error)
     assert ids(env, "items") == [3, 4, 5]
     # revoke
