@@ -23,9 +23,12 @@
  * is eventually written, in order, while the process lives), audit_failing()
  * turns true, and audit_append() refuses new records with -1 until a retry
  * succeeds; the writer then appends a "note" record saying how many records
- * were refused. With audit.retention set, the writer retires old records
- * (down to a checkpoint, which stays as the chain's signed anchor) by age,
- * by size, and first thing on a full map.
+ * were refused. The map counts as full at map_size less a headroom kept
+ * for retention's own transactions (LMDB needs free pages even to delete);
+ * there the writer signs the head, grows the map up to audit.max_map_size if
+ * set, and otherwise fails until retention (if set: by age, by size, and
+ * first thing on a full map, down to a checkpoint that stays as the chain's
+ * signed anchor) has freed room.
  *
  * All functions of the writing side are thread-safe (several loops may append).
  * docs/audit.md ("For the proxy") says which record to append when.

@@ -233,7 +233,7 @@ static bool canon_at(buf_t *b, const cJSON *v, int depth)
         size_t k = 0;
         for (const cJSON *c = v->child; c; c = c->next, k++)
             m[k] = (member_t){c, k};
-        if (n) /* qsort(NULL, 0, ...) is undefined behaviour: {} has no members */
+        if (n > 1)
             qsort(m, n, sizeof(*m), member_cmp);
         buf_put_u8(b, '{');
         bool ok = true, first = true;

@@ -284,7 +284,8 @@ static bool emit_object(buf_t *out, rd_t *r, int depth)
         m[i].val = r->p;
         (void)skip_value(r, depth + 1); /* checked above */
     }
-    qsort(m, n, sizeof(*m), fmember_cmp);
+    if (n > 1)
+        qsort(m, n, sizeof(*m), fmember_cmp);
     bool ok = true;
     buf_put_u8(out, '{');
     for (size_t i = 0, written = 0; i < n && ok; i++) {

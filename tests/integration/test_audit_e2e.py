@@ -1015,9 +1015,12 @@ def test_export_follow_with_a_cursor_resumes_without_gaps_or_duplicates(audit_ga
     stderr = []
     try:
         for i in range(8):
+            mark = cursor.stat().st_mtime_ns if cursor.exists() else 0
             p = start_follower(g, out, cursor)
             time.sleep(0.25 + 0.17 * (i % 4))
-            if i % 4 == 3:
+            if i % 4 == 3:  # SIGTERM once it runs (before, it just dies, like SIGKILL)
+                wait_for(lambda: cursor.exists() and cursor.stat().st_mtime_ns != mark, 20,
+                         "the follower to update its cursor")
                 p.send_signal(signal.SIGTERM)
                 assert p.wait(10) == 0
             else:
