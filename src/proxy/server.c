@@ -280,6 +280,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 log_event(LOG_ERROR, "accept_paused", "error=%s", strerror(errno));
                 ev_io_stop(loop, &srv->listen_w);
+                ev_timer_set(&srv->accept_pause, 0.1, 0.); /* a fired timer restarts at 0 */
                 ev_timer_start(loop, &srv->accept_pause);
             }
             return;
