@@ -821,17 +821,21 @@ static void write_next(audit_t *a, bool force_cp)
     a->group_limit = a->o.group_max_records;
     entry_t *done = g;
     pthread_mutex_lock(&a->mu);
-    entry_t *e = g, *last = NULL;
-    for (size_t i = 0; i < n; i++, e = e->next) {
-        a->q_count--;
-        a->q_bytes -= e->cost;
-        last = e;
-    }
-    a->q_head = e;
-    if (!e)
-        a->q_tail = NULL;
-    if (last)
+    /* Only a group of records moves q_head: a checkpoint alone (n == 0, queue empty
+     * when it began) must not reset q_head/q_tail over a record a producer queued
+     * meanwhile, which would be lost (found by LeakSanitizer under make asan). */
+    if (n) {
+        entry_t *e = g, *last = NULL;
+        for (size_t i = 0; i < n; i++, e = e->next) {
+            a->q_count--;
+            a->q_bytes -= e->cost;
+            last = e;
+        }
+        a->q_head = e;
+        if (!e)
+            a->q_tail = NULL;
         last->next = NULL;
+    }
     pthread_mutex_unlock(&a->mu);
     if (n)
         entries_free(done);
