@@ -74,6 +74,7 @@ DEMO=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo.XXXXXX")
 # able to reach its own directory below this one, but not list what else is here.
 chmod 711 "$DEMO"
 PG_STARTED=0
+RUNNING=0   # the tour is printed: a SIGTERM now (`make demo-stop`) is a normal end
 BULWARK_PID=
 
 # shellcheck disable=SC2317  # invoked by trap
@@ -97,7 +98,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'if [ "$RUNNING" = 1 ]; then exit 0; else exit 143; fi' TERM
 trap 'exit 129' HUP
 
 # --- certificates and secrets -------------------------------------------------
@@ -212,6 +213,7 @@ fi
 
 mkdir -p "$(dirname "$PIDFILE")"
 echo $$ > "$PIDFILE"
+RUNNING=1
 
 if [ "$MASKING" = on ]; then
     MASK_NOTE="masked per column (policies/demo.json \"masks\")"

@@ -118,7 +118,7 @@ def test_tour_prints_ready_commands_that_work_and_stop_ends_it(running_demo, tmp
 
     stop = run([str(DEMO), "stop"], timeout=60, env=env)
     assert stop.returncode == 0, stop.stderr
-    p.wait(timeout=30)
+    assert p.wait(timeout=30) == 0, "a requested stop is a normal end (make reports no error)"
     assert demo_dirs(tmp_path) == [], "the demo left its directory behind"
     assert not (tmp_path / "demo.pid").exists()
     again = run([str(DEMO), "stop"], timeout=60, env=env)
