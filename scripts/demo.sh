@@ -8,9 +8,10 @@
 #
 #   scripts/demo.sh                 run until interrupted (what `make demo` does)
 #   scripts/demo.sh stop            stop a running demo (what `make demo-stop` does)
-#   DEMO_ONESHOT=1 scripts/demo.sh  start everything, run the tour's allowed and
-#                                   denied statements through the gateway with
-#                                   psql, stop, exit 0 on success
+#   DEMO_ONESHOT=1 scripts/demo.sh  start everything, run the tour through the
+#                                   gateway with psql (checking the masks, and
+#                                   approving the held DELETE with the CLI, when
+#                                   the build has them), stop, exit 0 on success
 #
 # Environment: BULWARK_BIN (default build/bulwark), DEMO_PORT (gateway port;
 # default 6432, or a free port when 6432 is taken), TMPDIR.
@@ -206,6 +207,37 @@ SQL
             *) say "$transcript"; die "bulwark replay $sid does not show $want" ;;
         esac
     done
+    if [ "$MASKING" = on ]; then
+        case "$out" in
+            *"alice.archer@"* | *"123-45-6789"* | *"4111111111111111"*)
+                die "masking is on, yet the SELECT showed a real value: $out" ;;
+            *"|a***@example.com|************1111|****"*) ;;
+            *) die "masking is on, yet Alice's row is not masked as the policy says: $out" ;;
+        esac
+    fi
+    if [ "$APPROVALS" = on ]; then
+        # The held DELETE, approved from "a second shell" as step 3 of the tour says.
+        held=$DEMO/held.out
+        psql -X -q "$PSQL_URI" -c "DELETE FROM support_tickets WHERE id = 4" >"$held" 2>&1 &
+        held_pid=$!
+        rid=
+        for _ in $(seq 100); do
+            rid=$("$BIN" approvals -c "$CONF" --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    if r.get("sql") == "DELETE FROM support_tickets WHERE id = 4":
+        print(r["id"]); break' 2>/dev/null) || true
+            [ -n "$rid" ] && break
+            sleep 0.1
+        done
+        [ -n "$rid" ] || { kill "$held_pid" 2>/dev/null; die "the DELETE was not held for approval"; }
+        "$BIN" approve -c "$CONF" "$rid" --as demo-dba-1 >&2 || die "bulwark approve $rid failed"
+        wait "$held_pid" || { cat "$held" >&2; die "the approved DELETE failed"; }
+        grep -q "request $rid" "$held" || { cat "$held" >&2; die "no NOTICE named request $rid"; }
+        [ "$(aspsql -c "SELECT count(*) FROM support_tickets")" = 3 ] ||
+            die "ticket 4 is still there after the approved DELETE"
+        say "demo: held, approved and run: $(tr '\n' ' ' < "$held")"
+    fi
     say "demo: masking $MASKING, approvals $APPROVALS in this build"
     say "demo: oneshot OK"
     exit 0
