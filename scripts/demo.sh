@@ -171,8 +171,8 @@ PSQL_URI="postgresql://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=verify-full
 SA_URI="postgresql+psycopg2://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=require"
 aspsql() { psql -X -q -At -v ON_ERROR_STOP=1 "$PSQL_URI" "$@"; }
 
-# What this build does with the tour's statements: masks and approvals are being
-# built (README "Status"); say which are in effect rather than promise them.
+# Whether this build masks and holds: a build without masking or approvals still runs
+# the tour, and says which are in effect rather than promise them.
 MASKING=off
 [ "$(aspsql -c "SELECT ssn FROM customers WHERE id = 1" 2>/dev/null)" = "****" ] && MASKING=on
 APPROVALS=off
