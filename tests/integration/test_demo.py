@@ -1,7 +1,9 @@
 """`make demo` (scripts/demo.sh, issue 9 part 5): the two-minute tour.
 
 - DEMO_ONESHOT=1 starts everything, runs the tour's SELECT and two refusals in one psql
-  session, finds them in `bulwark replay`, stops and cleans up (exit 0).
+  session, finds them in `bulwark replay`; with masking in the build it checks the masked
+  row, with approvals it approves the held DELETE from the CLI and sees it run; it stops
+  and cleans up (exit 0).
 - The interactive run started without a terminal prints the tour (masked SELECT, denied
   DROP, held DELETE with `bulwark approvals` / `approve`, `bulwark replay`); the commands it
   prints work as printed; `scripts/demo.sh stop` (what `make demo-stop` runs) ends it and
@@ -118,7 +120,7 @@ def test_tour_prints_ready_commands_that_work_and_stop_ends_it(running_demo, tmp
 
     stop = run([str(DEMO), "stop"], timeout=60, env=env)
     assert stop.returncode == 0, stop.stderr
-    p.wait(timeout=30)
+    assert p.wait(timeout=30) == 0, "a requested stop is a normal end (make reports no error)"
     assert demo_dirs(tmp_path) == [], "the demo left its directory behind"
     assert not (tmp_path / "demo.pid").exists()
     again = run([str(DEMO), "stop"], timeout=60, env=env)
