@@ -30,6 +30,7 @@
 
 #include "approval/approval.h"
 #include "audit/audit.h"
+#include "metrics/metrics.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
 #include "util/dur.h"
@@ -214,6 +215,7 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     snprintf(h->rule, sizeof(h->rule), "%s", r->rule ? r->rule : "");
     s->held = h;
     s->srv->nheld++;
+    metrics_approvals_pending(s->srv->metrics, s->role_name, +1);
     send_notice(s);
     poll_arm(s->srv);
     return REVIEW_HOLD;
@@ -260,6 +262,8 @@ void approval_end(session_t *s, const char *why)
     held_t *h = s->held;
     if (!h)
         return;
+    if (h->outcome == HELD_PENDING)
+        metrics_approvals_pending(s->srv->metrics, s->role_name, -1);
     if (h->outcome == HELD_PENDING && s->srv->approvals) {
         (void)appr_worker_close_pending(s->srv->approvals, h->id, APPR_WITHDRAWN);
         log_event(LOG_INFO, "approval_withdrawn", "session=%s id=%llu reason=\"%s\"", s->id,
@@ -273,6 +277,8 @@ void approval_end(session_t *s, const char *why)
 static void settle_outcome(session_t *s, held_outcome_t o, const char *sqlstate, const char *msg)
 {
     held_t *h = s->held;
+    if (h->outcome == HELD_PENDING && o != HELD_PENDING)
+        metrics_approvals_pending(s->srv->metrics, s->role_name, -1);
     h->outcome = o;
     snprintf(h->sqlstate, sizeof(h->sqlstate), "%s", sqlstate);
     snprintf(h->message, sizeof(h->message), "%s", msg);

@@ -30,6 +30,7 @@
 
 #include "proxy/internal.h"
 #include "proxy/maskflow.h"
+#include "metrics/metrics.h"
 #include "util/log.h"
 
 #define MF_MAX_ITEMS 100000
@@ -1329,10 +1330,17 @@ static mf_verdict_t on_datarow(maskflow_t *mf, const uint8_t *body, size_t len,
     return rc == 1 ? MF_REPLACED : MF_PASS;
 }
 
+static void count_masked(void *arg, const char *column, const char *detector, uint64_t n)
+{
+    session_t *s = arg;
+    metrics_masked(s->srv->metrics, column, detector, n);
+}
+
 static void log_summary(maskflow_t *mf, const mask_desc_t *d)
 {
     if (!d || !mask_desc_active(d))
         return;
+    mask_desc_counts(d, count_masked, mf->s);
     buf_t b;
     buf_init(&b, 64 * 1024);
     mask_desc_summary(d, &b);

@@ -131,13 +131,16 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     pg.admin_query(SCHEMA, dbname=DB)
     target = {"host": "127.0.0.1", "port": pg.port, "dbname": DB, "sslmode": "disable"}
     hook = HookServer()
+    metrics_port = harness.free_port()
     g = start_policy_gateway("gw-approvals", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
                              policies=[AGENT, DBA, AUDITOR, OTHER], passwords={SUPER: pw},
                              settings={"approvals": {"poll_interval": "50ms",
-                                                     "webhook_url": hook.url}})
+                                                     "webhook_url": hook.url},
+                                       "metrics_listen": f"127.0.0.1:{metrics_port}"})
     e = Env()
     e.hook = hook
+    e.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     e.gw, e.pg, e.bin = g, pg, bulwark_bin
     e.ep = g.endpoint(role="agent", target=DB, sub=AGENT_SUB, application_name="bwit-approvals")
     try:
@@ -228,8 +231,32 @@ def run_held(env, sql):
     return Background(go)
 
 
+def pending_gauge(env, role="agent") -> float:
+    import urllib.request
+    text = urllib.request.urlopen(env.metrics_url, timeout=10).read().decode()
+    m = re.search(r'^bulwark_approvals_pending\{role="%s"\} (\S+)$' % role, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 # ---------------------------------------------------------------------------------------
 # hold mode
+
+
+def test_pending_gauge_counts_held_statements_until_decided(env):
+    assert pending_gauge(env) == 0
+    bg1 = run_held(env, "DELETE FROM orders WHERE id = 2")
+    bg2 = run_held(env, "DELETE FROM orders WHERE id = 3")
+    r1 = wait_request(env, "DELETE FROM orders WHERE id = 2")
+    r2 = wait_request(env, "DELETE FROM orders WHERE id = 3")
+    harness.wait_for(lambda: pending_gauge(env) == 2, 10, "two pending approvals")
+    cli(env, "approve", str(r1["id"]), "--as", "alice")
+    bg1.join()
+    assert bg1.error is None, bg1.error
+    harness.wait_for(lambda: pending_gauge(env) == 1, 10, "one pending approval")
+    cli(env, "deny", str(r2["id"]), "--as", "alice", "--reason", "no")
+    bg2.join()
+    assert isinstance(bg2.error, psycopg2.Error) and bg2.error.pgcode == "42501"
+    harness.wait_for(lambda: pending_gauge(env) == 0, 10, "no pending approval")
 
 
 def test_held_delete_runs_after_cli_approval_while_other_sessions_work(env):

@@ -113,14 +113,17 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     target = {"host": "127.0.0.1", "port": pg.port, "sslmode": "disable", "dbname": DB}
     keyfile = tmp_path_factory.mktemp("maskkey") / "mask-hmac.key"
     keyfile.write_text(secrets.token_hex(32))
+    metrics_port = harness.free_port()
     g = start_policy_gateway("gw-mask-e2e", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
                              policies=[agent_policy(), agent2_policy()], passwords={READER: pw},
-                             settings={"audit": {"path": "var/audit", "map_size": "256MiB",
+                             settings={"metrics_listen": f"127.0.0.1:{metrics_port}",
+                                       "audit": {"path": "var/audit", "map_size": "256MiB",
                                                  "capture_rows": 50},
                                        "masking": {"hash_key_file": str(keyfile),
                                                    "max_row_bytes": "4MiB"}})
     g.ep = g.endpoint(role="agent", target=DB, sub=SUB, application_name="bwit-mask-e2e")
+    g.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     g.ep2 = g.endpoint(role="agent2", target=DB, sub="svc-agent2-mask",
                        application_name="bwit-mask-e2e2")
     try:
@@ -163,6 +166,41 @@ def test_smoke_select_star_is_masked(env):
     assert rows[0][3] == "************1111"
     assert rows[0][4] == "****"
     assert types[0] == 23 and types[2] == 25
+
+
+def masked_counts(env) -> dict:
+    """bulwark_masked_values_total by (column, detector), scraped from /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(env.metrics_url, timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r'bulwark_masked_values_total\{column="([^"]*)",detector="([^"]*)"\} (\S+)',
+                         line)
+        if m:
+            out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
+def test_masked_values_are_counted_by_column_and_detector(env):
+    before = masked_counts(env)
+    c = connect(env)
+    try:
+        with c.cursor() as cur:
+            cur.execute("SELECT email, ssn FROM customers ORDER BY id LIMIT 3")
+            assert len(cur.fetchall()) == 3
+            cur.execute("SELECT 'reach me at someone@example.org' AS note")
+            assert cur.fetchone()[0] != "reach me at someone@example.org"
+    finally:
+        c.close()
+
+    def grown():
+        after = masked_counts(env)
+        d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        return d if d.get(("public.customers.ssn", ""), 0) >= 3 else None
+    d = harness.wait_for(grown, 10, "the masked-values counter to grow")
+    assert d[("public.customers.email", "")] == 3
+    assert d[("public.customers.ssn", "")] == 3
+    assert d.get(("", "email"), 0) == 1
 
 
 # ---------------------------------------------------------------------------------------
