@@ -89,6 +89,11 @@ appr_store_t *appr_open(const char *path, char *err, size_t errsz)
  * store), creating the databases if needed. NULL with a reason. */
 appr_store_t *appr_attach(struct MDB_env *env, char *err, size_t errsz)
     __attribute__((warn_unused_result));
+/* Calls around each transaction of an attached store (the gateway passes
+ * audit_env_enter/audit_env_leave: the audit writer may resize the shared
+ * map only while no transaction of this process is open). */
+void appr_set_txn_guard(appr_store_t *st, void (*enter)(void *), void (*leave)(void *),
+                        void *arg);
 void appr_close(appr_store_t *st); /* closes the environment only if appr_open opened it */
 
 /* Highest id stored (0 if none). */

@@ -197,6 +197,14 @@ void audit_get_stats(audit_t *a, audit_stats_t *out);
  * they open at most AUDIT_MAX_DBS - 7 of them). Valid until audit_close(). */
 struct MDB_env;
 struct MDB_env *audit_env(audit_t *a);
+/* Such a module runs each of its transactions between audit_env_enter() and
+ * audit_env_leave() (a shared lock, held only for the transaction): LMDB may
+ * resize the map (audit.max_map_size) only while this process has no
+ * transaction open, so the writer grows it only when it can take the lock
+ * exclusively, and never waits for it. Once audit_env() was called, the
+ * writer no longer reopens a panicked environment (the module holds it). */
+void audit_env_enter(audit_t *a);
+void audit_env_leave(audit_t *a);
 
 /* ---- reading side ---- */
 

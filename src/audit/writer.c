@@ -95,6 +95,8 @@ struct audit {
     _Atomic uint64_t durable_seq;
     _Atomic bool failing;
     _Atomic int shared_readers; /* audit_reader_shared: the env must stay open */
+    _Atomic bool env_shared;    /* audit_env() was called: never reopen */
+    pthread_rwlock_t env_lock;  /* audit_env_enter/leave vs grow_map */
 };
 
 static int64_t mono_ms(void)
@@ -552,7 +554,7 @@ static void hist_add(uint64_t *h, size_t n, uint64_t v)
 static void reopen_env(audit_t *a)
 {
     char err[256];
-    if (atomic_load(&a->shared_readers) > 0)
+    if (atomic_load(&a->shared_readers) > 0 || atomic_load(&a->env_shared))
         return;
     mdb_env_close(a->env);
     a->env = NULL;
@@ -577,12 +579,14 @@ static void set_limits(audit_t *a)
  * when they meet it (MDB_MAP_RESIZED, reader.c). */
 static bool grow_map(audit_t *a)
 {
-    if (a->max_map_size <= a->map_size || atomic_load(&a->shared_readers) > 0)
+    if (a->max_map_size <= a->map_size || atomic_load(&a->shared_readers) > 0 ||
+        pthread_rwlock_trywrlock(&a->env_lock) != 0)
         return false;
     uint64_t n = a->map_size * 2;
     if (n > a->max_map_size || n < a->map_size)
         n = a->max_map_size;
     int rc = mdb_env_set_mapsize(a->env, (size_t)n);
+    pthread_rwlock_unlock(&a->env_lock);
     if (rc) {
         log_event(LOG_ERROR, "audit_map_grow_failed", "to=%llu error=\"%s\"",
                   (unsigned long long)n, mdb_strerror(rc));
@@ -1049,6 +1053,7 @@ static void free_audit(audit_t *a)
     entries_free(a->q_head);
     buf_free(&a->canon);
     pthread_mutex_destroy(&a->mu);
+    pthread_rwlock_destroy(&a->env_lock);
     pthread_cond_destroy(&a->cv);
     pthread_cond_destroy(&a->done_cv);
     free(a->path);
@@ -1067,6 +1072,7 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
     a->lock_fd = -1;
     buf_init(&a->canon, 0);
     pthread_mutex_init(&a->mu, NULL);
+    pthread_rwlock_init(&a->env_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -1152,5 +1158,18 @@ audit_reader_t *audit_reader_shared(audit_t *a)
 
 struct MDB_env *audit_env(audit_t *a)
 {
-    return a ? a->env : NULL;
+    if (!a)
+        return NULL;
+    atomic_store(&a->env_shared, true);
+    return a->env;
+}
+
+void audit_env_enter(audit_t *a)
+{
+    pthread_rwlock_rdlock(&a->env_lock);
+}
+
+void audit_env_leave(audit_t *a)
+{
+    pthread_rwlock_unlock(&a->env_lock);
 }

@@ -512,6 +512,17 @@ static void approvals_results(struct ev_loop *loop, ev_async *w, int revents)
         appr_worker_results(srv->approvals, console_decided, srv);
 }
 
+static void env_enter(void *audit)
+{
+    audit_env_enter(audit);
+}
+
+static void env_leave(void *audit)
+{
+    audit_env_leave(audit);
+}
+
+
 /* Without them a `review` statement is refused (fail closed), as before. */
 static void approvals_open(server_t *srv)
 {
@@ -522,6 +533,8 @@ static void approvals_open(server_t *srv)
     srv->approvals_w.data = srv;
     ev_async_start(srv->loop, &srv->approvals_w);
     appr_store_t *st = srv->audit ? appr_attach(audit_env(srv->audit), err, sizeof(err)) : NULL;
+    if (st)
+        appr_set_txn_guard(st, env_enter, env_leave, srv->audit);
     if (st && !(srv->approvals = appr_worker_new(st, approvals_notify, srv))) {
         snprintf(err, sizeof(err), "cannot start the approval writer thread");
         appr_close(st);
