@@ -163,7 +163,7 @@ def test_compose_example_config_passes_check(bulwark_bin, tmp_path):
     (etc / "keys").mkdir()
     (etc / "keys/demo.secret").write_text("ab" * 32 + "\n")
     (etc / "secrets").mkdir()
-    (etc / "secrets/shop_ro.password").write_text("cd" * 24 + "\n")
+    (etc / "secrets/shop_agent.password").write_text("cd" * 24 + "\n")
     r = harness.run([str(bulwark_bin), "check", "-c", str(etc / "bulwark.json")])
     assert r.returncode == 0, r.stderr
     cfg = json.loads((etc / "bulwark.json").read_text())
