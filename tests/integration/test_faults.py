@@ -644,8 +644,8 @@ def check_disk_full(g, conn, on_failure):
         raise AssertionError("the store never failed with a full disk")
     assert g.alive()
     if on_failure == "allow":
-        wait_for(lambda: "no space left" in g.log_text(), 10, "the write failure to be logged")
+        wait_for(lambda: "no space left" in g.log_text().lower(), 30, "the write failure to be logged")
         for i in range(5):  # served while the store cannot write, each one logged
             assert ask(conn, i) == i
-        wait_for(lambda: "event=audit_append_failed" in g.log_text(), 10,
+        wait_for(lambda: "event=audit_append_failed" in g.log_text(), 30,
                  "the unrecorded statements to be logged")
