@@ -662,6 +662,10 @@ static int write_group(audit_t *a, entry_t *g, size_t n, size_t bytes, bool forc
         rc = put_checkpoint(a, txn, last, prev);
         cp_seq = last, ncp++, cp_bytes = 0;
     }
+    if (a->canon.cap > (4u << 20)) { /* a huge record passed: do not keep its buffer */
+        buf_free(&a->canon);
+        buf_init(&a->canon, 0);
+    }
     if (rc) {
         mdb_txn_abort(txn);
         return rc;

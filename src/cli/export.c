@@ -7,7 +7,11 @@
  * when stdout is a regular file — how many bytes of that file hold exactly the
  * lines of the records before it:
  *
- *   {"dev":D,"ino":I,"next":N,"offset":O,"v":1}
+ *   {"anchored":B,"dev":D,"ino":I,"next":N,"offset":O,"v":1}
+ *
+ * (anchored: those lines begin with the anchor checkpoint an export that
+ * starts after retired records needs, or need none.) A first run writes the
+ * cursor before its first line, counting what the file held before it.
  *
  * After each pass the lines are flushed and synced, then the cursor is
  * replaced atomically (a temporary file, fsync, rename, fsync of the
@@ -38,6 +42,7 @@
 typedef struct cursor {
     uint64_t next, dev, ino;
     int64_t offset;
+    bool anchored; /* the lines counted hold the anchor checkpoint (or need none) */
     bool have;
 } cursor_t;
 
@@ -70,6 +75,9 @@ static int cursor_read(const char *path, cursor_t *c)
     bool ok = cJSON_IsObject(o) && json_u64(o, "v", &v) && v == 1 && json_u64(o, "next", &c->next) &&
               c->next > 0 && json_u64(o, "offset", &off) && json_u64(o, "dev", &c->dev) &&
               json_u64(o, "ino", &c->ino);
+    const cJSON *an = cJSON_GetObjectItemCaseSensitive(o, "anchored");
+    ok = ok && cJSON_IsBool(an);
+    c->anchored = cJSON_IsTrue(an);
     cJSON_Delete(o);
     if (!ok) {
         fprintf(stderr,
@@ -93,9 +101,9 @@ static int cursor_write(const char *path, const cursor_t *c)
         return -1;
     char line[CURSOR_MAX];
     int n = snprintf(line, sizeof(line),
-                     "{\"dev\":%" PRIu64 ",\"ino\":%" PRIu64 ",\"next\":%" PRIu64
-                     ",\"offset\":%" PRId64 ",\"v\":1}\n",
-                     c->dev, c->ino, c->next, c->offset);
+                     "{\"anchored\":%s,\"dev\":%" PRIu64 ",\"ino\":%" PRIu64
+                     ",\"next\":%" PRIu64 ",\"offset\":%" PRId64 ",\"v\":1}\n",
+                     c->anchored ? "true" : "false", c->dev, c->ino, c->next, c->offset);
     bool ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
     ok = close(fd) == 0 && ok;
     if (!ok || rename(tmp, path) != 0) {
@@ -155,25 +163,37 @@ int cli_export_cursor(struct audit_reader *r, unsigned long long from, const cha
         if (rewind_output(path, &c, &st) != 0)
             return 1;
         from = c.next;
-        anchored = true; /* the run that started the cursor wrote the anchor */
+        anchored = c.anchored;
     }
     c.dev = (uint64_t)st.st_dev, c.ino = (uint64_t)st.st_ino;
     uint64_t next = from ? from : 1;
+    if (!c.have) {
+        /* The first run counts what the output held before it: killed before
+         * its first pass ended, the next run cuts back to here. */
+        off_t end = file_out ? lseek(STDOUT_FILENO, 0, SEEK_END) : 0;
+        c.next = next, c.offset = end < 0 ? 0 : (int64_t)end, c.anchored = false;
+        if (cursor_write(path, &c) != 0) {
+            fprintf(stderr, "bulwark audit export: --cursor %s: cannot write it: %s\n", path,
+                    strerror(errno));
+            return 1;
+        }
+    }
     for (;;) {
         uint64_t first = 0, before = next;
+        bool started = anchored; /* records were exported before this pass */
         if (audit_export_pass(r, &next, &anchored, stdout, &first) != 0 || fflush(stdout) != 0 ||
             (file_out && fdatasync(STDOUT_FILENO) != 0)) {
             fprintf(stderr, "bulwark audit export: read or write error\n");
             return 1;
         }
-        if (first > before && c.have)
+        if (first > before && started)
             fprintf(stderr,
                     "bulwark audit export: records %" PRIu64 " to %" PRIu64
                     " were retired before they could be exported\n",
                     before, first - 1);
-        if (next != before || !c.have) {
+        if (next != before) {
             off_t at = file_out ? lseek(STDOUT_FILENO, 0, SEEK_CUR) : 0;
-            c.next = next, c.offset = at < 0 ? 0 : (int64_t)at, c.have = true;
+            c.next = next, c.offset = at < 0 ? 0 : (int64_t)at, c.anchored = anchored;
             if (cursor_write(path, &c) != 0) {
                 fprintf(stderr, "bulwark audit export: --cursor %s: cannot write it: %s\n", path,
                         strerror(errno));

@@ -411,6 +411,65 @@ static void fields_stream_is_canonical_like_cjson(void **state)
 
 /* ---- the writer ---- */
 
+typedef struct seen {
+    int n;
+    char data[2][256];
+} seen_t;
+
+static int keep_statements(void *arg, const audit_record_t *rec)
+{
+    seen_t *s = arg;
+    if (rec->type != AUDIT_REC_STATEMENT || s->n >= 2)
+        return 0;
+    assert_true(rec->hash_ok);
+    const char *d = memmem(rec->canon, rec->canon_len, "{\"data\":", 8);
+    assert_non_null(d);
+    snprintf(s->data[s->n++], sizeof(s->data[0]), "%.*s", (int)(rec->canon_len - 8), d + 8);
+    return 0;
+}
+
+static void fields_records_are_stored_canonical_and_oversized_ones_say_so(void **state)
+{
+    (void)state;
+    fx_t *f = fx_new(1 << 20, false); /* records up to map_size / 8 = 128 KiB */
+    audit_t *a = open_audit(f, 50, NULL, NULL);
+    audit_fields_t fl;
+    audit_fields_init(&fl, 0);
+    audit_f_cstr(&fl, "sql", "select 1");
+    audit_f_int(&fl, "start", 1714564800012345);
+    audit_f_cstr(&fl, "decision", "allow");
+    uint64_t s1, s2;
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_STATEMENT, "s-f", &fl, &s1), 0);
+    /* 40 KB of control characters: 240 KB once escaped, over the bound */
+    audit_fields_reset(&fl);
+    static char ctl[40000];
+    memset(ctl, 1, sizeof(ctl));
+    audit_f_str(&fl, "sql", ctl, sizeof(ctl));
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_STATEMENT, "s-f", &fl, &s2), 0);
+    assert_int_equal(s2, s1 + 1);
+    /* session records feed the indexes: not through this path */
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_SESSION_START, "s-f", &fl, NULL), -1);
+    audit_f_open(&fl, "open", '[');
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_RESULT, "s-f", &fl, NULL), -1);
+    assert_int_equal(audit_flush(a, 5000), 0);
+    audit_close(a);
+    audit_fields_free(&fl);
+
+    char err[256];
+    audit_reader_t *r = audit_reader_open(f->store, err, sizeof(err));
+    assert_non_null(r);
+    seen_t seen = {0};
+    assert_int_equal(audit_reader_records(r, 0, keep_statements, &seen), 0);
+    audit_reader_close(r);
+    assert_int_equal(seen.n, 2);
+    assert_non_null(strstr(seen.data[0],
+                           "{\"decision\":\"allow\",\"sql\":\"select 1\",\"start\":1714564800012345}"));
+    assert_non_null(strstr(seen.data[1], "{\"error\":\"the record could not be encoded"));
+    audit_verify_result_t res = verify_store(f->store, NULL);
+    expect_ok(&res);
+    fx_free(f);
+}
+
 static _Atomic int notified;
 
 static void count_notify(void *arg)
@@ -1196,6 +1255,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(canonical_json_sorts_keys_and_escapes_minimally),
         cmocka_unit_test(canonical_json_replaces_invalid_utf8),
         cmocka_unit_test(fields_stream_is_canonical_like_cjson),
+        cmocka_unit_test(fields_records_are_stored_canonical_and_oversized_ones_say_so),
         cmocka_unit_test(appends_while_writer_commits_and_reopen_continues_chain),
         cmocka_unit_test(refuses_bad_arguments_without_consuming_a_seq),
         cmocka_unit_test(detects_a_changed_byte),
