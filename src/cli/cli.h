@@ -18,6 +18,7 @@ int cli_approvals(int argc, char **argv); /* approvals.c */
 int cli_approve(int argc, char **argv);
 int cli_deny(int argc, char **argv);
 int cli_revoke(int argc, char **argv);
+int cli_demo(int argc, char **argv); /* demo.c: runs scripts/demo.sh of a source tree */
 
 /* `bulwark help`: docs/cli.txt, made a C string at build time (scripts/txt2c.awk);
  * the man page bulwark.1 is made from the same file (scripts/txt2man.awk). */

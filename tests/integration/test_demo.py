@@ -55,12 +55,25 @@ def demo_dirs(tmp_path) -> list:
 
 
 def test_oneshot_runs_the_tour_statements_and_cleans_up(bulwark_bin, tmp_path):
-    r = run([str(DEMO)], timeout=180, env=demo_env(bulwark_bin, tmp_path, DEMO_ONESHOT="1"))
+    """Through `bulwark demo` (SPEC section 2), which runs scripts/demo.sh of the tree."""
+    env = demo_env(bulwark_bin, tmp_path, DEMO_ONESHOT="1",
+                   BULWARK_SOURCE_DIR=str(harness.REPO_ROOT))
+    r = run([str(bulwark_bin), "demo"], timeout=180, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo: oneshot OK" in r.stderr, r.stderr
     assert 'denied by rule "no-ddl-dcl"' in r.stderr
     assert 'denied by rule "no-unbounded-writes"' in r.stderr
     assert demo_dirs(tmp_path) == [], "the demo left its directory behind"
+
+
+def test_bulwark_demo_outside_a_source_tree_says_where_to_run_it(bulwark_bin, tmp_path):
+    lone = tmp_path / "bin" / "bulwark"
+    lone.parent.mkdir()
+    shutil.copy(bulwark_bin, lone)
+    env = {k: v for k, v in os.environ.items() if k != "BULWARK_SOURCE_DIR"}
+    r = run([str(lone), "demo"], timeout=30, env=env)
+    assert r.returncode == 1
+    assert "runs from a source tree" in r.stderr and "make demo" in r.stderr, r.stderr
 
 
 @pytest.fixture
