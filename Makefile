@@ -24,12 +24,12 @@ MANDIR   ?= $(PREFIX)/share/man
 DOCDIR   ?= $(PREFIX)/share/doc/bulwark
 UNITDIR  ?= $(PREFIX)/lib/systemd/system
 
-.PHONY: all deps test unit integration asan tsan fuzz soak bench demo demo-stop format clean help man install
+.PHONY: all deps test unit integration asan asan-ci tsan fuzz soak bench demo demo-stop format clean help man install
 
 all: $(BUILD)/bulwark $(BUILD)/bulwark.1
 
 help:
-	@echo "targets: all unit integration test asan tsan fuzz soak bench demo demo-stop format man install clean"
+	@echo "targets: all unit integration test asan asan-ci tsan fuzz soak bench demo demo-stop format man install clean"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -99,6 +99,16 @@ tsan: deps
 	TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" BULWARK_TEST_WORKER_CLIENTS=48 \
 	  $(MAKE) $(TSAN_FLAGS) integration \
 	  INTEGRATION_TESTS="$(addprefix tests/integration/,$(TSAN_TESTS))"
+
+# What CI runs under the sanitizers (the whole `make asan` takes about 30 minutes on a
+# loaded 2-core machine): the unit tests and the integration tests of the wire protocol
+# and the gate in the data path, against the sanitized gateway.
+ASAN_CI_TESTS := tests/integration/test_bad_input.py tests/integration/test_protocol.py \
+                 tests/integration/test_policy_protocol.py
+asan-ci: deps
+	$(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" all unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  BULWARK_BIN=$(abspath build/asan/bulwark) $(PYTHON) -m pytest -v $(ASAN_CI_TESTS)
 
 # Soak (not in CI): SOAK_SECONDS (600) of 64 clients, then RSS, audit verify and record
 # counts are checked (tests/soak/soak.py).

@@ -8,9 +8,10 @@
 #
 #   scripts/demo.sh                 run until interrupted (what `make demo` does)
 #   scripts/demo.sh stop            stop a running demo (what `make demo-stop` does)
-#   DEMO_ONESHOT=1 scripts/demo.sh  start everything, run the tour's allowed and
-#                                   denied statements through the gateway with
-#                                   psql, stop, exit 0 on success
+#   DEMO_ONESHOT=1 scripts/demo.sh  start everything, run the tour through the
+#                                   gateway with psql (checking the masks, and
+#                                   approving the held DELETE with the CLI, when
+#                                   the build has them), stop, exit 0 on success
 #
 # Environment: BULWARK_BIN (default build/bulwark), DEMO_PORT (gateway port;
 # default 6432, or a free port when 6432 is taken), TMPDIR.
@@ -74,6 +75,7 @@ DEMO=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo.XXXXXX")
 # able to reach its own directory below this one, but not list what else is here.
 chmod 711 "$DEMO"
 PG_STARTED=0
+RUNNING=0   # the tour is printed: a SIGTERM now (`make demo-stop`) is a normal end
 BULWARK_PID=
 
 # shellcheck disable=SC2317  # invoked by trap
@@ -97,7 +99,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'if [ "$RUNNING" = 1 ]; then exit 0; else exit 143; fi' TERM
 trap 'exit 129' HUP
 
 # --- certificates and secrets -------------------------------------------------
@@ -169,8 +171,8 @@ PSQL_URI="postgresql://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=verify-full
 SA_URI="postgresql+psycopg2://analyst:$TOKEN@localhost:$GWPORT/shop?sslmode=require"
 aspsql() { psql -X -q -At -v ON_ERROR_STOP=1 "$PSQL_URI" "$@"; }
 
-# What this build does with the tour's statements: masks and approvals are being
-# built (README "Status"); say which are in effect rather than promise them.
+# Whether this build masks and holds: a build without masking or approvals still runs
+# the tour, and says which are in effect rather than promise them.
 MASKING=off
 [ "$(aspsql -c "SELECT ssn FROM customers WHERE id = 1" 2>/dev/null)" = "****" ] && MASKING=on
 APPROVALS=off
@@ -205,6 +207,37 @@ SQL
             *) say "$transcript"; die "bulwark replay $sid does not show $want" ;;
         esac
     done
+    if [ "$MASKING" = on ]; then
+        case "$out" in
+            *"alice.archer@"* | *"123-45-6789"* | *"4111111111111111"*)
+                die "masking is on, yet the SELECT showed a real value: $out" ;;
+            *"|a***@example.com|************1111|****"*) ;;
+            *) die "masking is on, yet Alice's row is not masked as the policy says: $out" ;;
+        esac
+    fi
+    if [ "$APPROVALS" = on ]; then
+        # The held DELETE, approved from "a second shell" as step 3 of the tour says.
+        held=$DEMO/held.out
+        psql -X -q "$PSQL_URI" -c "DELETE FROM support_tickets WHERE id = 4" >"$held" 2>&1 &
+        held_pid=$!
+        rid=
+        for _ in $(seq 100); do
+            rid=$("$BIN" approvals -c "$CONF" --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    if r.get("sql") == "DELETE FROM support_tickets WHERE id = 4":
+        print(r["id"]); break' 2>/dev/null) || true
+            [ -n "$rid" ] && break
+            sleep 0.1
+        done
+        [ -n "$rid" ] || { kill "$held_pid" 2>/dev/null; die "the DELETE was not held for approval"; }
+        "$BIN" approve -c "$CONF" "$rid" --as demo-dba-1 >&2 || die "bulwark approve $rid failed"
+        wait "$held_pid" || { cat "$held" >&2; die "the approved DELETE failed"; }
+        grep -q "request $rid" "$held" || { cat "$held" >&2; die "no NOTICE named request $rid"; }
+        [ "$(aspsql -c "SELECT count(*) FROM support_tickets")" = 3 ] ||
+            die "ticket 4 is still there after the approved DELETE"
+        say "demo: held, approved and run: $(tr '\n' ' ' < "$held")"
+    fi
     say "demo: masking $MASKING, approvals $APPROVALS in this build"
     say "demo: oneshot OK"
     exit 0
@@ -212,6 +245,7 @@ fi
 
 mkdir -p "$(dirname "$PIDFILE")"
 echo $$ > "$PIDFILE"
+RUNNING=1
 
 if [ "$MASKING" = on ]; then
     MASK_NOTE="masked per column (policies/demo.json \"masks\")"

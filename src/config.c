@@ -430,7 +430,7 @@ static void load_audit(load_t *L, const cJSON *root)
 {
     static const char *const keys[] = {
         "path",          "map_size",         "durability", "capture_rows",
-        "capture_bytes", "signing_key_file", "on_failure", "retention", NULL};
+        "capture_bytes", "signing_key_file", "on_failure", "retention", "max_map_size", NULL};
     static const char *const durability[] = {"strict", "strict-writes", "batched", NULL};
     static const char *const on_failure[] = {"deny", "allow", NULL};
     cfg_t *c = L->c;
@@ -443,6 +443,10 @@ static void load_audit(load_t *L, const cJSON *root)
         int64_t rows;
         (void)path_key(L, a, "path", CFGW_REQ, &c->audit.path);
         (void)cfgw_size(&L->w, a, "map_size", 0, 1u << 20, UINT64_MAX, &c->audit.map_size);
+        if (cfgw_size(&L->w, a, "max_map_size", 0, 1u << 20, UINT64_MAX,
+                      &c->audit.max_map_size) > 0 &&
+            c->audit.max_map_size < c->audit.map_size)
+            cfgw_err_at(&L->w, "max_map_size", "must be at least audit.map_size");
         if (cfgw_enum(&L->w, a, "durability", 0, "durability", durability, &d) > 0)
             c->audit.durability = (cfg_durability_t)d;
         if (cfgw_int(&L->w, a, "capture_rows", 0, 0, 1000000, &rows) > 0)

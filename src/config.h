@@ -113,6 +113,7 @@ typedef struct cfg {
     struct {
         char *path;                  /* resolved */
         uint64_t map_size;           /* default 1GiB */
+        uint64_t max_map_size;       /* grow the map up to this when full; 0 = never */
         cfg_durability_t durability; /* default strict-writes */
         int capture_rows;            /* default 50 */
         uint64_t capture_bytes;      /* default 64KiB */

@@ -28,6 +28,7 @@ static const command_t commands[] = {
     {"deny", cli_deny, "deny -c bulwark.json ID [--reason TEXT] [--as NAME]"
                        "\n                               deny a held statement"},
     {"revoke", cli_revoke, "revoke -c bulwark.json ID   revoke a grant"},
+    {"demo", cli_demo, "demo [stop]                  the two-minute tour (from a source tree)"},
     {"audit", cli_audit, "audit verify|export|pubkey -c bulwark.json"
                          "\n                               check the record chain; stream records"},
 };

@@ -25,9 +25,9 @@ rm -f "$etc/certs/server.csr" "$etc/certs/san.ext" "$etc/certs/ca.key" "$etc/cer
 
 # The token secret (HS256, development only) and the upstream password.
 openssl rand -hex 32 > "$etc/keys/demo.secret"
-openssl rand -hex 24 > "$etc/secrets/shop_ro.password"
+openssl rand -hex 24 > "$etc/secrets/shop_agent.password"
 openssl rand -hex 24 > "$etc/for-postgres/superuser.password"
-cp "$etc/secrets/shop_ro.password" "$etc/for-postgres/shop_ro.password"
+cp "$etc/secrets/shop_agent.password" "$etc/for-postgres/shop_agent.password"
 
 chown -R bulwark:bulwark "$etc"
 chown -R 999:999 "$etc/for-postgres"

@@ -4,5 +4,5 @@
 set -eu
 psql -v ON_ERROR_STOP=1 -U postgres -d postgres -c "CREATE DATABASE shop"
 psql -v ON_ERROR_STOP=1 -U postgres -d shop -f /compose/schema.sql
-printf '%s\n' "ALTER ROLE shop_ro LOGIN PASSWORD :'pw';" |
-    psql -v ON_ERROR_STOP=1 -U postgres -d shop -v pw="$(cat /etc/bulwark/for-postgres/shop_ro.password)"
+printf '%s\n' "ALTER ROLE shop_agent LOGIN PASSWORD :'pw';" |
+    psql -v ON_ERROR_STOP=1 -U postgres -d shop -v pw="$(cat /etc/bulwark/for-postgres/shop_agent.password)"

@@ -54,8 +54,8 @@ typedef struct appr_req {
     uint64_t id;
     appr_state_t state;
     char *session, *sub, *iss, *role, *target, *sql, *fingerprint, *rule;
-    bool reject;       /* mode "reject" (else "hold") */
-    char **approvers;  /* role names from the rule */
+    bool reject;      /* mode "reject" (else "hold") */
+    char **approvers; /* role names from the rule */
     size_t n_approvers;
     int64_t created_us, expires_us;
     /* the decision */
@@ -68,10 +68,13 @@ typedef struct appr_req {
 } appr_req_t;
 
 void appr_req_free(appr_req_t *r);
+/* For display: "expired" for a request still pending past its expiry (a
+ * reject-mode request nobody decided; nothing waits on it), else the state. */
+const char *appr_state_at(const appr_req_t *r, int64_t now_us);
 
 typedef enum {
     APPR_OK = 0,
-    APPR_ERR = -1,         /* LMDB or memory error; err says which */
+    APPR_ERR = -1, /* LMDB or memory error; err says which */
     APPR_NOT_FOUND = -2,
     APPR_NOT_PENDING = -3, /* already decided, timed out or withdrawn */
     APPR_EXPIRED = -4,     /* pending but past its expiry */
@@ -86,6 +89,11 @@ appr_store_t *appr_open(const char *path, char *err, size_t errsz)
  * store), creating the databases if needed. NULL with a reason. */
 appr_store_t *appr_attach(struct MDB_env *env, char *err, size_t errsz)
     __attribute__((warn_unused_result));
+/* Calls around each transaction of an attached store (the gateway passes
+ * audit_env_enter/audit_env_leave: the audit writer may resize the shared
+ * map only while no transaction of this process is open). */
+void appr_set_txn_guard(appr_store_t *st, void (*enter)(void *), void (*leave)(void *),
+                        void *arg);
 void appr_close(appr_store_t *st); /* closes the environment only if appr_open opened it */
 
 /* Highest id stored (0 if none). */
@@ -112,6 +120,12 @@ appr_rc_t appr_close_pending(appr_store_t *st, uint64_t id, appr_state_t to, int
 /* Revoke a grant: it stops matching at once. */
 appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now_us, char *err,
                       size_t errsz);
+
+/* Retention: delete up to max requests created before before_us, oldest
+ * first, except pending ones not yet expired and grants still in force.
+ * *pruned counts them. */
+appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
+                     size_t *pruned);
 
 /* A one-use grant was used. */
 appr_rc_t appr_consume(appr_store_t *st, uint64_t id);
@@ -155,6 +169,9 @@ typedef struct appr_worker appr_worker_t;
  * only wake the loop), and may be NULL. */
 appr_worker_t *appr_worker_new(appr_store_t *st, void (*notify)(void *arg), void *arg)
     __attribute__((warn_unused_result));
+/* Prune requests older than max_age_ms (0 = keep all; audit.retention.max_age)
+ * about once an hour. */
+void appr_worker_set_retention(appr_worker_t *w, int64_t max_age_ms);
 /* Write what is queued, then stop. */
 void appr_worker_free(appr_worker_t *w);
 appr_store_t *appr_worker_store(appr_worker_t *w);
@@ -169,13 +186,19 @@ int appr_worker_consume(appr_worker_t *w, uint64_t id);
 /* True while a use of id is queued but not yet written (a skip function for appr_find_grant). */
 bool appr_worker_used(void *w, uint64_t id);
 
+/* Reject mode: the pending request this gateway made for the same identity
+ * and fingerprint (key: a hash of them), so that re-running a refused
+ * statement does not make a new request each time. 0 = none remembered. */
+uint64_t appr_worker_pending_for(appr_worker_t *w, uint64_t key);
+void appr_worker_remember_pending(appr_worker_t *w, uint64_t key, uint64_t id);
+
 /* A decision from the admin console, written by the worker; its outcome
  * comes back through appr_worker_results() under tag. d's strings are copied. */
 int appr_worker_decide(appr_worker_t *w, uint64_t id, const appr_decision_t *d, uint64_t tag);
 typedef struct appr_result {
     uint64_t tag, id;
     appr_rc_t rc;
-    appr_state_t state;    /* the request's state after the attempt */
+    appr_state_t state; /* the request's state after the attempt */
     int64_t grant_until_us;
     char err[200];
 } appr_result_t;

@@ -18,14 +18,22 @@ struct appr_store {
     MDB_env *env;
     MDB_dbi reqs, grants;
     bool own_env;
+    void (*guard_enter)(void *), (*guard_leave)(void *); /* around each transaction */
+    void *guard_arg;
 };
 
-static const char *const state_names[] = {NULL,       "pending", "approved",
-                                          "denied",   "timeout", "withdrawn"};
+static const char *const state_names[] = {NULL,     "pending", "approved",
+                                          "denied", "timeout", "withdrawn"};
 
 const char *appr_state_name(appr_state_t s)
 {
     return s >= APPR_PENDING && s <= APPR_WITHDRAWN ? state_names[s] : "unknown";
+}
+
+const char *appr_state_at(const appr_req_t *r, int64_t now_us)
+{
+    return r->state == APPR_PENDING && r->expires_us <= now_us ? "expired"
+                                                               : appr_state_name(r->state);
 }
 
 static appr_state_t state_parse(const char *s)
@@ -40,9 +48,9 @@ void appr_req_free(appr_req_t *r)
 {
     if (!r)
         return;
-    char **strs[] = {&r->session, &r->sub, &r->iss,    &r->role,   &r->target, &r->sql,
-                     &r->fingerprint, &r->rule, &r->by, &r->by_role, &r->os_user, &r->via,
-                     &r->reason, &r->revoked_by};
+    char **strs[] = {&r->session, &r->sub,         &r->iss,    &r->role,      &r->target,
+                     &r->sql,     &r->fingerprint, &r->rule,   &r->by,        &r->by_role,
+                     &r->os_user, &r->via,         &r->reason, &r->revoked_by};
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
         free(*strs[i]);
     for (size_t i = 0; i < r->n_approvers; i++)
@@ -153,8 +161,8 @@ static int req_from_json(const char *text, size_t len, appr_req_t *r)
     int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
     if (n > 0 && (r->approvers = calloc((size_t)n, sizeof(char *)))) {
         const cJSON *e;
-        cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) && (r->approvers[r->n_approvers] =
-                                                               strdup(e->valuestring)))
+        cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) &&
+                                     (r->approvers[r->n_approvers] = strdup(e->valuestring)))
             r->n_approvers++;
     }
     r->created_us = get_i64(o, "created");
@@ -253,13 +261,40 @@ void appr_close(appr_store_t *st)
     free(st);
 }
 
-/* Begin a transaction; the gateway may have grown the map meanwhile. */
+void appr_set_txn_guard(appr_store_t *st, void (*enter)(void *), void (*leave)(void *), void *arg)
+{
+    st->guard_enter = enter;
+    st->guard_leave = leave;
+    st->guard_arg = arg;
+}
+
+/* Begin a transaction (inside the guard); another process may have grown the
+ * map meanwhile. Every transaction begun here ends in txn_commit/txn_abort. */
 static int txn_begin(appr_store_t *st, bool rw, MDB_txn **txn)
 {
+    if (st->guard_enter)
+        st->guard_enter(st->guard_arg);
     int rc = mdb_txn_begin(st->env, NULL, rw ? 0 : MDB_RDONLY, txn);
-    if (rc == MDB_MAP_RESIZED && mdb_env_set_mapsize(st->env, 0) == 0)
+    if (rc == MDB_MAP_RESIZED && st->own_env && mdb_env_set_mapsize(st->env, 0) == 0)
         rc = mdb_txn_begin(st->env, NULL, rw ? 0 : MDB_RDONLY, txn);
+    if (rc && st->guard_leave)
+        st->guard_leave(st->guard_arg);
     return rc;
+}
+
+static int txn_commit(appr_store_t *st, MDB_txn *txn)
+{
+    int rc = mdb_txn_commit(txn);
+    if (st->guard_leave)
+        st->guard_leave(st->guard_arg);
+    return rc;
+}
+
+static void txn_abort(appr_store_t *st, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    if (st->guard_leave)
+        st->guard_leave(st->guard_arg);
 }
 
 /* ---- reading ------------------------------------------------------------------------ */
@@ -284,7 +319,7 @@ appr_rc_t appr_get(appr_store_t *st, uint64_t id, appr_req_t *out)
     if (txn_begin(st, false, &txn))
         return APPR_ERR;
     appr_rc_t rc = get_in(txn, st, id, out);
-    mdb_txn_abort(txn);
+    txn_abort(st, txn);
     return rc;
 }
 
@@ -301,7 +336,7 @@ uint64_t appr_last_id(appr_store_t *st)
             id = be64_get(k.mv_data);
         mdb_cursor_close(c);
     }
-    mdb_txn_abort(txn);
+    txn_abort(st, txn);
     return id;
 }
 
@@ -338,7 +373,7 @@ appr_rc_t appr_find_grant(appr_store_t *st, const appr_key_t *key, int64_t now_u
     if (txn_begin(st, false, &txn))
         return APPR_ERR;
     if (mdb_cursor_open(txn, st->grants, &c)) {
-        mdb_txn_abort(txn);
+        txn_abort(st, txn);
         return APPR_ERR;
     }
     uint8_t kb[40];
@@ -369,7 +404,7 @@ appr_rc_t appr_find_grant(appr_store_t *st, const appr_key_t *key, int64_t now_u
             break;
     }
     mdb_cursor_close(c);
-    mdb_txn_abort(txn);
+    txn_abort(st, txn);
     return res;
 }
 
@@ -381,7 +416,7 @@ int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
     if (txn_begin(st, false, &txn))
         return -1;
     if (mdb_cursor_open(txn, st->reqs, &c)) {
-        mdb_txn_abort(txn);
+        txn_abort(st, txn);
         return -1;
     }
     MDB_val k, v;
@@ -394,15 +429,16 @@ int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
         appr_req_t r;
         if (req_from_json(v.mv_data, v.mv_size, &r))
             continue;
-        bool show = filter == APPR_LIST_ALL ||
-                    (filter == APPR_LIST_PENDING && r.state == APPR_PENDING) ||
-                    (filter == APPR_LIST_GRANTS && grant_usable(&r, now_us));
+        bool show =
+            filter == APPR_LIST_ALL ||
+            (filter == APPR_LIST_PENDING && r.state == APPR_PENDING && r.expires_us > now_us) ||
+            (filter == APPR_LIST_GRANTS && grant_usable(&r, now_us));
         if (show)
             stop = fn(arg, &r);
         appr_req_free(&r);
     }
     mdb_cursor_close(c);
-    mdb_txn_abort(txn);
+    txn_abort(st, txn);
     return stop;
 }
 
@@ -442,12 +478,12 @@ static int grant_put(MDB_txn *txn, appr_store_t *st, const appr_req_t *r, bool a
     return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
-static appr_rc_t commit(MDB_txn *txn, int rc, char *err, size_t errsz)
+static appr_rc_t commit(appr_store_t *st, MDB_txn *txn, int rc, char *err, size_t errsz)
 {
     if (!rc)
-        rc = mdb_txn_commit(txn);
+        rc = txn_commit(st, txn);
     else
-        mdb_txn_abort(txn);
+        txn_abort(st, txn);
     if (rc && err)
         snprintf(err, errsz, "cannot write the approvals database: %s",
                  rc == E2BIG ? "request too large" : mdb_strerror(rc));
@@ -462,7 +498,7 @@ appr_rc_t appr_create(appr_store_t *st, const appr_req_t *r, char *err, size_t e
         snprintf(err, errsz, "%s", mdb_strerror(rc));
         return APPR_ERR;
     }
-    return commit(txn, put_in(txn, st, r), err, errsz);
+    return commit(st, txn, put_in(txn, st, r), err, errsz);
 }
 
 static char *dup_or_null(const char *s)
@@ -477,7 +513,7 @@ static appr_rc_t load_for_write(appr_store_t *st, uint64_t id, MDB_txn **txn, ap
         return APPR_ERR;
     appr_rc_t rc = get_in(*txn, st, id, r);
     if (rc != APPR_OK)
-        mdb_txn_abort(*txn);
+        txn_abort(st, *txn);
     return rc;
 }
 
@@ -494,7 +530,7 @@ appr_rc_t appr_decide(appr_store_t *st, uint64_t id, const appr_decision_t *d, a
     }
     if (r.state != APPR_PENDING || r.expires_us <= d->now_us) {
         rc = r.state != APPR_PENDING ? APPR_NOT_PENDING : APPR_EXPIRED;
-        mdb_txn_abort(txn);
+        txn_abort(st, txn);
         if (out)
             *out = r;
         else
@@ -513,7 +549,7 @@ appr_rc_t appr_decide(appr_store_t *st, uint64_t id, const appr_decision_t *d, a
     int w = put_in(txn, st, &r);
     if (!w && d->approve && (r.grant_until_us || r.reject))
         w = grant_put(txn, st, &r, true);
-    rc = commit(txn, w, err, errsz);
+    rc = commit(st, txn, w, err, errsz);
     if (out)
         *out = r;
     else
@@ -529,14 +565,14 @@ appr_rc_t appr_close_pending(appr_store_t *st, uint64_t id, appr_state_t to, int
     if (rc != APPR_OK)
         return rc;
     if (r.state != APPR_PENDING) {
-        mdb_txn_abort(txn);
+        txn_abort(st, txn);
         appr_req_free(&r);
         return APPR_NOT_PENDING;
     }
     r.state = to;
     r.decided_us = now_us;
     r.via = dup_or_null("gateway");
-    rc = commit(txn, put_in(txn, st, &r), NULL, 0);
+    rc = commit(st, txn, put_in(txn, st, &r), NULL, 0);
     appr_req_free(&r);
     return rc;
 }
@@ -553,7 +589,7 @@ appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now
         return rc;
     }
     if (!grant_usable(&r, now_us)) {
-        mdb_txn_abort(txn);
+        txn_abort(st, txn);
         appr_req_free(&r);
         return APPR_NOT_GRANT;
     }
@@ -562,7 +598,7 @@ appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now
     int w = put_in(txn, st, &r);
     if (!w)
         w = grant_put(txn, st, &r, false);
-    rc = commit(txn, w, err, errsz);
+    rc = commit(st, txn, w, err, errsz);
     appr_req_free(&r);
     return rc;
 }
@@ -581,9 +617,47 @@ appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
         if (!w)
             w = grant_put(txn, st, &r, false);
     }
-    rc = commit(txn, w, NULL, 0);
+    rc = commit(st, txn, w, NULL, 0);
     appr_req_free(&r);
     return rc;
+}
+
+appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
+                     size_t *pruned)
+{
+    MDB_txn *txn;
+    MDB_cursor *c;
+    *pruned = 0;
+    if (txn_begin(st, true, &txn))
+        return APPR_ERR;
+    if (mdb_cursor_open(txn, st->reqs, &c)) {
+        txn_abort(st, txn);
+        return APPR_ERR;
+    }
+    MDB_val k, v;
+    int rc = 0;
+    for (int g = mdb_cursor_get(c, &k, &v, MDB_FIRST); g == 0 && !rc && *pruned < max;
+         g = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        appr_req_t r;
+        if (req_from_json(v.mv_data, v.mv_size, &r)) {
+            rc = mdb_cursor_del(c, 0); /* unreadable: nothing can use it */
+            (*pruned)++;
+            continue;
+        }
+        bool young = r.created_us >= before_us; /* ids grow with time: stop here */
+        bool keep = (r.state == APPR_PENDING && r.expires_us > now_us) || grant_usable(&r, now_us);
+        if (!young && !keep) {
+            rc = grant_put(txn, st, &r, false);
+            if (!rc)
+                rc = mdb_cursor_del(c, 0);
+            (*pruned)++;
+        }
+        appr_req_free(&r);
+        if (young)
+            break;
+    }
+    mdb_cursor_close(c);
+    return commit(st, txn, rc, NULL, 0);
 }
 
 /* ---- who may decide ------------------------------------------------------------------- */

@@ -202,8 +202,7 @@ cJSON *appr_webhook_payload(const appr_req_t *r)
              "mode %s). Approve: bulwark approve %llu  Deny: bulwark deny %llu",
              (unsigned long long)r->id, r->sub ? r->sub : "?", r->role ? r->role : "?",
              r->target ? r->target : "?", sql, r->rule ? r->rule : "",
-             r->reject ? "reject" : "hold", (unsigned long long)r->id,
-             (unsigned long long)r->id);
+             r->reject ? "reject" : "hold", (unsigned long long)r->id, (unsigned long long)r->id);
     cJSON_AddStringToObject(o, "text", text);
     char cmd[64];
     snprintf(cmd, sizeof(cmd), "bulwark approve %llu", (unsigned long long)r->id);

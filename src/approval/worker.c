@@ -21,6 +21,9 @@
 #include "util/log.h"
 
 #define QUEUE_MAX 4096
+#define PENDING_SLOTS 1024
+#define PRUNE_EVERY_US (3600LL * 1000000)
+#define PRUNE_BATCH 10000
 
 typedef enum { OP_CREATE, OP_CLOSE, OP_CONSUME, OP_DECIDE } op_kind_t;
 
@@ -47,9 +50,15 @@ struct appr_worker {
     void *notify_arg;
     bool stopping;
     _Atomic uint64_t next_id;
+    int64_t retention_us; /* 0 = keep everything */
+    int64_t next_prune_us;
     /* ids of one-use grants whose use is queued (OP_CONSUME not yet written) */
     uint64_t used[QUEUE_MAX];
     size_t nused;
+    /* reject-mode requests by identity+fingerprint hash (appr_worker_pending_for) */
+    struct {
+        uint64_t key, id;
+    } pending[PENDING_SLOTS];
 };
 
 static int64_t wall_us(void)
@@ -76,9 +85,13 @@ static void run_op(appr_worker_t *w, op_t *op)
         rc = appr_consume(w->st, op->id);
         break;
     case OP_DECIDE: {
-        appr_decision_t d = {.approve = op->approve, .by = op->req.by, .by_role = op->req.by_role,
-                             .os_user = op->req.os_user, .via = op->req.via,
-                             .reason = op->req.reason, .grant_ms = op->grant_ms,
+        appr_decision_t d = {.approve = op->approve,
+                             .by = op->req.by,
+                             .by_role = op->req.by_role,
+                             .os_user = op->req.os_user,
+                             .via = op->req.via,
+                             .reason = op->req.reason,
+                             .grant_ms = op->grant_ms,
                              .now_us = wall_us()};
         appr_req_t out;
         memset(&out, 0, sizeof(out));
@@ -92,8 +105,8 @@ static void run_op(appr_worker_t *w, op_t *op)
     }
     if (rc != APPR_OK)
         log_event(LOG_ERROR, "approval_write_failed", "id=%llu op=%d rc=%d error=\"%s\"",
-                  (unsigned long long)(op->kind == OP_CREATE ? op->req.id : op->id), op->kind,
-                  rc, err);
+                  (unsigned long long)(op->kind == OP_CREATE ? op->req.id : op->id), op->kind, rc,
+                  err);
 }
 
 static void forget_use(appr_worker_t *w, uint64_t id)
@@ -105,13 +118,46 @@ static void forget_use(appr_worker_t *w, uint64_t id)
         }
 }
 
+/* Called with mu held; drops it while pruning. */
+static void maybe_prune(appr_worker_t *w)
+{
+    int64_t now = wall_us();
+    if (!w->retention_us || now < w->next_prune_us)
+        return;
+    int64_t before = now - w->retention_us;
+    pthread_mutex_unlock(&w->mu);
+    size_t n = 0;
+    appr_rc_t rc = appr_prune(w->st, before, now, PRUNE_BATCH, &n);
+    if (n || rc != APPR_OK)
+        log_event(rc == APPR_OK ? LOG_INFO : LOG_ERROR, "approvals_pruned", "requests=%zu ok=%s", n,
+                  rc == APPR_OK ? "yes" : "no");
+    pthread_mutex_lock(&w->mu);
+    /* a full batch: more to do soon */
+    w->next_prune_us = now + (n >= PRUNE_BATCH ? 1000000 : PRUNE_EVERY_US);
+}
+
+/* Wait for work, or until the next prune is due. */
+static void wait_work(appr_worker_t *w)
+{
+    if (!w->retention_us) {
+        pthread_cond_wait(&w->cv, &w->mu);
+        return;
+    }
+    int64_t at = w->next_prune_us;
+    struct timespec t = {.tv_sec = at / 1000000, .tv_nsec = (at % 1000000) * 1000};
+    pthread_cond_timedwait(&w->cv, &w->mu, &t);
+}
+
 static void *worker_main(void *arg)
 {
     appr_worker_t *w = arg;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->head && !w->stopping)
-            pthread_cond_wait(&w->cv, &w->mu);
+        maybe_prune(w);
+        while (!w->head && !w->stopping) {
+            wait_work(w);
+            maybe_prune(w);
+        }
         if (!w->head)
             break;
         op_t *op = w->head;
@@ -189,8 +235,7 @@ uint64_t appr_worker_next_id(appr_worker_t *w)
 static int enqueue(appr_worker_t *w, op_t *op)
 {
     pthread_mutex_lock(&w->mu);
-    if (w->n >= QUEUE_MAX || w->stopping ||
-        (op->kind == OP_CONSUME && w->nused >= QUEUE_MAX)) {
+    if (w->n >= QUEUE_MAX || w->stopping || (op->kind == OP_CONSUME && w->nused >= QUEUE_MAX)) {
         pthread_mutex_unlock(&w->mu);
         return -1;
     }
@@ -289,8 +334,7 @@ int appr_worker_decide(appr_worker_t *w, uint64_t id, const appr_decision_t *d, 
     return 0;
 }
 
-void appr_worker_results(appr_worker_t *w, void (*fn)(void *arg, const appr_result_t *r),
-                         void *arg)
+void appr_worker_results(appr_worker_t *w, void (*fn)(void *arg, const appr_result_t *r), void *arg)
 {
     pthread_mutex_lock(&w->mu);
     op_t *list = w->done;
@@ -308,4 +352,31 @@ void appr_worker_results(appr_worker_t *w, void (*fn)(void *arg, const appr_resu
         fn(arg, &op->res);
         free(op);
     }
+}
+
+uint64_t appr_worker_pending_for(appr_worker_t *w, uint64_t key)
+{
+    pthread_mutex_lock(&w->mu);
+    size_t i = key % PENDING_SLOTS;
+    uint64_t id = w->pending[i].key == key ? w->pending[i].id : 0;
+    pthread_mutex_unlock(&w->mu);
+    return id;
+}
+
+void appr_worker_remember_pending(appr_worker_t *w, uint64_t key, uint64_t id)
+{
+    pthread_mutex_lock(&w->mu);
+    size_t i = key % PENDING_SLOTS;
+    w->pending[i].key = key;
+    w->pending[i].id = id;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void appr_worker_set_retention(appr_worker_t *w, int64_t max_age_ms)
+{
+    pthread_mutex_lock(&w->mu);
+    w->retention_us = max_age_ms > 0 ? max_age_ms * 1000 : 0;
+    w->next_prune_us = wall_us();
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
 }

@@ -23,9 +23,12 @@
  * is eventually written, in order, while the process lives), audit_failing()
  * turns true, and audit_append() refuses new records with -1 until a retry
  * succeeds; the writer then appends a "note" record saying how many records
- * were refused. With audit.retention set, the writer retires old records
- * (down to a checkpoint, which stays as the chain's signed anchor) by age,
- * by size, and first thing on a full map.
+ * were refused. The map counts as full at map_size less a headroom kept
+ * for retention's own transactions (LMDB needs free pages even to delete);
+ * there the writer signs the head, grows the map up to audit.max_map_size if
+ * set, and otherwise fails until retention (if set: by age, by size, and
+ * first thing on a full map, down to a checkpoint that stays as the chain's
+ * signed anchor) has freed room.
  *
  * All functions of the writing side are thread-safe (several loops may append).
  * docs/audit.md ("For the proxy") says which record to append when.
@@ -46,6 +49,7 @@
 #include <cjson/cJSON.h>
 
 #include "config.h"
+#include "util/buf.h"
 
 typedef struct audit audit_t;
 
@@ -125,6 +129,48 @@ void audit_close(audit_t *a);
 int audit_append(audit_t *a, audit_rec_type_t type, const char *session_id, cJSON *fields,
                  uint64_t *seq_out) __attribute__((warn_unused_result));
 
+/*
+ * The per-statement fast path: a record's fields built without cJSON. The
+ * caller appends values to an audit_fields_t (a reusable buffer: one memcpy
+ * per value, no allocation per value); audit_append_fields copies the bytes
+ * into the queue, and the writer thread turns them into the canonical JSON
+ * that audit_append would have stored for the same fields as cJSON (member
+ * order, escapes and UTF-8 repair happen there, off the caller's thread).
+ *
+ * Keys: member names inside objects (and at the top level, which is the
+ * record's data object); NULL inside arrays. Any order; a name given twice
+ * keeps its first value. Integers beyond 2^53 are stored as strings.
+ * Errors (nesting deeper than 64, a name over 255 bytes, the size limit) are
+ * sticky: audit_append_fields then refuses the record.
+ */
+typedef struct audit_fields {
+    buf_t b;
+    unsigned depth;
+} audit_fields_t;
+void audit_fields_init(audit_fields_t *f, size_t limit); /* limit: bytes, 0 = none */
+void audit_fields_reset(audit_fields_t *f);               /* empty again; keeps the memory */
+void audit_fields_free(audit_fields_t *f);
+bool audit_fields_ok(const audit_fields_t *f); /* no error, every open closed */
+void audit_f_str(audit_fields_t *f, const char *key, const char *s, size_t len);
+void audit_f_cstr(audit_fields_t *f, const char *key, const char *s); /* NULL: null */
+void audit_f_int(audit_fields_t *f, const char *key, int64_t v);
+void audit_f_bool(audit_fields_t *f, const char *key, bool v);
+void audit_f_null(audit_fields_t *f, const char *key);
+void audit_f_open(audit_fields_t *f, const char *key, char kind); /* '{' or '[' */
+void audit_f_close(audit_fields_t *f);
+void audit_f_json(audit_fields_t *f, const char *key, const cJSON *v); /* a copy of v */
+/* What another audit_fields_t holds, with every open closed: with a key,
+ * exactly one value (e.g. an array opened there with a NULL key); with key
+ * NULL, members to add to the object being built here. */
+void audit_f_splice(audit_fields_t *f, const char *key, const audit_fields_t *value);
+
+/* audit_append for a record built as fields (not consumed; reset it to reuse).
+ * Not for SESSION_START / SESSION_END, whose fields also feed the session
+ * indexes: use audit_append. Same results as audit_append. */
+int audit_append_fields(audit_t *a, audit_rec_type_t type, const char *session_id,
+                        const audit_fields_t *f, uint64_t *seq_out)
+    __attribute__((warn_unused_result));
+
 /* Highest sequence number such that it and every record before it is durable. */
 uint64_t audit_durable_seq(const audit_t *a);
 /* True while the store cannot write; appends are refused meanwhile. */
@@ -151,6 +197,14 @@ void audit_get_stats(audit_t *a, audit_stats_t *out);
  * they open at most AUDIT_MAX_DBS - 7 of them). Valid until audit_close(). */
 struct MDB_env;
 struct MDB_env *audit_env(audit_t *a);
+/* Such a module runs each of its transactions between audit_env_enter() and
+ * audit_env_leave() (a shared lock, held only for the transaction): LMDB may
+ * resize the map (audit.max_map_size) only while this process has no
+ * transaction open, so the writer grows it only when it can take the lock
+ * exclusively, and never waits for it. Once audit_env() was called, the
+ * writer no longer reopens a panicked environment (the module holds it). */
+void audit_env_enter(audit_t *a);
+void audit_env_leave(audit_t *a);
 
 /* ---- reading side ---- */
 
@@ -252,5 +306,12 @@ int audit_print_replay(audit_reader_t *r, const char *session_id, bool json, FIL
  * follow: keep polling for new records until *stop becomes non-zero.
  * Returns 0, or -1 on a read or write error. */
 int audit_export(audit_reader_t *r, uint64_t from_seq, FILE *out, bool follow, volatile int *stop);
+/* One pass of audit_export in one short read transaction: the lines of every
+ * record with key >= *next; *next becomes the key after the last one written
+ * (unchanged when there is none) and *first the first key written (0: none).
+ * The anchor checkpoint line is written before the first record only while
+ * *anchored is false (then it becomes true). For `export --follow --cursor`. */
+int audit_export_pass(audit_reader_t *r, uint64_t *next, bool *anchored, FILE *out,
+                      uint64_t *first);
 
 #endif

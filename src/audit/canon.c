@@ -137,6 +137,19 @@ static int u16_next(u16it_t *it)
     return (int)(0xd800 | (cp >> 10));
 }
 
+int canon_name_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    u16it_t x = {(const unsigned char *)a, alen, 0, 0};
+    u16it_t y = {(const unsigned char *)b, blen, 0, 0};
+    for (;;) {
+        int ux = u16_next(&x), uy = u16_next(&y);
+        if (ux != uy)
+            return ux < uy ? -1 : 1;
+        if (ux < 0)
+            return 0;
+    }
+}
+
 typedef struct member {
     const cJSON *item;
     size_t index;
@@ -220,7 +233,7 @@ static bool canon_at(buf_t *b, const cJSON *v, int depth)
         size_t k = 0;
         for (const cJSON *c = v->child; c; c = c->next, k++)
             m[k] = (member_t){c, k};
-        if (n) /* qsort(NULL, 0, ...) is undefined behaviour: {} has no members */
+        if (n > 1)
             qsort(m, n, sizeof(*m), member_cmp);
         buf_put_u8(b, '{');
         bool ok = true, first = true;

@@ -53,6 +53,16 @@ typedef struct audit_dbs {
  * deeper than AUDIT_CANON_DEPTH or holds a cJSON_Raw item. */
 bool canon_json(buf_t *b, const cJSON *v);
 void canon_string(buf_t *b, const char *s, size_t len);
+/* Member names in RFC 8785 order (UTF-16 code units of the names as
+ * canon_string writes them): <0, 0, >0. */
+int canon_name_cmp(const char *a, size_t alen, const char *b, size_t blen);
+
+/* ---- fields.c: audit_fields_t streams -> canonical JSON (writer thread) ---- */
+
+/* Append the canonical object of a fields stream (audit.h, audit_fields_t):
+ * the same bytes canon_json gives for the same fields built as cJSON. False
+ * when the stream is malformed or nests deeper than AUDIT_CANON_DEPTH. */
+bool fields_canon(buf_t *out, const uint8_t *p, size_t n);
 /* True if s is usable as a session id: 1..AUDIT_SID_MAX bytes of printable
  * ASCII other than '"' and '\\' (so its canonical form is just "s"). */
 bool canon_sid_ok(const char *s);
@@ -128,10 +138,18 @@ bool sign_verify(EVP_PKEY *k, const void *msg, size_t len, const uint8_t *sig, s
 int store_open(const char *path, uint64_t map_size, bool rw, bool nosync, MDB_env **env,
                audit_dbs_t *dbs, char *err, size_t errsz);
 const char *store_strerror(int rc);
+/* A read-only transaction; when the writer (another process) grew the map
+ * past this process's mapping, adopt the new size first (MDB_MAP_RESIZED).
+ * Only for environments this process does not write (the CLI's). */
+int store_read_txn(MDB_env *env, MDB_txn **txn);
 
 /* The first key whose record's ts >= ts_us (bisection: ts never decreases
  * along the chain); last key + 1 when there is none. */
 uint64_t store_seq_at(MDB_txn *txn, MDB_dbi records, int64_t ts_us);
+/* Bytes of the map in use by every database of the environment (ours and any
+ * other module's) as of the last commit: its last page number less the free list. Free
+ * pages still pinned by a reader count as free. */
+uint64_t store_used_bytes(MDB_env *env); /* its own read transaction */
 /* Bytes of pages the B-trees use (free pages excluded). */
 uint64_t store_live_bytes(MDB_txn *txn, const audit_dbs_t *dbs);
 

@@ -354,6 +354,20 @@ bool audit_parse_since(const char *s, int64_t now_us, int64_t *out_us)
 
 /* ---- bulwark sessions ---- */
 
+/* JSON for machines in the canonical form of the records themselves: times
+ * and counts as plain integers (cJSON's printer writes microsecond times like
+ * 1714564800012000 in exponent form), members sorted, no whitespace. */
+static void print_canon(FILE *out, const cJSON *v)
+{
+    buf_t b;
+    buf_init(&b, 0);
+    if (canon_json(&b, v) && !b.failed)
+        fwrite(b.data, 1, b.len, out);
+    else
+        fputs("null", out);
+    buf_free(&b);
+}
+
 typedef struct srow {
     char *cells[9];
 } srow_t;
@@ -425,9 +439,8 @@ int audit_print_sessions(audit_reader_t *r, const audit_session_filter_t *f, boo
             fputs("[", out);
             size_t i = 0;
             for (const cJSON *o = l.json->child; o; o = o->next, i++) {
-                char *s = cJSON_PrintUnformatted(o);
-                fprintf(out, "%s\n%s", i ? "," : "", s ? s : "null");
-                free(s);
+                fprintf(out, "%s\n", i ? "," : "");
+                print_canon(out, o);
             }
             fputs(i ? "\n]\n" : "]\n", out);
         } else {
@@ -759,10 +772,8 @@ static void replay_json(FILE *out, const char *sid, const rlist_t *l, int64_t t0
         cJSON_AddBoolToObject(r, "hash_ok", x->hash_ok);
         cJSON_AddItemToArray(arr, r);
     }
-    char *s = cJSON_Print(o);
-    if (s)
-        fprintf(out, "%s\n", s);
-    free(s);
+    print_canon(out, o);
+    fputc('\n', out);
     cJSON_Delete(o);
 }
 
@@ -830,14 +841,14 @@ static int put_checkpoint_line(FILE *out, const MDB_val *v)
     return 0;
 }
 
-/* Export keys >= *from in one read transaction; *from becomes the next key. */
-static int export_pass(audit_reader_t *r, uint64_t *from, bool *anchored, FILE *out)
+static int export_pass(audit_reader_t *r, uint64_t *from, bool *anchored, FILE *out,
+                       uint64_t *first_out)
 {
     audit_dbs_t dbs;
     MDB_env *env = reader_env(r, &dbs);
     MDB_txn *txn;
     MDB_cursor *c = NULL;
-    if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+    if (store_read_txn(env, &txn))
         return -1;
     int ret = -1, rc;
     uint8_t kb[8];
@@ -851,6 +862,8 @@ static int export_pass(audit_reader_t *r, uint64_t *from, bool *anchored, FILE *
         if (k.mv_size != 8)
             continue;
         uint64_t seq = be64_get(k.mv_data);
+        if (first && first_out)
+            *first_out = seq;
         if (first && !*anchored && seq > 1) { /* the anchor this export starts from */
             uint8_t pb[8];
             be64_put(pb, seq - 1);
@@ -886,12 +899,20 @@ out:
     return ret;
 }
 
+int audit_export_pass(audit_reader_t *r, uint64_t *next, bool *anchored, FILE *out,
+                      uint64_t *first)
+{
+    if (first)
+        *first = 0;
+    return export_pass(r, next, anchored, out, first);
+}
+
 int audit_export(audit_reader_t *r, uint64_t from_seq, FILE *out, bool follow, volatile int *stop)
 {
     uint64_t next = from_seq;
     bool anchored = false;
     for (;;) {
-        if (export_pass(r, &next, &anchored, out) != 0 || fflush(out) != 0)
+        if (export_pass(r, &next, &anchored, out, NULL) != 0 || fflush(out) != 0)
             return -1;
         if (!follow || (stop && *stop))
             return 0;

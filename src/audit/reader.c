@@ -89,7 +89,7 @@ int audit_reader_records(audit_reader_t *r, uint64_t from_seq, audit_record_fn f
 {
     MDB_txn *txn;
     MDB_cursor *c;
-    if (mdb_txn_begin(r->env, NULL, MDB_RDONLY, &txn))
+    if (store_read_txn(r->env, &txn))
         return -1;
     if (mdb_cursor_open(txn, r->dbs.records, &c)) {
         mdb_txn_abort(txn);
@@ -118,7 +118,7 @@ int audit_reader_session_records(audit_reader_t *r, const char *sid, audit_recor
 {
     MDB_txn *txn;
     MDB_cursor *c;
-    if (mdb_txn_begin(r->env, NULL, MDB_RDONLY, &txn))
+    if (store_read_txn(r->env, &txn))
         return -1;
     if (mdb_cursor_open(txn, r->dbs.session_recs, &c)) {
         mdb_txn_abort(txn);
@@ -149,7 +149,7 @@ int audit_reader_session_records(audit_reader_t *r, const char *sid, audit_recor
 uint64_t audit_reader_seq_at(audit_reader_t *r, int64_t ts_us)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(r->env, NULL, MDB_RDONLY, &txn))
+    if (store_read_txn(r->env, &txn))
         return 0;
     uint64_t s = store_seq_at(txn, r->dbs.records, ts_us);
     mdb_txn_abort(txn);
@@ -220,7 +220,7 @@ int audit_reader_sessions(audit_reader_t *r, const audit_session_filter_t *f,
         f = &none;
     MDB_txn *txn;
     MDB_cursor *c = NULL, *recs = NULL;
-    if (mdb_txn_begin(r->env, NULL, MDB_RDONLY, &txn))
+    if (store_read_txn(r->env, &txn))
         return -1;
     int ret = -1, rc;
     uint8_t key[AUDIT_SUB_KEY_MAX + 1 + 8];

@@ -150,6 +150,40 @@ uint64_t store_live_bytes(MDB_txn *txn, const audit_dbs_t *dbs)
     return total;
 }
 
+int store_read_txn(MDB_env *env, MDB_txn **txn)
+{
+    int rc = mdb_txn_begin(env, NULL, MDB_RDONLY, txn);
+    if (rc == MDB_MAP_RESIZED && mdb_env_set_mapsize(env, 0) == 0)
+        rc = mdb_txn_begin(env, NULL, MDB_RDONLY, txn);
+    return rc;
+}
+
+uint64_t store_used_bytes(MDB_env *env)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    MDB_txn *txn;
+    /* LMDB refuses cursors on the free list in a write transaction. */
+    if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) != 0)
+        return 0;
+    if (mdb_env_info(env, &info) != 0 || mdb_env_stat(env, &st) != 0) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    uint64_t pages = (uint64_t)info.me_last_pgno + 1, free_pages = 0;
+    MDB_cursor *c;
+    MDB_val k, v;
+    if (mdb_cursor_open(txn, 0 /* FREE_DBI */, &c) == 0) {
+        for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+            if (v.mv_size >= sizeof(size_t))
+                free_pages += *(const size_t *)v.mv_data; /* an IDL: its count first */
+        mdb_cursor_close(c);
+    }
+    mdb_txn_abort(txn);
+    return free_pages < pages ? (pages - free_pages) * st.ms_psize : 0;
+}
+
 uint64_t store_seq_at(MDB_txn *txn, MDB_dbi records, int64_t ts_us)
 {
     MDB_cursor *c;

@@ -312,7 +312,7 @@ int audit_verify(audit_reader_t *r, const char *key_file, audit_verify_result_t 
     MDB_txn *txn;
     walk_t w = {.res = res, .have_key = key != NULL};
     int ret = -1;
-    if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0) {
+    if (store_read_txn(env, &txn) == 0) {
         if (load_checkpoints(txn, dbs.checkpoints, key, key_id, &w) == 0)
             ret = walk_records(&w, txn, &dbs);
         mdb_txn_abort(txn);

@@ -48,7 +48,8 @@ typedef struct entry {
     char *sid; /* inside this allocation, or NULL */
     ix_info_t *ix;
     size_t data_len, cost;
-    uint8_t data[]; /* canonical JSON of the fields, then the session id */
+    bool fields;    /* data is an audit_fields_t stream, made canonical by the writer */
+    uint8_t data[]; /* canonical JSON of the fields (or the stream), then the session id */
 } entry_t;
 
 struct audit {
@@ -60,6 +61,8 @@ struct audit {
     uint8_t key_id[AUDIT_HASH_LEN];
     bool batched;
     uint64_t map_size, max_record;
+    uint64_t headroom; /* map bytes kept free for retention's own transactions */
+    uint64_t max_map_size; /* grow towards this when full (writer thread only) */
     int64_t retention_age_ms;
     uint64_t retention_size;
     audit_opts_t o;
@@ -79,17 +82,21 @@ struct audit {
     audit_stats_t st;
 
     /* writer thread only */
-    uint64_t written_seq, synced_seq, cp_seq;
+    uint64_t written_seq, synced_seq, cp_seq, cp_bytes;
     uint8_t head_hash[AUDIT_HASH_LEN];
     int64_t cp_due_ms, sync_due_ms, retry_at_ms, retry_ms, retention_due_ms;
     int last_rc;
     uint64_t refused_mark, group_bytes;
     size_t group_limit, group_max_bytes;
     bool env_broken, retire_soon;
+    buf_t canon; /* fields streams made canonical */
+    bool full; /* stopped at the headroom: resume only below map_size - 2 * headroom */
 
     _Atomic uint64_t durable_seq;
     _Atomic bool failing;
     _Atomic int shared_readers; /* audit_reader_shared: the env must stay open */
+    _Atomic bool env_shared;    /* audit_env() was called: never reopen */
+    pthread_rwlock_t env_lock;  /* audit_env_enter/leave vs grow_map */
 };
 
 static int64_t mono_ms(void)
@@ -266,9 +273,39 @@ static int append(audit_t *a, audit_rec_type_t type, const char *sid, cJSON *fie
     e->sid = sid ? memcpy(e->data + b.len, sid, sl) : NULL;
     e->type = type;
     e->ix = ix;
+    e->fields = false;
     e->cost = sizeof(*e) + b.len + sl + CANON_TAIL_MAX;
     buf_free(&b);
     return enqueue(a, e, internal, seq_out);
+}
+
+int audit_append_fields(audit_t *a, audit_rec_type_t type, const char *sid,
+                        const audit_fields_t *f, uint64_t *seq_out)
+{
+    if (!a)
+        return -1;
+    if (!audit_rec_type_name(type) || type == AUDIT_REC_SESSION_START ||
+        type == AUDIT_REC_SESSION_END || (sid && !canon_sid_ok(sid)) || !audit_fields_ok(f))
+        return refuse(a, f->b.failed ? "record too large or too deep"
+                                     : "invalid record (type, session id or fields)");
+    if (atomic_load(&a->failing))
+        return refuse(a, "store failing");
+    /* The stream is never much smaller than its canonical form (escapes
+     * aside), so the size bound of audit_append holds for it too. */
+    if (f->b.len > a->max_record)
+        return refuse(a, "record too large");
+    size_t sl = sid ? strlen(sid) + 1 : 0;
+    entry_t *e = malloc(sizeof(*e) + f->b.len + sl);
+    if (!e)
+        return refuse(a, "out of memory");
+    memcpy(e->data, f->b.data, f->b.len);
+    e->data_len = f->b.len;
+    e->sid = sid ? memcpy(e->data + f->b.len, sid, sl) : NULL;
+    e->type = type;
+    e->ix = NULL;
+    e->fields = true;
+    e->cost = sizeof(*e) + f->b.len + f->b.len / 4 + sl + CANON_TAIL_MAX;
+    return enqueue(a, e, false, seq_out);
 }
 
 int audit_append(audit_t *a, audit_rec_type_t type, const char *session_id, cJSON *fields,
@@ -328,17 +365,44 @@ int audit_flush(audit_t *a, int64_t timeout_ms)
 
 /* ---- the writer: one group ---- */
 
+/* The canonical data of an entry: its bytes, or its fields stream made
+ * canonical in the writer's scratch buffer. A stream that cannot be made
+ * canonical within the record size bound (only escapes can blow it up) is
+ * stored as a note of that fact: its seq is taken, and a hole would break
+ * the chain. */
+static void entry_canon(audit_t *a, const entry_t *e, const uint8_t **data, size_t *len)
+{
+    *data = e->data, *len = e->data_len;
+    if (!e->fields)
+        return;
+    buf_reset(&a->canon);
+    a->canon.failed = false;
+    if (!fields_canon(&a->canon, e->data, e->data_len) || a->canon.len > a->max_record) {
+        buf_reset(&a->canon);
+        a->canon.failed = false;
+        char tmp[160];
+        int n = snprintf(tmp, sizeof(tmp),
+                         "{\"error\":\"the record could not be encoded within %llu bytes\"}",
+                         (unsigned long long)a->max_record);
+        buf_append(&a->canon, tmp, (size_t)n);
+    }
+    *data = a->canon.data, *len = a->canon.len;
+}
+
 static int put_record(audit_t *a, MDB_txn *txn, const entry_t *e, const uint8_t *prev,
                       uint8_t *hash)
 {
     char tail[CANON_TAIL_MAX];
     size_t tl = canon_tail(tail, e->seq, e->sid, e->ts, audit_rec_type_name(e->type));
-    const void *parts[] = {CANON_HEAD, e->data, tail};
-    const size_t lens[] = {CANON_HEAD_LEN, e->data_len, tl};
+    const uint8_t *data;
+    size_t data_len;
+    entry_canon(a, e, &data, &data_len);
+    const void *parts[] = {CANON_HEAD, data, tail};
+    const size_t lens[] = {CANON_HEAD_LEN, data_len, tl};
     chain_hash(hash, prev, parts, lens, 3);
     uint8_t kb[8];
     be64_put(kb, e->seq);
-    MDB_val k = {8, kb}, v = {AUDIT_VALUE_HDR + CANON_HEAD_LEN + e->data_len + tl, NULL};
+    MDB_val k = {8, kb}, v = {AUDIT_VALUE_HDR + CANON_HEAD_LEN + data_len + tl, NULL};
     int rc = mdb_put(txn, a->dbs.records, &k, &v, MDB_APPEND | MDB_RESERVE);
     if (rc)
         return rc;
@@ -348,8 +412,8 @@ static int put_record(audit_t *a, MDB_txn *txn, const entry_t *e, const uint8_t 
     memcpy(p + 1 + AUDIT_HASH_LEN, hash, AUDIT_HASH_LEN);
     p += AUDIT_VALUE_HDR;
     memcpy(p, CANON_HEAD, CANON_HEAD_LEN);
-    memcpy(p + CANON_HEAD_LEN, e->data, e->data_len);
-    memcpy(p + CANON_HEAD_LEN + e->data_len, tail, tl);
+    memcpy(p + CANON_HEAD_LEN, data, data_len);
+    memcpy(p + CANON_HEAD_LEN + data_len, tail, tl);
     a->group_bytes += v.mv_size;
     return 0;
 }
@@ -490,7 +554,7 @@ static void hist_add(uint64_t *h, size_t n, uint64_t v)
 static void reopen_env(audit_t *a)
 {
     char err[256];
-    if (atomic_load(&a->shared_readers) > 0)
+    if (atomic_load(&a->shared_readers) > 0 || atomic_load(&a->env_shared))
         return;
     mdb_env_close(a->env);
     a->env = NULL;
@@ -500,15 +564,72 @@ static void reopen_env(audit_t *a)
         log_event(LOG_ERROR, "audit_reopen_failed", "error=\"%s\"", err);
 }
 
+static void set_limits(audit_t *a)
+{
+    a->group_max_bytes = a->map_size / 16 < (16u << 20) ? a->map_size / 16 : (16u << 20);
+    a->headroom = a->map_size / 8 < (64u << 20) ? a->map_size / 8 : (64u << 20);
+    if (a->headroom < 2 * a->group_max_bytes)
+        a->headroom = 2 * a->group_max_bytes;
+}
+
+/* audit.max_map_size: double the map (at most to that) instead of stopping.
+ * LMDB allows it only while this process has no transaction open: the
+ * writer has none here, and borrowed readers (audit_reader_shared) might,
+ * so not while one exists. Readers in other processes adopt the new size
+ * when they meet it (MDB_MAP_RESIZED, reader.c). */
+static bool grow_map(audit_t *a)
+{
+    if (a->max_map_size <= a->map_size || atomic_load(&a->shared_readers) > 0 ||
+        pthread_rwlock_trywrlock(&a->env_lock) != 0)
+        return false;
+    uint64_t n = a->map_size * 2;
+    if (n > a->max_map_size || n < a->map_size)
+        n = a->max_map_size;
+    int rc = mdb_env_set_mapsize(a->env, (size_t)n);
+    pthread_rwlock_unlock(&a->env_lock);
+    if (rc) {
+        log_event(LOG_ERROR, "audit_map_grow_failed", "to=%llu error=\"%s\"",
+                  (unsigned long long)n, mdb_strerror(rc));
+        a->max_map_size = a->map_size; /* do not try again */
+        return false;
+    }
+    log_event(LOG_WARN, "audit_map_grown", "path=\"%s\" from=%llu to=%llu max=%llu", a->path,
+              (unsigned long long)a->map_size, (unsigned long long)n,
+              (unsigned long long)a->max_map_size);
+    a->map_size = n;
+    set_limits(a);
+    a->full = false;
+    return true;
+}
+
 /* Checkpoints fall exactly every checkpoint_every records (wherever group
- * boundaries are), so retention always finds cut points at that spacing;
+ * boundaries are), and after every map_size/16 bytes of records (so that a
+ * small map has cut points too), so retention always finds cut points;
  * and on the head after checkpoint_interval, at shutdown, and when forced. */
-static int write_group(audit_t *a, entry_t *g, size_t n, bool force_cp)
+static int write_group(audit_t *a, entry_t *g, size_t n, size_t bytes, bool force_cp)
 {
     if (a->env_broken)
         reopen_env(a);
     if (!a->env)
         return EIO;
+    /* Headroom: records stop at map_size - headroom, so that retention (whose
+     * deletes need fresh pages for copy-on-write) can always run, and resume
+     * only once retention got the store below map_size - 2 * headroom (no
+     * flapping between failing and writing a record at a time). A group takes
+     * at most twice its queued cost (records, indexes, page slack). */
+    if (n) {
+        uint64_t used = store_used_bytes(a->env);
+        uint64_t limit = a->map_size - (a->full ? 2 : 1) * a->headroom;
+        while (used + 2 * (uint64_t)bytes > limit && grow_map(a))
+            limit = a->map_size - a->headroom;
+        if (used + 2 * (uint64_t)bytes > limit) {
+            a->full = true;
+            return MDB_MAP_FULL;
+        }
+        a->full = false;
+        if (used > a->map_size - 2 * a->headroom)
+            a->retire_soon = true; /* getting close: retire what retention allows */
+    }
     MDB_txn *txn;
     int rc = mdb_txn_begin(a->env, NULL, 0, &txn);
     if (rc) {
@@ -518,7 +639,7 @@ static int write_group(audit_t *a, entry_t *g, size_t n, bool force_cp)
     }
     uint8_t prev[AUDIT_HASH_LEN], hash[AUDIT_HASH_LEN];
     memcpy(prev, a->head_hash, sizeof(prev));
-    uint64_t last = a->written_seq, cp_seq = a->cp_seq, ncp = 0;
+    uint64_t last = a->written_seq, cp_seq = a->cp_seq, ncp = 0, cp_bytes = a->cp_bytes;
     a->group_bytes = 0;
     entry_t *e = g;
     for (size_t i = 0; i < n && !rc; i++) {
@@ -527,9 +648,10 @@ static int write_group(audit_t *a, entry_t *g, size_t n, bool force_cp)
             rc = index_record(a, txn, e);
         memcpy(prev, hash, sizeof(prev));
         last = e->seq;
-        if (!rc && last - cp_seq >= a->o.checkpoint_every) {
+        cp_bytes += AUDIT_VALUE_HDR + e->data_len + CANON_TAIL_MAX / 2;
+        if (!rc && (last - cp_seq >= a->o.checkpoint_every || cp_bytes >= a->map_size / 16)) {
             rc = put_checkpoint(a, txn, last, prev);
-            cp_seq = last, ncp++;
+            cp_seq = last, ncp++, cp_bytes = 0;
         }
         if (i + 1 < n) /* the last one's next may be being linked by a producer */
             e = e->next;
@@ -538,7 +660,11 @@ static int write_group(audit_t *a, entry_t *g, size_t n, bool force_cp)
         a->retire_soon = true;
     if (!rc && last > cp_seq && (force_cp || mono_ms() >= a->cp_due_ms)) {
         rc = put_checkpoint(a, txn, last, prev);
-        cp_seq = last, ncp++;
+        cp_seq = last, ncp++, cp_bytes = 0;
+    }
+    if (a->canon.cap > (4u << 20)) { /* a huge record passed: do not keep its buffer */
+        buf_free(&a->canon);
+        buf_init(&a->canon, 0);
     }
     if (rc) {
         mdb_txn_abort(txn);
@@ -554,6 +680,7 @@ static int write_group(audit_t *a, entry_t *g, size_t n, bool force_cp)
     }
     memcpy(a->head_hash, prev, sizeof(prev));
     a->written_seq = last;
+    a->cp_bytes = cp_bytes;
     if (ncp) {
         a->cp_seq = cp_seq;
         a->cp_due_ms = mono_ms() + a->o.checkpoint_interval_ms;
@@ -683,13 +810,18 @@ static void write_next(audit_t *a, bool force_cp)
     if (!n && !force_cp)
         return;
     /* The first n entries stay put: producers only link new ones after q_tail. */
-    int rc = write_group(a, g, n, force_cp);
+    int rc = write_group(a, g, n, bytes, force_cp);
     if (rc) {
         set_failing(a, rc);
         if (rc == MDB_MAP_FULL) {
             /* Smaller transactions need fewer fresh pages, and each commit lets
              * LMDB reuse the pages freed two transactions before. */
             a->group_limit = n > 1 ? n / 2 : 1;
+            /* Sign the head while the headroom has room for it: retention can
+             * then cut up to here, and verify vouches for every record written. */
+            if (a->written_seq > a->cp_seq && write_group(a, g, 0, 0, true) != 0)
+                log_event(LOG_ERROR, "audit_checkpoint_failed", "seq=%llu",
+                          (unsigned long long)a->written_seq);
             retire(a, true);
         }
         return;
@@ -697,17 +829,21 @@ static void write_next(audit_t *a, bool force_cp)
     a->group_limit = a->o.group_max_records;
     entry_t *done = g;
     pthread_mutex_lock(&a->mu);
-    entry_t *e = g, *last = NULL;
-    for (size_t i = 0; i < n; i++, e = e->next) {
-        a->q_count--;
-        a->q_bytes -= e->cost;
-        last = e;
-    }
-    a->q_head = e;
-    if (!e)
-        a->q_tail = NULL;
-    if (last)
+    /* Only a group of records moves q_head: a checkpoint alone (n == 0, queue empty
+     * when it began) must not reset q_head/q_tail over a record a producer queued
+     * meanwhile, which would be lost (found by LeakSanitizer under make asan). */
+    if (n) {
+        entry_t *e = g, *last = NULL;
+        for (size_t i = 0; i < n; i++, e = e->next) {
+            a->q_count--;
+            a->q_bytes -= e->cost;
+            last = e;
+        }
+        a->q_head = e;
+        if (!e)
+            a->q_tail = NULL;
         last->next = NULL;
+    }
     pthread_mutex_unlock(&a->mu);
     if (n)
         entries_free(done);
@@ -919,7 +1055,9 @@ static void free_audit(audit_t *a)
         close(a->lock_fd);
     EVP_PKEY_free(a->key);
     entries_free(a->q_head);
+    buf_free(&a->canon);
     pthread_mutex_destroy(&a->mu);
+    pthread_rwlock_destroy(&a->env_lock);
     pthread_cond_destroy(&a->cv);
     pthread_cond_destroy(&a->done_cv);
     free(a->path);
@@ -936,7 +1074,9 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
         return NULL;
     }
     a->lock_fd = -1;
+    buf_init(&a->canon, 0);
     pthread_mutex_init(&a->mu, NULL);
+    pthread_rwlock_init(&a->env_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -948,6 +1088,7 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
     defaults(&a->o);
     a->batched = cfg->audit.durability == CFG_DUR_BATCHED;
     a->map_size = cfg->audit.map_size;
+    a->max_map_size = cfg->audit.max_map_size;
     a->max_record = a->map_size / 8;
     a->retention_age_ms = cfg->audit.retention_max_age_ms;
     a->retention_size = cfg->audit.retention_max_size;
@@ -967,8 +1108,16 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
         free_audit(a);
         return NULL;
     }
+    /* A map grown by an earlier run (max_map_size) stays grown: LMDB keeps
+     * the size in the file; take the larger of it and map_size. */
+    MDB_envinfo info;
+    if (mdb_env_set_mapsize(a->env, 0) == 0 && mdb_env_info(a->env, &info) == 0 &&
+        info.me_mapsize > a->map_size)
+        a->map_size = info.me_mapsize;
+    else
+        (void)mdb_env_set_mapsize(a->env, (size_t)a->map_size);
     a->group_limit = a->o.group_max_records;
-    a->group_max_bytes = a->map_size / 16 < (16u << 20) ? a->map_size / 16 : (16u << 20);
+    set_limits(a);
     a->next_seq = a->written_seq + 1;
     a->synced_seq = a->written_seq;
     atomic_store(&a->durable_seq, a->written_seq);
@@ -1013,5 +1162,18 @@ audit_reader_t *audit_reader_shared(audit_t *a)
 
 struct MDB_env *audit_env(audit_t *a)
 {
-    return a ? a->env : NULL;
+    if (!a)
+        return NULL;
+    atomic_store(&a->env_shared, true);
+    return a->env;
+}
+
+void audit_env_enter(audit_t *a)
+{
+    pthread_rwlock_rdlock(&a->env_lock);
+}
+
+void audit_env_leave(audit_t *a)
+{
+    pthread_rwlock_unlock(&a->env_lock);
 }

@@ -165,7 +165,10 @@ static int list_row(void *arg, const appr_req_t *r)
 {
     listing_t *l = arg;
     if (l->json) {
-        cJSON_AddItemToArray(l->arr, appr_req_json(r));
+        cJSON *o = appr_req_json(r);
+        if (o && r->state == APPR_PENDING)
+            cJSON_ReplaceItemInObject(o, "state", cJSON_CreateString(appr_state_at(r, l->now_us)));
+        cJSON_AddItemToArray(l->arr, o);
         return 0;
     }
     if (l->nrows >= MAX_ROWS)
@@ -180,7 +183,7 @@ static int list_row(void *arg, const appr_req_t *r)
         strftime(until, sizeof(until), "%Y-%m-%d %H:%M:%SZ", &tm);
     }
     row[0] = strdup(id);
-    row[1] = strdup(appr_state_name(r->state));
+    row[1] = strdup(appr_state_at(r, l->now_us));
     row[2] = age_of(r->created_us, l->now_us);
     row[3] = strdup(r->sub ? r->sub : "");
     row[4] = strdup(r->role ? r->role : "");
@@ -215,9 +218,9 @@ static int run_list(const opts_t *o)
         printf("%s\n", s ? s : "[]");
         free(s);
     } else {
-        static const char *const names[NCOLS] = {"id",     "state", "age",  "sub",      "role",
-                                                 "target", "rule",  "by",   "statement"};
-        const char *gnames[NCOLS] = {"id",     "state", "age",  "sub",      "role",
+        static const char *const names[NCOLS] = {"id",     "state", "age", "sub",      "role",
+                                                 "target", "rule",  "by",  "statement"};
+        const char *gnames[NCOLS] = {"id",     "state", "age",   "sub",      "role",
                                      "target", "rule",  "until", "statement"};
         audit_fmt_aligned(stdout, NCOLS, o->grants ? gnames : names, "rllllllll", l.nrows,
                           (const char *const *)l.cells);
@@ -319,9 +322,14 @@ static int run_decide(const char *cmd, const opts_t *o)
             fprintf(stderr, "bulwark %s: refused: %s\n", cmd, why);
             status = 1;
         } else {
-            appr_decision_t d = {.approve = !strcmp(cmd, "approve"), .by = name,
-                                 .by_role = role, .os_user = user, .via = "cli",
-                                 .reason = o->reason, .grant_ms = grant_ms, .now_us = now};
+            appr_decision_t d = {.approve = !strcmp(cmd, "approve"),
+                                 .by = name,
+                                 .by_role = role,
+                                 .os_user = user,
+                                 .via = "cli",
+                                 .reason = o->reason,
+                                 .grant_ms = grant_ms,
+                                 .now_us = now};
             rc = appr_decide(st, id, &d, &r, err, sizeof(err));
             if (rc == APPR_OK) {
                 char dur[32];

@@ -74,6 +74,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: bulwark audit verify -c bulwark.json [--key PEM]\n"
             "       bulwark audit export -c bulwark.json [--since T] [--format jsonl] [--follow]\n"
+            "                            [--cursor FILE]\n"
             "       bulwark audit pubkey -c bulwark.json\n"
             "\n"
             "verify   walk the whole record chain and every checkpoint signature; print a\n"
@@ -90,6 +91,11 @@ static void usage(FILE *f)
             "                      (\"1h\") or a UTC time (\"2024-05-01T12:00:00Z\")\n"
             "  --format jsonl      export: the only format\n"
             "  --follow            export: keep streaming new records until interrupted\n"
+            "  --cursor FILE       export: start after the records a previous run with this\n"
+            "                      cursor exported, and keep it up to date (with stdout a\n"
+            "                      file opened for appending, >>: every record exactly once\n"
+            "                      across restarts, even after kill -9; --since then only\n"
+            "                      applies to the first run)\n"
             "  -h, --help          this text\n");
 }
 
@@ -143,7 +149,7 @@ static void on_stop(int sig)
     stop_export = 1;
 }
 
-static int export(audit_reader_t *r, const char *since, bool follow)
+static int export(audit_reader_t *r, const char *since, bool follow, const char *cursor)
 {
     uint64_t from = 0;
     if (since) {
@@ -162,6 +168,8 @@ static int export(audit_reader_t *r, const char *since, bool follow)
         signal(SIGINT, on_stop);
         signal(SIGTERM, on_stop);
     }
+    if (cursor)
+        return cli_export_cursor(r, from, cursor, follow, &stop_export);
     if (audit_export(r, from, stdout, follow, &stop_export) != 0) {
         fprintf(stderr, "bulwark audit export: read or write error\n");
         return 1;
@@ -207,7 +215,7 @@ int cli_audit(int argc, char **argv)
     }
     char cmd[32];
     snprintf(cmd, sizeof(cmd), "audit %s", sub);
-    const char *config = NULL, *key = NULL, *since = NULL, *format = NULL;
+    const char *config = NULL, *key = NULL, *since = NULL, *format = NULL, *cursor = NULL;
     bool follow = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], **slot = NULL;
@@ -232,6 +240,9 @@ int cli_audit(int argc, char **argv)
         else if (!strcmp(sub, "export") &&
                  (got = cli_audit_opt(cmd, argc, argv, &i, "--format", &v)))
             slot = &format;
+        else if (!strcmp(sub, "export") &&
+                 (got = cli_audit_opt(cmd, argc, argv, &i, "--cursor", &v)))
+            slot = &cursor;
         if (got < 0)
             return 2;
         if (!got) {
@@ -271,7 +282,7 @@ int cli_audit(int argc, char **argv)
     if (!strcmp(sub, "verify"))
         rc = verify(c, r, key);
     else if (!strcmp(sub, "export"))
-        rc = export(r, since, follow);
+        rc = export(r, since, follow, cursor && *cursor ? cursor : NULL);
     else
         rc = pubkey(c);
     audit_reader_close(r);

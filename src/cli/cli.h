@@ -18,6 +18,7 @@ int cli_approvals(int argc, char **argv); /* approvals.c */
 int cli_approve(int argc, char **argv);
 int cli_deny(int argc, char **argv);
 int cli_revoke(int argc, char **argv);
+int cli_demo(int argc, char **argv); /* demo.c: runs scripts/demo.sh of a source tree */
 
 /* `bulwark help`: docs/cli.txt, made a C string at build time (scripts/txt2c.awk);
  * the man page bulwark.1 is made from the same file (scripts/txt2man.awk). */
@@ -33,5 +34,8 @@ int cli_audit_opt(const char *cmd, int argc, char **argv, int *i, const char *na
                   const char **out);
 struct audit_reader *cli_audit_reader(const char *cmd, const char *config, struct cfg **cfg_out);
 long long cli_audit_now_us(void);
+/* audit export --cursor FILE [--follow] (src/cli/export.c): exit status. */
+int cli_export_cursor(struct audit_reader *r, unsigned long long from, const char *cursor,
+                      _Bool follow, volatile int *stop);
 
 #endif

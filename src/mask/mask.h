@@ -232,6 +232,11 @@ int mask_rewrite_notification(const mask_rules_t *r, mask_scratch_t *s, const ui
  * "rows=… rows_changed=… masked.<schema.table.column>=… detected.<detector>=…"
  * (never values). */
 void mask_desc_summary(const mask_desc_t *d, buf_t *out);
+/* The same counters one by one, for metrics: a column mask (column
+ * "schema.table.column", or "expression" when the mask came through an
+ * expression; detector NULL), or a detector's hits (column NULL). */
+typedef void (*mask_count_fn)(void *arg, const char *column, const char *detector, uint64_t n);
+void mask_desc_counts(const mask_desc_t *d, mask_count_fn fn, void *arg);
 
 /* ------------------------------------------------------------------ */
 /* COPY ... TO STDOUT                                                  */

@@ -527,6 +527,21 @@ void mask_desc_summary(const mask_desc_t *d, buf_t *out)
         }
 }
 
+void mask_desc_counts(const mask_desc_t *d, mask_count_fn fn, void *arg)
+{
+    for (unsigned i = 0; i < d->ncols; i++) {
+        const dcol_t *c = &d->cols[i];
+        if (c->count)
+            fn(arg,
+               c->mask >= 0 && (size_t)c->mask < d->rules->ncols ? d->rules->cols[c->mask].name
+                                                                  : "expression",
+               NULL, c->count);
+    }
+    for (int i = 0; i <= DET_N; i++)
+        if (d->det_count[i])
+            fn(arg, NULL, i < DET_N ? mask_detector_names[i] : "mixed", d->det_count[i]);
+}
+
 /* ---- ErrorResponse / NoticeResponse ---- */
 
 static bool scanned_field(char code)

@@ -50,6 +50,7 @@ struct metrics_http {
     struct ev_loop *loop;
     int fd;
     ev_io accept_w;
+    ev_timer accept_pause; /* out of descriptors: stop accepting for a moment */
     metrics_routes_t routes;
     conn_t *conns;
     int nconns;
@@ -322,6 +323,12 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* the socket stays readable: without a pause this would spin */
+                ev_io_stop(loop, &h->accept_w);
+                ev_timer_set(&h->accept_pause, 0.1, 0.); /* a fired timer restarts at 0 */
+                ev_timer_start(loop, &h->accept_pause);
+            }
             return;
         }
         conn_t *c = h->nconns < HTTP_MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
@@ -344,6 +351,12 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         ev_io_start(loop, &c->rw);
         ev_timer_start(loop, &c->timer);
     }
+}
+
+static void accept_resume(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    metrics_http_t *h = t->data;
+    ev_io_start(loop, &h->accept_w);
 }
 
 /* "host:port" or "[v6]:port" → host, port; false if malformed. */
@@ -409,7 +422,8 @@ metrics_http_t *metrics_http_new(struct ev_loop *loop, const char *hostport,
     h->fd = fd;
     h->routes = *routes;
     ev_io_init(&h->accept_w, accept_cb, fd, EV_READ);
-    h->accept_w.data = h;
+    ev_timer_init(&h->accept_pause, accept_resume, 0.1, 0.);
+    h->accept_w.data = h->accept_pause.data = h;
     ev_io_start(loop, &h->accept_w);
     return h;
 }
@@ -421,6 +435,7 @@ void metrics_http_free(metrics_http_t *h)
     while (h->conns)
         conn_free(h->conns);
     ev_io_stop(h->loop, &h->accept_w);
+    ev_timer_stop(h->loop, &h->accept_pause);
     close(h->fd);
     free(h);
 }

@@ -74,7 +74,9 @@ void metrics_upstream_error(metrics_t *m, const char *target, const char *kind);
 void metrics_approvals_pending(metrics_t *m, const char *role, int delta);
 /* n values were masked: by a column mask (column "schema.table.column",
  * detector NULL) or by a content detector (detector "email", ..., column the
- * output column's source if known, else NULL). */
+ * output column's source if known, else NULL). Each call hashes its labels:
+ * count per column in the result and call once per result (or per batch of
+ * rows), not once per value. */
 void metrics_masked(metrics_t *m, const char *column, const char *detector, uint64_t n);
 /* Message type `type` went upstream; Q, S and F are sync points. */
 void metrics_upstream_sent(metrics_session_t *ms, char type);

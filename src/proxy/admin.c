@@ -72,6 +72,14 @@ static void table_row(table_t *t, const char *const *vals)
     t->nrows++;
 }
 
+static void table_free(table_t *t)
+{
+    for (size_t i = 0; t->cells && i < t->nrows * t->ncols; i++)
+        free(t->cells[i]);
+    free(t->cells);
+    t->cells = NULL;
+}
+
 static void table_send(session_t *s, table_t *t, const char *tag)
 {
     buf_t *b = &s->client.out;
@@ -91,10 +99,7 @@ static void table_send(session_t *s, table_t *t, const char *tag)
     char tg[64];
     snprintf(tg, sizeof(tg), "%s", tag ? tag : "SHOW");
     pgw_write_command_complete(b, tg);
-    for (size_t i = 0; t->cells && i < t->nrows * t->ncols; i++)
-        free(t->cells[i]);
-    free(t->cells);
-    t->cells = NULL;
+    table_free(t);
 }
 
 static void error(session_t *s, const char *sqlstate, const char *fmt, ...)
@@ -154,13 +159,13 @@ static int approval_row(void *arg, const appr_req_t *r)
         fmt_time(last, sizeof(last), r->grant_until_us);
     else if (!c->grants)
         fmt_time(last, sizeof(last), r->expires_us);
-    const char *row[] = {id,      appr_state_name(r->state), age, r->sub, r->role, r->target,
+    const char *row[] = {id,      appr_state_at(r, c->now), age, r->sub, r->role, r->target,
                          r->rule, c->grants ? r->by : r->reject ? "reject" : "hold", last, sql};
     table_row(c->t, row);
     return 0;
 }
 
-static void show_approvals(session_t *s, bool grants)
+static bool show_approvals(session_t *s, bool grants)
 {
     static const char *const names[] = {"id",   "state", "age",  "sub",     "role",
                                         "target", "rule", "mode", "expires", "statement"};
@@ -172,11 +177,12 @@ static void show_approvals(session_t *s, bool grants)
     if (appr_list(appr_worker_store(s->srv->approvals),
                   grants ? APPR_LIST_GRANTS : APPR_LIST_PENDING, c.now, ADMIN_MAX_SCAN,
                   approval_row, &c) < 0) {
-        table_send(s, &t, "SHOW"); /* frees; then the error replaces nothing already sent */
+        table_free(&t);
         error(s, "58030", "bulwark: cannot read the approvals database");
-        return;
+        return false;
     }
     table_send(s, &t, "SHOW");
+    return true;
 }
 
 /* SHOW SESSIONS and SHOW STATS ask every worker (workers_gather): each
@@ -535,9 +541,9 @@ static bool admin_command(session_t *s, char *q)
                                                                   word_is(&w, 1, "stats")))) {
         error(s, "55000", "bulwark: approvals need the audit store, which is not open");
     } else if (w.n == 2 && word_is(&w, 0, "show") && word_is(&w, 1, "approvals")) {
-        show_approvals(s, false);
+        return show_approvals(s, false);
     } else if (w.n == 2 && word_is(&w, 0, "show") && word_is(&w, 1, "grants")) {
-        show_approvals(s, true);
+        return show_approvals(s, true);
     } else if (w.n == 2 && word_is(&w, 0, "show") && word_is(&w, 1, "sessions")) {
         show_sessions(s);
     } else if (w.n == 2 && word_is(&w, 0, "show") && word_is(&w, 1, "stats")) {

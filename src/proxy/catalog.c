@@ -5,7 +5,7 @@
  * attnum order, a view's definition and a table's inheritance ancestors.
  *
  * Read by one Query on the session's own upstream connection (maskflow.c
- * sends it at an idle point and swallows the replies): each relation is one
+ * sends it between statements and swallows the replies): each relation is one
  * DataRow holding one JSON object. View definitions are read with
  * search_path = pg_catalog (SET LOCAL inside the Query's own transaction) so
  * that every name in them is schema-qualified, as lineage needs
@@ -28,27 +28,36 @@
 #define CATALOG_MAX_BYTES (64u * 1024 * 1024)
 #define CATALOG_MAX_RELS 200000
 
-const char catalog_query[] =
-    "BEGIN; SET LOCAL search_path = pg_catalog; "
-    "WITH RECURSIVE anc(child, parent) AS ("
-    " SELECT inhrelid, inhparent FROM pg_inherits"
-    " UNION SELECT a.child, i.inhparent FROM anc a JOIN pg_inherits i ON i.inhrelid = a.parent) "
-    "SELECT json_build_object("
-    " 'o', c.oid::int8, 's', n.nspname, 'n', c.relname, 'k', c.relkind,"
-    " 'c', (SELECT json_agg(json_build_array(a.attnum, a.attname) ORDER BY a.attnum)"
-    "       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),"
-    " 'v', CASE WHEN c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', "
-    "'information_schema') THEN pg_get_viewdef(c.oid) END,"
-    " 'p', (SELECT json_agg(pn.nspname || '.' || pc.relname) FROM anc"
-    "       JOIN pg_class pc ON pc.oid = anc.parent JOIN pg_namespace pn ON pn.oid = "
-    "pc.relnamespace"
-    "       WHERE anc.child = c.oid),"
-    " 't', n.oid = pg_my_temp_schema())::text "
-    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.relkind IN ('r', 'p', 'f', 'S', 'v', 'm') AND n.nspname <> 'pg_toast' "
-    "AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' "
-    "AND (n.nspname NOT LIKE 'pg\\_temp\\_%' OR n.oid = pg_my_temp_schema()); "
-    "COMMIT";
+#define CATALOG_SELECT                                                                           \
+    "WITH RECURSIVE anc(child, parent) AS ("                                                     \
+    " SELECT inhrelid, inhparent FROM pg_inherits"                                               \
+    " UNION SELECT a.child, i.inhparent FROM anc a JOIN pg_inherits i ON i.inhrelid = a.parent) " \
+    "SELECT json_build_object("                                                                  \
+    " 'o', c.oid::int8, 's', n.nspname, 'n', c.relname, 'k', c.relkind,"                         \
+    " 'c', (SELECT json_agg(json_build_array(a.attnum, a.attname) ORDER BY a.attnum)"            \
+    "       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)," \
+    " 'v', CASE WHEN c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', "               \
+    "'information_schema') THEN pg_get_viewdef(c.oid) END,"                                      \
+    " 'p', (SELECT json_agg(pn.nspname || '.' || pc.relname) FROM anc"                           \
+    "       JOIN pg_class pc ON pc.oid = anc.parent"                                             \
+    "       JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE anc.child = c.oid),"          \
+    " 't', n.oid = pg_my_temp_schema())::text "                                                  \
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "                             \
+    "WHERE c.relkind IN ('r', 'p', 'f', 'S', 'v', 'm') AND n.nspname <> 'pg_toast' "             \
+    "AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' "                                            \
+    "AND (n.nspname NOT LIKE 'pg\\_temp\\_%' OR n.oid = pg_my_temp_schema())"
+
+/* Outside a transaction: a transaction of its own. Inside the client's: a
+ * savepoint, rolled back (which also undoes the SET LOCAL) and released, so
+ * the client's transaction is as it was. */
+const char catalog_query_idle[] =
+    "BEGIN; SET LOCAL search_path = pg_catalog; " CATALOG_SELECT "; COMMIT";
+const char catalog_query_in_tx[] = "SAVEPOINT bulwark_catalog; "
+                                   "SET LOCAL search_path = pg_catalog; " CATALOG_SELECT
+                                   "; ROLLBACK TO SAVEPOINT bulwark_catalog; "
+                                   "RELEASE SAVEPOINT bulwark_catalog";
+const char catalog_query_undo[] =
+    "ROLLBACK TO SAVEPOINT bulwark_catalog; RELEASE SAVEPOINT bulwark_catalog";
 
 typedef struct rel {
     uint32_t oid;

@@ -397,7 +397,7 @@ static gate_verdict_t settle_review(session_t *s, decided_t *d)
                      .decision = "review",
                      .rule = r->rule,
                      .message = k == REVIEW_REFUSE ? rv.message : NULL,
-                     .intent = intent_json(r),
+                     .policy = r,
                      .writes = r->writes,
                      .refused = k == REVIEW_REFUSE,
                      .approval = rv.approval};
@@ -440,7 +440,7 @@ static gate_verdict_t settle(session_t *s, decided_t *d)
                      .decision = decision_name(r->decision),
                      .rule = r->rule,
                      .message = r->message,
-                     .intent = intent_json(r),
+                     .policy = r,
                      .writes = r->writes,
                      .refused = !ok};
     uint64_t seq;
@@ -517,7 +517,10 @@ static gate_verdict_t resume_approval(session_t *s, char type, const uint8_t *bo
         return v;
     }
     const cfg_t *cfg = s->rt->cfg;
-    if (rc < 0 && !cfg->audit.on_failure_allow) {
+    bool waits = rc == 0 && cfg->audit.durability != CFG_DUR_BATCHED &&
+                 !rec_durable(s, h->note_seq);
+    /* on_failure deny: what cannot be recorded does not run, approved or not */
+    if ((rc < 0 || (waits && rec_failing(s))) && !cfg->audit.on_failure_allow) {
         uint64_t seq = h->stmt_seq;
         s->holding = false;
         approval_end(s, "audit store failing");
@@ -528,8 +531,7 @@ static gate_verdict_t resume_approval(session_t *s, char type, const uint8_t *bo
     }
     /* Approved: the decision's record is durable before the statement runs
      * (unless recording is batched, or failing with on_failure allow). */
-    if (rc == 0 && cfg->audit.durability != CFG_DUR_BATCHED && !rec_durable(s, h->note_seq) &&
-        !(rec_failing(s) && cfg->audit.on_failure_allow))
+    if (waits && !rec_failing(s))
         return GATE_HOLD; /* audit_progress resumes it */
     const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
     if (!role || policy_check(role, s->srv->policy_cache, g->ps, d.sql, d.len, &d.r) < 0) {
@@ -610,38 +612,6 @@ static gate_verdict_t on_parse(session_t *s, const uint8_t *body, size_t len)
     return v;
 }
 
-/* Bind values for the RESULT record: text as is, binary as hex. */
-static cJSON *bind_params(const uint8_t *body, size_t len)
-{
-    pgw_bind_t b;
-    if (pgw_read_bind(body, len, &b) < 0)
-        return NULL;
-    cJSON *arr = cJSON_CreateArray();
-    const uint8_t *v;
-    int32_t vlen;
-    pgw_iter_t it = b.params;
-    for (unsigned i = 0; pgw_values_next(&it, &v, &vlen) == 1; i++) {
-        if (vlen < 0) {
-            cJSON_AddItemToArray(arr, cJSON_CreateNull());
-            continue;
-        }
-        char *str;
-        if (pgw_format_of(&b.param_formats, i) == PGW_FMT_BINARY) {
-            str = malloc(2 * (size_t)vlen + 3);
-            if (str) {
-                strcpy(str, "\\x");
-                for (int32_t k = 0; k < vlen; k++)
-                    snprintf(str + 2 + 2 * k, 3, "%02x", v[k]);
-            }
-        } else {
-            str = strndup((const char *)v, (size_t)vlen);
-        }
-        cJSON_AddItemToArray(arr, str ? cJSON_CreateString(str) : cJSON_CreateNull());
-        free(str);
-    }
-    return arr;
-}
-
 /* A statement let through by an approval runs once (one Bind), or while its
  * grant lasts (approval_until_us > 0; -1 marks a used one-use grant). */
 static bool approval_covers(named_t *st)
@@ -690,7 +660,7 @@ static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool 
         if (!p)
             return GATE_FAILED;
         p->approval = st->approval;
-        p->params = whole ? bind_params(body, n)
+        p->params = whole ? rec_bind_params(body, n)
                           : cJSON_CreateString("(not captured: Bind larger than 64 KiB)");
         if (named_put(&g->portals, portal, p, NULL) < 0)
             return GATE_FAILED;
@@ -713,8 +683,8 @@ static gate_verdict_t on_execute(session_t *s, const uint8_t *body, size_t len)
                      .decision = p->approval ? "review" : "allow",
                      .approval = p->approval,
                      .rule = p->rule,
-                     .params = p->params ? cJSON_Duplicate(p->params, true) : NULL,
-                     .intent = p->intent ? cJSON_Duplicate(p->intent, true) : NULL,
+                     .params = p->params,
+                     .intent = p->intent,
                      .writes = p->writes};
     uint64_t seq;
     bool wait;

@@ -30,6 +30,7 @@
 
 #include "approval/approval.h"
 #include "audit/audit.h"
+#include "metrics/metrics.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
 #include "util/dur.h"
@@ -92,13 +93,44 @@ static appr_req_t *new_request(session_t *s, const policy_result_t *r, const cha
     for (size_t i = 0; q->approvers && i < r->review.n_approvers; i++)
         if ((q->approvers[q->n_approvers] = strdup(r->review.approvers[i])))
             q->n_approvers++;
-    if (!q->session || !q->sub || !q->iss || !q->role || !q->target || !q->sql ||
-        !q->fingerprint || !q->rule || !q->approvers) {
+    if (!q->session || !q->sub || !q->iss || !q->role || !q->target || !q->sql || !q->fingerprint ||
+        !q->rule || !q->approvers) {
         appr_req_free(q);
         free(q);
         return NULL;
     }
     return q;
+}
+
+/* FNV-1a over the fields that make a grant's key. */
+static uint64_t request_key(const appr_key_t *k)
+{
+    uint64_t h = 1469598103934665603ull;
+    const char *parts[] = {k->iss, k->sub, k->role, k->target, k->fingerprint};
+    for (size_t i = 0; i < 5; i++)
+        for (const char *c = parts[i];; c++) {
+            h = (h ^ (uint8_t)*c) * 1099511628211ull;
+            if (!*c)
+                break;
+        }
+    return h;
+}
+
+/* A reject-mode request still pending (or not yet written) for the same key. */
+static uint64_t reuse_pending(session_t *s, uint64_t rkey)
+{
+    appr_worker_t *w = s->srv->approvals;
+    uint64_t id = appr_worker_pending_for(w, rkey);
+    if (!id)
+        return 0;
+    appr_req_t r;
+    appr_rc_t rc = appr_get(appr_worker_store(w), id, &r);
+    bool pending = rc == APPR_OK && r.state == APPR_PENDING && r.expires_us > wall_us() &&
+                   !strcmp(r.sub, s->subject ? s->subject : "") && !strcmp(r.role, s->role_name) &&
+                   !strcmp(r.target, s->target_name);
+    if (rc == APPR_OK)
+        appr_req_free(&r);
+    return pending ? id : 0;
 }
 
 review_t approval_review(session_t *s, const char *sql, size_t len, const policy_result_t *r,
@@ -133,6 +165,18 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
                   (unsigned long long)gid, fp);
         return REVIEW_PASS;
     }
+    uint64_t rkey = request_key(&key);
+    if (r->review.reject) {
+        uint64_t old = reuse_pending(s, rkey);
+        if (old) {
+            out->approval = old;
+            snprintf(out->message, sizeof(out->message),
+                     "%s: approval request %llu is pending; once it is approved (bulwark approve "
+                     "%llu), run the statement again",
+                     r->message, (unsigned long long)old, (unsigned long long)old);
+            return REVIEW_REFUSE;
+        }
+    }
     uint64_t id = appr_worker_next_id(w);
     appr_req_t *q = new_request(s, r, sql, fp, id);
     const char *hook = s->rt->cfg->approvals.webhook_url;
@@ -148,8 +192,11 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     }
     free(q);
     out->approval = id;
+    if (r->review.reject)
+        appr_worker_remember_pending(w, rkey, id);
     log_event(LOG_INFO, "approval_requested", "session=%s id=%llu rule=%s mode=%s", s->id,
-              (unsigned long long)id, r->rule ? r->rule : "-", r->review.reject ? "reject" : "hold");
+              (unsigned long long)id, r->rule ? r->rule : "-",
+              r->review.reject ? "reject" : "hold");
     if (r->review.reject) {
         snprintf(out->message, sizeof(out->message),
                  "%s: approval request %llu created; once it is approved (bulwark approve %llu), "
@@ -168,6 +215,7 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     snprintf(h->rule, sizeof(h->rule), "%s", r->rule ? r->rule : "");
     s->held = h;
     s->srv->nheld++;
+    metrics_approvals_pending(s->srv->metrics, s->role_name, +1);
     send_notice(s);
     poll_arm(s->srv);
     return REVIEW_HOLD;
@@ -186,10 +234,10 @@ int approval_record(session_t *s)
     cJSON *f = cJSON_CreateObject();
     cJSON_AddStringToObject(f, "event", "approval");
     cJSON_AddNumberToObject(f, "approval", (double)h->id);
-    const char *decision = h->outcome == HELD_APPROVED        ? "approved"
-                           : !strcmp(h->sqlstate, "42501")    ? "denied"
+    const char *decision = h->outcome == HELD_APPROVED       ? "approved"
+                           : !strcmp(h->sqlstate, "42501")   ? "denied"
                            : strstr(h->message, "withdrawn") ? "withdrawn"
-                                                              : "timeout";
+                                                             : "timeout";
     cJSON_AddStringToObject(f, "decision", decision);
     if (h->by[0]) {
         cJSON_AddStringToObject(f, "by", h->by);
@@ -203,8 +251,7 @@ int approval_record(session_t *s)
     if (h->stmt_seq)
         cJSON_AddNumberToObject(f, "statement", (double)h->stmt_seq);
     if (audit_append(s->srv->audit, AUDIT_REC_NOTE, s->id, f, &h->note_seq) < 0) {
-        log_event(LOG_ERROR, "audit_append_failed", "session=%s type=note event=approval",
-                  s->id);
+        log_event(LOG_ERROR, "audit_append_failed", "session=%s type=note event=approval", s->id);
         return -1;
     }
     return 0;
@@ -215,6 +262,8 @@ void approval_end(session_t *s, const char *why)
     held_t *h = s->held;
     if (!h)
         return;
+    if (h->outcome == HELD_PENDING)
+        metrics_approvals_pending(s->srv->metrics, s->role_name, -1);
     if (h->outcome == HELD_PENDING && s->srv->approvals) {
         (void)appr_worker_close_pending(s->srv->approvals, h->id, APPR_WITHDRAWN);
         log_event(LOG_INFO, "approval_withdrawn", "session=%s id=%llu reason=\"%s\"", s->id,
@@ -228,6 +277,8 @@ void approval_end(session_t *s, const char *why)
 static void settle_outcome(session_t *s, held_outcome_t o, const char *sqlstate, const char *msg)
 {
     held_t *h = s->held;
+    if (h->outcome == HELD_PENDING && o != HELD_PENDING)
+        metrics_approvals_pending(s->srv->metrics, s->role_name, -1);
     h->outcome = o;
     snprintf(h->sqlstate, sizeof(h->sqlstate), "%s", sqlstate);
     snprintf(h->message, sizeof(h->message), "%s", msg);

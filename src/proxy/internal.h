@@ -293,7 +293,8 @@ typedef struct rec_stmt {
     const char *sql;
     const char *decision; /* "allow" | "deny" | "review" */
     const char *rule, *message;
-    cJSON *params, *intent; /* consumed */
+    const cJSON *params, *intent; /* read (copied into the record), not consumed */
+    const policy_result_t *policy; /* the intent, read without cJSON (instead of intent) */
     bool writes, refused;
     uint64_t approval; /* the approval request that let it through (or holds it), 0 = none */
 } rec_stmt_t;
@@ -306,6 +307,9 @@ bool rec_durable(const session_t *s, uint64_t seq);
 bool rec_failing(const session_t *s);
 void rec_refused_result(session_t *s, uint64_t seq, const char *sqlstate, const char *message);
 void rec_inflight_push(session_t *s, uint64_t seq, char kind, uint64_t sync_index, cJSON *params);
+/* A whole Bind's parameter values for its STATEMENT records: text as is,
+ * binary as \x hex, every content detector's hit redacted; NULL if malformed. */
+cJSON *rec_bind_params(const uint8_t *body, size_t len);
 bool rec_inflight(const session_t *s);
 bool rec_wants_rows(const session_t *s);
 void rec_backend(session_t *s, char type, const uint8_t *body, size_t len);

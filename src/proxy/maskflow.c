@@ -30,6 +30,7 @@
 
 #include "proxy/internal.h"
 #include "proxy/maskflow.h"
+#include "metrics/metrics.h"
 #include "util/log.h"
 
 #define MF_MAX_ITEMS 100000
@@ -128,6 +129,8 @@ struct maskflow {
     bool waiting;    /* a read is in flight: the client's input waits */
     bool load_error; /* the read in flight failed */
     bool resume;     /* the read ended: relay the client's input again */
+    char cat_status; /* transaction status the read started in, and must end in */
+    int undo_tries;
     double loaded_at;
     uint64_t gen; /* catalog generation (plans cached under it) */
     /* the FIFO */
@@ -557,12 +560,13 @@ static bool catalog_due(const maskflow_t *mf)
     return age_ms > (double)mf->s->rt->cfg->masking.catalog_refresh_ms;
 }
 
-/* No transaction, nothing in flight, not inside an extended-protocol group:
- * a Query of our own fits in here without anyone noticing. */
+/* Nothing in flight, not inside an extended-protocol group, no failed
+ * transaction: a Query of our own fits in here without anyone noticing. */
 static bool upstream_idle(const maskflow_t *mf)
 {
     const session_t *s = mf->s;
-    return !mf->head && !mf->ext_open && s->tx_status == 'I' && !s->holding && s->c2u_left == 0;
+    return !mf->head && !mf->ext_open && (s->tx_status == 'I' || s->tx_status == 'T') &&
+           !s->holding && s->c2u_left == 0;
 }
 
 static bool start_catalog_read(maskflow_t *mf)
@@ -573,7 +577,9 @@ static bool start_catalog_read(maskflow_t *mf)
         return false;
     mf->load_error = false;
     mf->waiting = true;
-    pgw_write_query(&mf->s->upstream.out, catalog_query);
+    mf->cat_status = mf->s->tx_status;
+    pgw_write_query(&mf->s->upstream.out,
+                    mf->cat_status == 'T' ? catalog_query_in_tx : catalog_query_idle);
     return true;
 }
 
@@ -624,6 +630,7 @@ static void catalog_done(maskflow_t *mf, bool ok)
 
 static mf_verdict_t on_notification(maskflow_t *mf, const uint8_t *body, size_t len,
                                     const uint8_t **rep, size_t *replen);
+static void fail(session_t *s, const char *sqlstate, const char *msg);
 
 /* Replies to the catalog read are the gateway's own: swallowed. Messages the
  * server sends on its own at any time (NotificationResponse, ParameterStatus)
@@ -646,20 +653,29 @@ static mf_verdict_t catalog_message(maskflow_t *mf, char type, const uint8_t *bo
         mf->load_error = true;
         break;
     case 'Z': {
-        char status = 'I';
+        char status = 'E';
         if (pgw_read_ready(body, len, &status) < 0)
             status = 'E';
-        bool catalog = it->kind == IT_CATALOG;
+        bool first = it->kind == IT_CATALOG;
         pop(mf);
-        if (status != 'I') { /* an error left our transaction open */
-            mf->load_error = true;
-            if (!push(mf, IT_ROLLBACK))
-                return MF_FAIL;
-            pgw_write_query(&mf->s->upstream.out, "ROLLBACK");
+        if (status == mf->cat_status) {
+            catalog_done(mf, first && !mf->load_error);
             break;
         }
-        (void)catalog;
-        catalog_done(mf, !mf->load_error);
+        mf->load_error = true;
+        /* an error left our transaction open, or the client's aborted: undo. The
+         * undo runs under the client's statement_timeout too: try it a few times */
+        if (first)
+            mf->undo_tries = 0;
+        if (++mf->undo_tries > 5) {
+            fail(mf->s, "08006",
+                 "bulwark: the session's transaction state was lost reading the catalog");
+            return MF_FAIL;
+        }
+        if (!push(mf, IT_ROLLBACK))
+            return MF_FAIL;
+        pgw_write_query(&mf->s->upstream.out,
+                        mf->cat_status == 'T' ? catalog_query_undo : "ROLLBACK");
         break;
     }
     default:
@@ -1238,8 +1254,9 @@ static mf_verdict_t on_rowdesc(maskflow_t *mf, const uint8_t *body, size_t len,
     mask_plan_t *unknown = NULL;
     bool known = rowdesc_known(mf, body, len);
     if (!plan || !known) {
-        if (!known)
-            mf->dirty = true; /* read the catalog again at the next idle point */
+        if (!known && mf->cat)
+            mf->dirty = true; /* read the catalog again at the next idle point (without
+                               * one, not before catalog_refresh: no retry storm) */
         if (!(unknown = mask_plan_unknown(mf->rules)))
             return MF_FAIL;
         plan = unknown;
@@ -1313,10 +1330,17 @@ static mf_verdict_t on_datarow(maskflow_t *mf, const uint8_t *body, size_t len,
     return rc == 1 ? MF_REPLACED : MF_PASS;
 }
 
+static void count_masked(void *arg, const char *column, const char *detector, uint64_t n)
+{
+    session_t *s = arg;
+    metrics_masked(s->srv->metrics, column, detector, n);
+}
+
 static void log_summary(maskflow_t *mf, const mask_desc_t *d)
 {
     if (!d || !mask_desc_active(d))
         return;
+    mask_desc_counts(d, count_masked, mf->s);
     buf_t b;
     buf_init(&b, 64 * 1024);
     mask_desc_summary(d, &b);

@@ -19,11 +19,12 @@
  *        the audit (record.c) observes the message.
  *
  * The catalog (catalog.c) is read on the session's own upstream connection,
- * at an idle point (no transaction, nothing in flight), by a Query whose
- * replies are swallowed: before the first statement, after DDL passed, and
- * when older than masking.catalog_refresh. Between a DDL statement and the
- * next idle point, every relation outside pg_catalog/information_schema
- * counts as unknown (masked whole, filters on it denied).
+ * between statements (nothing in flight; in the client's transaction within a
+ * savepoint), by a Query whose replies are swallowed: before the first
+ * statement, after DDL passed, and when older than masking.catalog_refresh.
+ * Between a DDL statement and the next such point (a pipeline, an aborted
+ * transaction), every relation outside pg_catalog/information_schema counts
+ * as unknown (masked whole, filters on it denied).
  *
  * A role with no column mask and no detector has no maskflow (s->mf NULL):
  * nothing here runs for it.
@@ -94,8 +95,10 @@ bool maskflow_resume_pending(struct session *s);
 typedef struct catalog catalog_t;
 catalog_t *catalog_new(void);
 void catalog_free(catalog_t *c);
-/* The Query that reads it (search_path pinned to pg_catalog for view definitions). */
-extern const char catalog_query[];
+/* The Query that reads it (search_path pinned to pg_catalog for view
+ * definitions): outside a transaction, and inside the client's (a savepoint);
+ * _undo restores the client's transaction when the latter failed. */
+extern const char catalog_query_idle[], catalog_query_in_tx[], catalog_query_undo[];
 /* One DataRow of that query's result; -1 when out of memory or over the cap. */
 int catalog_add_row(catalog_t *c, const uint8_t *body, size_t len);
 /* mask_resolve_fn over a catalog; dirty: relations outside the system schemas count as unknown. */

@@ -16,13 +16,21 @@
  * ErrorResponse, EmptyQueryResponse or PortalSuspended, or is closed as
  * skipped by the ReadyForQuery of its Sync when an earlier error made the
  * server skip it.
+ *
+ * Cost: STATEMENT and RESULT records are built as audit_fields_t streams
+ * (audit.h), not cJSON: a memcpy per value into a buffer the loop thread
+ * reuses, and captured rows copied straight from the DataRow. The writer
+ * thread makes them canonical JSON and hashes them.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 
+#include <pthread.h>
+
 #include "audit/audit.h"
+#include "mask/mask.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
 #include "util/log.h"
@@ -37,10 +45,35 @@ typedef struct inflight {
     char sqlstate[6];
     char *error;
     uint64_t rows;
-    cJSON *columns, *types, *values;
-    size_t captured_bytes;
+    bool described; /* a RowDescription came: cap holds "columns", "types" and an open "values" */
+    audit_fields_t cap; /* members of the RESULT record, spliced in at completion */
+    size_t captured_rows, captured_bytes;
     bool truncated;
 } inflight_t;
+
+/* The loop thread's record under construction, reused statement after
+ * statement (one per thread: never shared). */
+static _Thread_local audit_fields_t tl_fields;
+static _Thread_local bool tl_fields_ready;
+#define FIELDS_KEEP (256u << 10) /* a buffer grown past this is released after use */
+
+static audit_fields_t *fields_begin(void)
+{
+    if (!tl_fields_ready) {
+        audit_fields_init(&tl_fields, 0);
+        tl_fields_ready = true;
+    }
+    audit_fields_reset(&tl_fields);
+    return &tl_fields;
+}
+
+static void fields_end(void)
+{
+    if (tl_fields.b.cap > FIELDS_KEEP) {
+        audit_fields_free(&tl_fields);
+        audit_fields_init(&tl_fields, 0);
+    }
+}
 
 struct recorder {
     inflight_t *head, *tail;
@@ -59,6 +92,13 @@ static audit_t *store(const session_t *s)
     return s->srv->audit;
 }
 
+static int append_failed(session_t *s, audit_rec_type_t type)
+{
+    log_event(LOG_ERROR, "audit_append_failed", "session=%s type=%s on_failure=%s", s->id,
+              audit_rec_type_name(type), s->rt->cfg->audit.on_failure_allow ? "allow" : "deny");
+    return -1;
+}
+
 /* -1 when the record could not be appended (the caller applies on_failure). */
 static int append(session_t *s, audit_rec_type_t type, const char *sid, cJSON *f, uint64_t *seq)
 {
@@ -67,12 +107,18 @@ static int append(session_t *s, audit_rec_type_t type, const char *sid, cJSON *f
         return 0;
     }
     uint64_t tmp;
-    if (audit_append(store(s), type, sid, f, seq ? seq : &tmp) < 0) {
-        log_event(LOG_ERROR, "audit_append_failed", "session=%s type=%s on_failure=%s", s->id,
-                  audit_rec_type_name(type), s->rt->cfg->audit.on_failure_allow ? "allow" : "deny");
-        return -1;
-    }
+    if (audit_append(store(s), type, sid, f, seq ? seq : &tmp) < 0)
+        return append_failed(s, type);
     return 0;
+}
+
+/* The same for a record built in fields (fields_begin); ends it. */
+static int append_fields(session_t *s, audit_rec_type_t type, audit_fields_t *f, uint64_t *seq)
+{
+    uint64_t tmp;
+    int rc = audit_append_fields(store(s), type, s->id, f, seq ? seq : &tmp);
+    fields_end();
+    return rc < 0 ? append_failed(s, type) : 0;
 }
 
 void rec_login_failed(session_t *s, const char *reason, const char *sqlstate)
@@ -109,9 +155,7 @@ static void inflight_free(inflight_t *e)
 {
     free(e->error);
     cJSON_Delete(e->params);
-    cJSON_Delete(e->columns);
-    cJSON_Delete(e->types);
-    cJSON_Delete(e->values);
+    audit_fields_free(&e->cap);
     free(e);
 }
 
@@ -136,6 +180,23 @@ void rec_session_end(session_t *s, const char *reason)
     (void)append(s, AUDIT_REC_SESSION_END, s->id, f, NULL);
 }
 
+/* The intent as gate.c's intent_json has it for a Parse: every access. */
+static void put_intent(audit_fields_t *f, const policy_result_t *r)
+{
+    audit_f_open(f, "intent", '[');
+    for (size_t i = 0; i < r->n_stmts; i++)
+        for (size_t j = 0; j < r->stmts[i].n_accesses; j++) {
+            const policy_access_t *a = &r->stmts[i].accesses[j];
+            audit_f_open(f, NULL, '{');
+            audit_f_cstr(f, "op", policy_op_name(a->op));
+            if (a->object && *a->object)
+                audit_f_cstr(f, "object", a->object);
+            audit_f_cstr(f, "decision", policy_decision_name(a->decision));
+            audit_f_close(f);
+        }
+    audit_f_close(f);
+}
+
 int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
 {
     *seq = 0;
@@ -143,28 +204,27 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
     s->n_statements++;
     if (st->refused)
         s->n_denied++;
-    if (!store(s)) {
-        cJSON_Delete(st->params);
-        cJSON_Delete(st->intent);
+    if (!store(s))
         return 0;
-    }
-    cJSON *f = cJSON_CreateObject();
-    cJSON_AddStringToObject(f, "sql", st->sql ? st->sql : "");
-    cJSON_AddStringToObject(f, "protocol", st->protocol);
-    cJSON_AddStringToObject(f, "decision", st->decision);
+    audit_fields_t *f = fields_begin();
+    audit_f_cstr(f, "sql", st->sql ? st->sql : "");
+    audit_f_cstr(f, "protocol", st->protocol);
+    audit_f_cstr(f, "decision", st->decision);
     if (st->rule)
-        cJSON_AddStringToObject(f, "rule", st->rule);
+        audit_f_cstr(f, "rule", st->rule);
     if (st->message)
-        cJSON_AddStringToObject(f, "message", st->message);
+        audit_f_cstr(f, "message", st->message);
     if (st->params)
-        cJSON_AddItemToObject(f, "params", st->params);
-    if (st->intent)
-        cJSON_AddItemToObject(f, "intent", st->intent);
+        audit_f_json(f, "params", st->params);
+    if (st->policy)
+        put_intent(f, st->policy);
+    else if (st->intent)
+        audit_f_json(f, "intent", st->intent);
     if (st->approval)
-        cJSON_AddNumberToObject(f, "approval", (double)st->approval);
-    cJSON_AddBoolToObject(f, "writes", st->writes);
-    cJSON_AddNumberToObject(f, "start", (double)wall_us());
-    if (append(s, AUDIT_REC_STATEMENT, s->id, f, seq) < 0)
+        audit_f_int(f, "approval", (int64_t)st->approval);
+    audit_f_bool(f, "writes", st->writes);
+    audit_f_int(f, "start", wall_us());
+    if (append_fields(s, AUDIT_REC_STATEMENT, f, seq) < 0)
         return -1;
     cfg_durability_t d = s->rt->cfg->audit.durability;
     /* on_failure allow: a failing store holds nothing up (the append was
@@ -189,12 +249,97 @@ void rec_refused_result(session_t *s, uint64_t seq, const char *sqlstate, const 
 {
     if (!store(s) || !seq)
         return;
-    cJSON *f = cJSON_CreateObject();
-    cJSON_AddNumberToObject(f, "stmt", (double)seq);
-    cJSON_AddNumberToObject(f, "end", (double)wall_us());
-    cJSON_AddStringToObject(f, "sqlstate", sqlstate);
-    cJSON_AddStringToObject(f, "error", message ? message : "");
-    (void)append(s, AUDIT_REC_RESULT, s->id, f, NULL);
+    audit_fields_t *f = fields_begin();
+    audit_f_int(f, "stmt", (int64_t)seq);
+    audit_f_int(f, "end", wall_us());
+    audit_f_cstr(f, "sqlstate", sqlstate);
+    audit_f_cstr(f, "error", message ? message : "");
+    (void)append_fields(s, AUDIT_REC_RESULT, f, NULL);
+}
+
+/* ---- Bind parameter values ----------------------------------------------------------- */
+
+/* Every content detector of SPEC 5.3, whatever the role's masks say: the audit
+ * trail must not become the place where an agent's secrets and card numbers
+ * end up in clear. Compiled once (immutable, shared by every loop thread);
+ * each loop thread scans with its own scratch. */
+static mask_rules_t *param_rules;
+static pthread_once_t param_rules_once = PTHREAD_ONCE_INIT;
+static _Thread_local mask_scratch_t *param_scratch;
+
+static void param_rules_compile(void)
+{
+    cJSON *masks = cJSON_Parse("[{\"detectors\":[\"email\",\"credit_card\",\"us_ssn\","
+                               "\"iban\",\"phone\",\"secret\"],\"method\":\"redact\"}]");
+    char err[256];
+    param_rules = masks ? mask_rules_compile(masks, NULL, 0, err, sizeof(err)) : NULL;
+    if (!param_rules)
+        log_event(LOG_ERROR, "audit_param_detectors_unavailable", "reason=\"%s\"",
+                  masks ? err : "out of memory");
+    cJSON_Delete(masks);
+}
+
+/* text with every detector hit redacted, as a new cJSON string; NULL when it
+ * cannot be scanned (the caller then records no value: fail closed). */
+static cJSON *scrubbed(const char *text, size_t len)
+{
+    pthread_once(&param_rules_once, param_rules_compile);
+    if (!param_rules || (!param_scratch && !(param_scratch = mask_scratch_new())))
+        return NULL;
+    /* The public detector entry point for a lone text is the NOTIFY payload
+     * rewriter: wrap the value as a NotificationResponse body. */
+    buf_t in, out;
+    buf_init(&in, 0);
+    buf_init(&out, 0);
+    buf_put_u32(&in, 0);
+    buf_put_u8(&in, 0); /* channel "" */
+    buf_append(&in, text, len);
+    buf_put_u8(&in, 0);
+    cJSON *v = NULL;
+    pgw_notification_t nt;
+    int rc = in.failed ? -1 : mask_rewrite_notification(param_rules, param_scratch, in.data, in.len, &out);
+    if (rc == 0)
+        v = cJSON_CreateString((const char *)in.data + 5);
+    else if (rc == 1 && out.len > 5 && pgw_read_notification(out.data + 5, out.len - 5, &nt) == 0)
+        v = cJSON_CreateString(nt.payload);
+    buf_free(&in);
+    buf_free(&out);
+    return v;
+}
+
+cJSON *rec_bind_params(const uint8_t *body, size_t len)
+{
+    pgw_bind_t b;
+    if (pgw_read_bind(body, len, &b) < 0)
+        return NULL;
+    cJSON *arr = cJSON_CreateArray();
+    const uint8_t *v;
+    int32_t vlen;
+    pgw_iter_t it = b.params;
+    for (unsigned i = 0; arr && pgw_values_next(&it, &v, &vlen) == 1; i++) {
+        if (vlen < 0) {
+            cJSON_AddItemToArray(arr, cJSON_CreateNull());
+            continue;
+        }
+        char *str;
+        if (pgw_format_of(&b.param_formats, i) == PGW_FMT_BINARY) {
+            str = malloc(2 * (size_t)vlen + 3);
+            if (str) {
+                static const char hx[] = "0123456789abcdef";
+                str[0] = '\\', str[1] = 'x';
+                for (int32_t k = 0; k < vlen; k++)
+                    str[2 + 2 * k] = hx[v[k] >> 4], str[3 + 2 * k] = hx[v[k] & 15];
+                str[2 + 2 * (size_t)vlen] = 0;
+            }
+        } else {
+            str = strndup((const char *)v, (size_t)vlen); /* text: up to a NUL, as before */
+        }
+        cJSON *item = str ? scrubbed(str, strlen(str)) : NULL;
+        cJSON_AddItemToArray(
+            arr, item ? item : cJSON_CreateString("(not recorded: the detectors could not scan it)"));
+        free(str);
+    }
+    return arr;
 }
 
 /* ---- results of statements that went upstream ------------------------------------- */
@@ -236,77 +381,78 @@ static void complete(session_t *s)
     if (!s->rec->head)
         s->rec->tail = NULL;
     s->rec->n--;
-    bool truncated =
-        e->truncated || (e->values && e->rows > (uint64_t)cJSON_GetArraySize(e->values));
-    cJSON *f = cJSON_CreateObject();
-    cJSON_AddNumberToObject(f, "stmt", (double)e->seq);
-    cJSON_AddNumberToObject(f, "end", (double)wall_us());
-    if (e->params) {
-        cJSON_AddItemToObject(f, "params", e->params);
-        e->params = NULL;
-    }
+    bool truncated = e->truncated || (e->described && e->rows > e->captured_rows);
+    audit_fields_t *f = fields_begin();
+    audit_f_int(f, "stmt", (int64_t)e->seq);
+    audit_f_int(f, "end", wall_us());
+    if (e->params)
+        audit_f_json(f, "params", e->params);
     if (e->tag[0])
-        cJSON_AddStringToObject(f, "tag", e->tag);
-    cJSON_AddNumberToObject(f, "rows", (double)e->rows);
+        audit_f_cstr(f, "tag", e->tag);
+    audit_f_int(f, "rows", (int64_t)(e->rows > INT64_MAX ? INT64_MAX : e->rows));
     if (e->sqlstate[0]) {
-        cJSON_AddStringToObject(f, "sqlstate", e->sqlstate);
-        cJSON_AddStringToObject(f, "error", e->error ? e->error : "");
+        audit_f_cstr(f, "sqlstate", e->sqlstate);
+        audit_f_cstr(f, "error", e->error ? e->error : "");
     }
-    if (e->columns) {
-        cJSON_AddItemToObject(f, "columns", e->columns);
-        cJSON_AddItemToObject(f, "types", e->types);
-        cJSON_AddItemToObject(f, "values", e->values ? e->values : cJSON_CreateArray());
-        e->columns = e->types = e->values = NULL;
+    if (e->described) {
+        audit_f_close(&e->cap); /* values */
+        audit_f_splice(f, NULL, &e->cap);
     }
     if (truncated)
-        cJSON_AddBoolToObject(f, "truncated", true);
-    (void)append(s, AUDIT_REC_RESULT, s->id, f, NULL);
+        audit_f_bool(f, "truncated", true);
+    (void)append_fields(s, AUDIT_REC_RESULT, f, NULL);
     inflight_free(e);
 }
 
 static void on_row_description(inflight_t *e, const uint8_t *body, size_t len)
 {
     pgw_row_description_t rd;
-    if (e->columns || pgw_read_row_description(body, len, &rd) < 0)
+    if (e->described || pgw_read_row_description(body, len, &rd) < 0)
         return;
-    e->columns = cJSON_CreateArray();
-    e->types = cJSON_CreateArray();
-    e->values = cJSON_CreateArray();
+    e->described = true;
+    audit_fields_init(&e->cap, 0);
     pgw_column_t col;
     pgw_iter_t it = rd.fields;
-    while (pgw_column_next(&it, &col) == 1) {
-        cJSON_AddItemToArray(e->columns, cJSON_CreateString(col.name));
-        cJSON_AddItemToArray(e->types, cJSON_CreateNumber((double)col.type_oid));
-    }
+    audit_f_open(&e->cap, "columns", '[');
+    while (pgw_column_next(&it, &col) == 1)
+        audit_f_cstr(&e->cap, NULL, col.name);
+    audit_f_close(&e->cap);
+    it = rd.fields;
+    audit_f_open(&e->cap, "types", '[');
+    while (pgw_column_next(&it, &col) == 1)
+        audit_f_int(&e->cap, NULL, (int64_t)col.type_oid);
+    audit_f_close(&e->cap);
+    audit_f_open(&e->cap, "values", '[');
 }
 
 static void on_data_row(session_t *s, inflight_t *e, const uint8_t *body, size_t len)
 {
     e->rows++;
     const cfg_t *cfg = s->rt->cfg;
-    if (!e->values || cJSON_GetArraySize(e->values) >= cfg->audit.capture_rows ||
+    if (!e->described || e->captured_rows >= (size_t)cfg->audit.capture_rows ||
         e->captured_bytes + len > cfg->audit.capture_bytes) {
-        if (e->values)
+        if (e->described)
             e->truncated = true;
         return;
     }
     pgw_datarow_t row;
     if (pgw_read_datarow(body, len, &row) < 0)
         return;
-    cJSON *r = cJSON_CreateArray();
     const uint8_t *v;
     int32_t vlen;
     pgw_iter_t it = row.cols;
+    audit_f_open(&e->cap, NULL, '[');
     while (pgw_values_next(&it, &v, &vlen) == 1) {
         if (vlen < 0) {
-            cJSON_AddItemToArray(r, cJSON_CreateNull());
+            audit_f_null(&e->cap, NULL);
             continue;
         }
-        char *str = strndup((const char *)v, (size_t)vlen);
-        cJSON_AddItemToArray(r, str ? cJSON_CreateString(str) : cJSON_CreateNull());
-        free(str);
+        /* text as cJSON kept it: up to the first NUL (binary values have them) */
+        const uint8_t *nul = memchr(v, 0, (size_t)vlen);
+        audit_f_str(&e->cap, NULL, (const char *)v, nul ? (size_t)(nul - v) : (size_t)vlen);
     }
-    cJSON_AddItemToArray(e->values, r);
+    audit_f_close(&e->cap);
+    e->captured_rows++;
     e->captured_bytes += len;
 }
 
@@ -373,5 +519,5 @@ void rec_ready(session_t *s, uint64_t syncs_recv)
 bool rec_wants_rows(const session_t *s)
 {
     const inflight_t *e = s->rec ? s->rec->head : NULL;
-    return e && e->values && cJSON_GetArraySize(e->values) < s->rt->cfg->audit.capture_rows;
+    return e && e->described && e->captured_rows < (size_t)s->rt->cfg->audit.capture_rows;
 }

@@ -267,6 +267,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 log_event(LOG_ERROR, "accept_paused", "error=%s", strerror(errno));
                 ev_io_stop(loop, &srv->listen_w);
+                ev_timer_set(&srv->accept_pause, 0.1, 0.); /* a fired timer restarts at 0 */
                 ev_timer_start(loop, &srv->accept_pause);
             }
             return;
@@ -558,19 +559,33 @@ static void approvals_results(struct ev_loop *loop, ev_async *w, int revents)
         appr_worker_results(srv->approvals, console_decided, srv);
 }
 
+static void env_enter(void *audit)
+{
+    audit_env_enter(audit);
+}
+
+static void env_leave(void *audit)
+{
+    audit_env_leave(audit);
+}
+
 /* Main only, before the workers start. Without them a `review` statement is
  * refused (fail closed), as before. */
 static void approvals_open(server_t *srv)
 {
     char err[300] = "";
     appr_store_t *st = srv->audit ? appr_attach(audit_env(srv->audit), err, sizeof(err)) : NULL;
+    if (st)
+        appr_set_txn_guard(st, env_enter, env_leave, srv->audit);
     if (st && !(srv->approvals = appr_worker_new(st, approvals_notify, srv))) {
         snprintf(err, sizeof(err), "cannot start the approval writer thread");
         appr_close(st);
     }
     if (!srv->approvals)
         log_event(LOG_ERROR, "approvals_unavailable", "error=\"%s\"", err);
-    else if (!(srv->webhook = appr_webhook_new()))
+    if (srv->approvals)
+        appr_worker_set_retention(srv->approvals, srv->rt->cfg->audit.retention_max_age_ms);
+    if (srv->approvals && !(srv->webhook = appr_webhook_new()))
         log_event(LOG_ERROR, "approvals_webhook_unavailable", "error=\"cannot start its thread\"");
 }
 

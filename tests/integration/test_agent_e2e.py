@@ -25,8 +25,8 @@ never hangs it.
 from __future__ import annotations
 
 import json
-import os
 import re
+import secrets
 import subprocess
 import threading
 import time
@@ -49,6 +49,7 @@ DEMO_POLICY = harness.REPO_ROOT / "policies" / "demo.json"
 
 DB = "agent_e2e"
 UPSTREAM = "shop_agent"       # the analyst's upstream login (schema.sql)
+UPSTREAM_PW = "pw-" + secrets.token_hex(12)
 APPROVER = "svc-dba-1"        # a subject of the demo's approver role "dba"
 REVIEW_TIMEOUT_S = 60         # a hold nobody answers ends in 57014 after this
 RUN_TIMEOUT_S = 150           # one client's whole run, hold included
@@ -101,7 +102,7 @@ def load_shop(pg):
                         "-d", DB, "-f", str(SCHEMA)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    pg.admin_query(f"alter role {UPSTREAM} login password %s", (pg.passwords[UPSTREAM],), DB)
+    pg.admin_query(f"alter role {UPSTREAM} login password %s", (UPSTREAM_PW,), DB)
 
 
 def tickets(pg) -> list:
@@ -111,14 +112,12 @@ def tickets(pg) -> list:
 
 @pytest.fixture(scope="module")
 def agw(request, bulwark_bin, pg, certdir, secret_registry, tmp_path_factory):
-    pg.passwords.setdefault(UPSTREAM, "pw-" + os.urandom(12).hex())
-    load_shop(pg)
     g = start_policy_gateway(
         "gw-agent-e2e", bulwark_bin, pg, certdir, secret_registry, tmp_path_factory,
         targets={"shop": {"host": "127.0.0.1", "port": pg.port, "dbname": DB,
                           "sslmode": "disable"}},
         policies=demo_policies(f"../secrets/{UPSTREAM}"),
-        passwords={UPSTREAM: pg.passwords[UPSTREAM]})
+        passwords={UPSTREAM: UPSTREAM_PW})
     yield g
     stop_policy_gateway(g)
     drop_database(pg, DB)

@@ -131,13 +131,16 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     pg.admin_query(SCHEMA, dbname=DB)
     target = {"host": "127.0.0.1", "port": pg.port, "dbname": DB, "sslmode": "disable"}
     hook = HookServer()
+    metrics_port = harness.free_port()
     g = start_policy_gateway("gw-approvals", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
                              policies=[AGENT, DBA, AUDITOR, OTHER], passwords={SUPER: pw},
                              settings={"approvals": {"poll_interval": "50ms",
-                                                     "webhook_url": hook.url}})
+                                                     "webhook_url": hook.url},
+                                       "metrics_listen": f"127.0.0.1:{metrics_port}"})
     e = Env()
     e.hook = hook
+    e.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     e.gw, e.pg, e.bin = g, pg, bulwark_bin
     e.ep = g.endpoint(role="agent", target=DB, sub=AGENT_SUB, application_name="bwit-approvals")
     try:
@@ -228,8 +231,32 @@ def run_held(env, sql):
     return Background(go)
 
 
+def pending_gauge(env, role="agent") -> float:
+    import urllib.request
+    text = urllib.request.urlopen(env.metrics_url, timeout=10).read().decode()
+    m = re.search(r'^bulwark_approvals_pending\{role="%s"\} (\S+)$' % role, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 # ---------------------------------------------------------------------------------------
 # hold mode
+
+
+def test_pending_gauge_counts_held_statements_until_decided(env):
+    assert pending_gauge(env) == 0
+    bg1 = run_held(env, "DELETE FROM orders WHERE id = 2")
+    bg2 = run_held(env, "DELETE FROM orders WHERE id = 3")
+    r1 = wait_request(env, "DELETE FROM orders WHERE id = 2")
+    r2 = wait_request(env, "DELETE FROM orders WHERE id = 3")
+    harness.wait_for(lambda: pending_gauge(env) == 2, 10, "two pending approvals")
+    cli(env, "approve", str(r1["id"]), "--as", "alice")
+    bg1.join()
+    assert bg1.error is None, bg1.error
+    harness.wait_for(lambda: pending_gauge(env) == 1, 10, "one pending approval")
+    cli(env, "deny", str(r2["id"]), "--as", "alice", "--reason", "no")
+    bg2.join()
+    assert isinstance(bg2.error, psycopg2.Error) and bg2.error.pgcode == "42501"
+    harness.wait_for(lambda: pending_gauge(env) == 0, 10, "no pending approval")
 
 
 def test_held_delete_runs_after_cli_approval_while_other_sessions_work(env):
@@ -269,6 +296,11 @@ def test_held_delete_runs_after_cli_approval_while_other_sessions_work(env):
     assert stmt and stmt[0]["data"]["decision"] == "review"
     assert note and note[0]["data"]["decision"] == "approved"
     assert note[0]["data"]["statement"] == stmt[0]["seq"] and note[0]["data"]["by"] == "alice"
+    # and the session's replay shows the approval with the statement and the decision
+    replay = subprocess.run([str(env.bin), "replay", "-c", str(env.gw.config_path),
+                             req["session"]], capture_output=True, text=True, timeout=30)
+    assert replay.returncode == 0, replay.stderr
+    assert f"approval {req['id']}" in replay.stdout and "approved" in replay.stdout, replay.stdout
 
 
 def test_twenty_pgbench_sessions_run_while_a_statement_is_held(env, tmp_path):
@@ -502,6 +534,10 @@ def test_reject_mode_then_approval_passes_once(env):
     e = try_sql(env, sql)
     assert isinstance(e, psycopg2.Error) and e.pgcode == "42501"
     rid = refused_request_id(e)
+    # running it again before anyone decided names the same request
+    again = try_sql(env, "UPDATE items SET note = 'again' WHERE id = 1")
+    assert refused_request_id(again) == rid and "is pending" in str(again)
+    assert len([r for r in requests(env) if r["rule"] == "items-fix"]) == 1
     cli(env, "approve", str(rid), "--as", "alice")
     assert try_sql(env, sql) == 1
     # once: the next run asks again
@@ -515,11 +551,13 @@ def test_reject_mode_then_approval_passes_once(env):
 def test_grant_for_a_duration_passes_until_it_ends_and_revoke_ends_it(env):
     sql = "DELETE FROM items WHERE id = 1"
     rid = refused_request_id(try_sql(env, sql))
-    cli(env, "approve", str(rid), "--for", "2s", "--as", "alice")
-    assert [g["id"] for g in requests(env, "--grants")] == [rid]
+    cli(env, "approve", str(rid), "--for", "8s", "--as", "alice")
+    grants = requests(env, "--grants")
+    assert [g["id"] for g in grants] == [rid]
     assert try_sql(env, "DELETE FROM items WHERE id = 1") == 1
     assert try_sql(env, "DELETE FROM items WHERE id = 2") == 1
-    time.sleep(2.2)
+    until = grants[0]["grant_until"] / 1e6
+    time.sleep(max(0.0, until - time.time()) + 0.3)
     assert isinstance(try_sql(env, "DELETE FROM items WHERE id = 3"), psycopg2.Error)
     assert ids(env, "items") == [3, 4, 5]
     # revoke

@@ -1,7 +1,9 @@
 """`make demo` (scripts/demo.sh, issue 9 part 5): the two-minute tour.
 
 - DEMO_ONESHOT=1 starts everything, runs the tour's SELECT and two refusals in one psql
-  session, finds them in `bulwark replay`, stops and cleans up (exit 0).
+  session, finds them in `bulwark replay`; with masking in the build it checks the masked
+  row, with approvals it approves the held DELETE from the CLI and sees it run; it stops
+  and cleans up (exit 0).
 - The interactive run started without a terminal prints the tour (masked SELECT, denied
   DROP, held DELETE with `bulwark approvals` / `approve`, `bulwark replay`); the commands it
   prints work as printed; `scripts/demo.sh stop` (what `make demo-stop` runs) ends it and
@@ -53,12 +55,25 @@ def demo_dirs(tmp_path) -> list:
 
 
 def test_oneshot_runs_the_tour_statements_and_cleans_up(bulwark_bin, tmp_path):
-    r = run([str(DEMO)], timeout=180, env=demo_env(bulwark_bin, tmp_path, DEMO_ONESHOT="1"))
+    """Through `bulwark demo` (SPEC section 2), which runs scripts/demo.sh of the tree."""
+    env = demo_env(bulwark_bin, tmp_path, DEMO_ONESHOT="1",
+                   BULWARK_SOURCE_DIR=str(harness.REPO_ROOT))
+    r = run([str(bulwark_bin), "demo"], timeout=180, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo: oneshot OK" in r.stderr, r.stderr
     assert 'denied by rule "no-ddl-dcl"' in r.stderr
     assert 'denied by rule "no-unbounded-writes"' in r.stderr
     assert demo_dirs(tmp_path) == [], "the demo left its directory behind"
+
+
+def test_bulwark_demo_outside_a_source_tree_says_where_to_run_it(bulwark_bin, tmp_path):
+    lone = tmp_path / "bin" / "bulwark"
+    lone.parent.mkdir()
+    shutil.copy(bulwark_bin, lone)
+    env = {k: v for k, v in os.environ.items() if k != "BULWARK_SOURCE_DIR"}
+    r = run([str(lone), "demo"], timeout=30, env=env)
+    assert r.returncode == 1
+    assert "runs from a source tree" in r.stderr and "make demo" in r.stderr, r.stderr
 
 
 @pytest.fixture
@@ -118,7 +133,7 @@ def test_tour_prints_ready_commands_that_work_and_stop_ends_it(running_demo, tmp
 
     stop = run([str(DEMO), "stop"], timeout=60, env=env)
     assert stop.returncode == 0, stop.stderr
-    p.wait(timeout=30)
+    assert p.wait(timeout=30) == 0, "a requested stop is a normal end (make reports no error)"
     assert demo_dirs(tmp_path) == [], "the demo left its directory behind"
     assert not (tmp_path / "demo.pid").exists()
     again = run([str(DEMO), "stop"], timeout=60, env=env)

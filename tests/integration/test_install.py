@@ -150,3 +150,31 @@ def test_help_text_survives_backslashes_quotes_and_roff_specials(tmp_path):
     assert man.returncode == 0, man.stderr
     assert "a\\eb" in man.stdout and "c\\e\\ed \\-x" in man.stdout
     assert "\n\\&.starts with a dot\n" in man.stdout and "\n\\&'and a quote\n" in man.stdout
+
+
+def test_compose_example_config_passes_check(bulwark_bin, tmp_path):
+    """docker-compose.yml's gateway config, laid out as examples/compose/init.sh writes it."""
+    etc = tmp_path / "etc"
+    (etc / "policies").mkdir(parents=True)
+    shutil.copy(harness.REPO_ROOT / "examples/compose/bulwark.json", etc / "bulwark.json")
+    shutil.copy(harness.REPO_ROOT / "policies/demo.json", etc / "policies/demo.json")
+    r = harness.run([str(harness.SCRIPTS / "mkcerts.sh"), str(etc / "certs")])
+    assert r.returncode == 0, r.stderr
+    (etc / "keys").mkdir()
+    (etc / "keys/demo.secret").write_text("ab" * 32 + "\n")
+    (etc / "secrets").mkdir()
+    (etc / "secrets/shop_agent.password").write_text("cd" * 24 + "\n")
+    r = harness.run([str(bulwark_bin), "check", "-c", str(etc / "bulwark.json")])
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((etc / "bulwark.json").read_text())
+    assert cfg["metrics_listen"].endswith(":9632")  # the image's HEALTHCHECK asks there
+    compose = (harness.REPO_ROOT / "docker-compose.yml").read_text()
+    for path in ["examples/compose", "examples/compose/pg-init.sh",
+                 "examples/demo/schema.sql", "policies/demo.json"]:
+        assert f"./{path}:" in compose and (harness.REPO_ROOT / path).exists(), path
+    assert "/compose/init.sh" in compose and "/compose/bulwark.json" in \
+        (harness.REPO_ROOT / "examples/compose/init.sh").read_text()
+    if shutil.which("shellcheck"):
+        scripts = sorted(str(p) for p in (harness.REPO_ROOT / "examples/compose").glob("*.sh"))
+        r = harness.run(["shellcheck", "-s", "sh", *scripts])
+        assert r.returncode == 0, r.stdout

@@ -79,9 +79,13 @@ def agent2_policy() -> dict:
         "upstream": {DB: {"user": READER, "password_file": f"../secrets/{READER}"}},
         "default": "deny",
         "rules": [{"id": "read", "action": "allow", "operations": ["select"],
-                   "relations": ["public.*"]}],
+                   "relations": ["public.*"]},
+                  {"id": "scratch", "action": "allow",
+                   "operations": ["select", "insert", "ddl"], "relations": ["scratch.*"]}],
         "masks": [{"column": "public.customers.name", "method": "fixed", "value": "[hidden]"},
-                  {"column": "public.customers.email", "method": "hash"}],
+                  {"column": "public.customers.email", "method": "hash"},
+                  {"column": "scratch.people.secret", "method": "fixed", "value": "[secret]"},
+                  {"column": "scratch.people.added", "method": "fixed", "value": "[added]"}],
     }
 
 
@@ -109,14 +113,17 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     target = {"host": "127.0.0.1", "port": pg.port, "sslmode": "disable", "dbname": DB}
     keyfile = tmp_path_factory.mktemp("maskkey") / "mask-hmac.key"
     keyfile.write_text(secrets.token_hex(32))
+    metrics_port = harness.free_port()
     g = start_policy_gateway("gw-mask-e2e", bulwark_bin, pg, certdir, secret_registry,
                              tmp_path_factory, targets={DB: target},
                              policies=[agent_policy(), agent2_policy()], passwords={READER: pw},
-                             settings={"audit": {"path": "var/audit", "map_size": "256MiB",
+                             settings={"metrics_listen": f"127.0.0.1:{metrics_port}",
+                                       "audit": {"path": "var/audit", "map_size": "256MiB",
                                                  "capture_rows": 50},
                                        "masking": {"hash_key_file": str(keyfile),
                                                    "max_row_bytes": "4MiB"}})
     g.ep = g.endpoint(role="agent", target=DB, sub=SUB, application_name="bwit-mask-e2e")
+    g.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     g.ep2 = g.endpoint(role="agent2", target=DB, sub="svc-agent2-mask",
                        application_name="bwit-mask-e2e2")
     try:
@@ -159,6 +166,41 @@ def test_smoke_select_star_is_masked(env):
     assert rows[0][3] == "************1111"
     assert rows[0][4] == "****"
     assert types[0] == 23 and types[2] == 25
+
+
+def masked_counts(env) -> dict:
+    """bulwark_masked_values_total by (column, detector), scraped from /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(env.metrics_url, timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r'bulwark_masked_values_total\{column="([^"]*)",detector="([^"]*)"\} (\S+)',
+                         line)
+        if m:
+            out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+
+
+def test_masked_values_are_counted_by_column_and_detector(env):
+    before = masked_counts(env)
+    c = connect(env)
+    try:
+        with c.cursor() as cur:
+            cur.execute("SELECT email, ssn FROM customers ORDER BY id LIMIT 3")
+            assert len(cur.fetchall()) == 3
+            cur.execute("SELECT 'reach me at someone@example.org' AS note")
+            assert cur.fetchone()[0] != "reach me at someone@example.org"
+    finally:
+        c.close()
+
+    def grown():
+        after = masked_counts(env)
+        d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        return d if d.get(("public.customers.ssn", ""), 0) >= 3 else None
+    d = harness.wait_for(grown, 10, "the masked-values counter to grow")
+    assert d[("public.customers.email", "")] == 3
+    assert d[("public.customers.ssn", "")] == 3
+    assert d.get(("", "email"), 0) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -848,3 +890,81 @@ def test_sqlalchemy_reflection_and_psql_describe_work_through_a_masking_role(env
     assert r.returncode == 0, r.stderr
     assert "card_number" in r.stdout and "customer_contacts" in r.stdout, r.stdout
     assert not leaks(r.stdout, ALL_VALUES), r.stdout
+
+
+def test_columns_renamed_or_added_during_a_session_are_masked_afterwards(env):
+    conn = env.ep2.connect()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE scratch.people (id int, nick text, other text)")
+            cur.execute("INSERT INTO scratch.people VALUES (1, 'n1', 'o1'), (2, 'n2', 'o2')")
+            cur.execute("SELECT * FROM scratch.people ORDER BY id")
+            before = cur.fetchall()
+            cur.execute("ALTER TABLE scratch.people RENAME COLUMN nick TO secret")
+            cur.execute("SELECT * FROM scratch.people ORDER BY id")
+            renamed = cur.fetchall()
+            cur.execute("SELECT p.secret || '!' AS s FROM scratch.people p")
+            expr = cur.fetchall()
+            cur.execute("ALTER TABLE scratch.people ADD COLUMN added text DEFAULT 'zz'")
+            cur.execute("SELECT * FROM scratch.people ORDER BY id")
+            added = cur.fetchall()
+            # in the client's transaction: the catalog is read again within a savepoint
+            # that leaves the transaction (and its SET LOCAL) as it was
+            cur.execute("BEGIN")
+            cur.execute("SET LOCAL search_path = scratch, public")
+            cur.execute("ALTER TABLE scratch.people RENAME COLUMN other TO secret2")
+            cur.execute("SHOW search_path")
+            path_in_tx = cur.fetchone()[0]
+            cur.execute("SELECT id, secret2 FROM scratch.people WHERE id = 1")
+            in_tx = cur.fetchall()
+            with pytest.raises(psycopg2.Error):
+                cur.execute("ALTER TABLE people RENAME COLUMN nosuch TO x")
+            cur.execute("ROLLBACK")
+            cur.execute("BEGIN")
+            cur.execute("ALTER TABLE scratch.people RENAME COLUMN other TO secret2")
+            cur.execute("SELECT id, secret2 FROM scratch.people ORDER BY 1")
+            in_tx2 = cur.fetchall()
+            cur.execute("COMMIT")
+            cur.execute("SHOW search_path")
+            path_after = cur.fetchone()[0]
+            cur.execute("SELECT id, secret2 FROM scratch.people ORDER BY 1")
+            after_tx = cur.fetchall()
+    finally:
+        conn.close()
+    assert before == [(1, "n1", "o1"), (2, "n2", "o2")], before
+    assert renamed == [(1, "[secret]", "o1"), (2, "[secret]", "o2")], renamed
+    assert expr == [("****",), ("****",)], expr
+    assert added == [(1, "[secret]", "o1", "[added]"), (2, "[secret]", "o2", "[added]")], added
+    assert path_in_tx == "scratch, public", path_in_tx
+    assert in_tx == [(1, "o1")], in_tx
+    assert in_tx2 == [(1, "o1"), (2, "o2")], in_tx2
+    assert path_after != "scratch, public", path_after
+    assert after_tx == [(1, "o1"), (2, "o2")], after_tx
+
+
+def test_a_failed_catalog_read_leaves_the_clients_transaction_as_it_was(env):
+    """The catalog read inside the client's transaction times out (its statement_timeout):
+    the savepoint is rolled back, the client's transaction goes on, and with no catalog
+    every relation is masked whole."""
+    conn = env.ep2.connect()
+    try:
+        with conn.cursor() as cur:  # psycopg2 opens the transaction
+            cur.execute("CREATE TABLE scratch.t_fail (id int, v text)")
+            cur.execute("INSERT INTO scratch.t_fail VALUES (1, 'one')")
+            # DDL, then the timeout in the same string: the next statement's catalog read
+            # runs under it
+            cur.execute("ALTER TABLE scratch.t_fail ADD COLUMN w int; "
+                        "SET LOCAL statement_timeout = '1ms'")
+            cur.execute("SELECT id, v FROM scratch.t_fail")
+            masked = cur.fetchall()
+            cur.execute("SET LOCAL statement_timeout = 0")
+            cur.execute("SELECT count(*) FROM scratch.t_fail")
+            count = cur.fetchone()
+        conn.commit()
+    finally:
+        conn.close()
+    assert masked == [("****", "****")], masked  # no catalog: masked whole
+    assert count == (1,), count  # count(*) carries no column; the transaction went on
+    failed = [ln for ln in env.log_text().splitlines() if "mask_catalog_failed" in ln]
+    assert failed, "the catalog read did not fail as the test meant it to"

@@ -9,6 +9,7 @@ the exposition format written here (not a client library, which would be lenient
 
 import json
 import math
+import os
 import re
 import shutil
 import socket
@@ -534,3 +535,43 @@ def test_healthz_turns_503_when_the_audit_store_cannot_write(bulwark_bin, pg, ce
         g.flaky.close()
         assert g.alive(), g.log_tail()
         g.stop()
+
+
+def wanted_cpu_seconds(pid):
+    """Time the loop thread ran plus time it waited for a CPU (schedstat): a thread that
+    spins wants the CPU all the time, however loaded the machine; an idle one neither."""
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        run_ns, wait_ns, _ = (int(x) for x in f.read().split())
+    return (run_ns + wait_ns) / 1e9
+
+
+@pytest.mark.skipif(not shutil.which("prlimit"), reason="prlimit (util-linux) not installed")
+def test_out_of_descriptors_pauses_both_listeners_instead_of_spinning(mgw, healthy_m):
+    """With the process out of file descriptors, a listener with connections waiting stays
+    readable: the metrics endpoint and the gateway's own listener must pause accepting
+    (and keep pausing: a fired libev timer restarted without ev_timer_set fires at once),
+    not spin on EMFILE."""
+    nfds = len(os.listdir(f"/proc/{mgw.pid}/fd"))
+    limit = nfds + 8
+    r = harness.run(["prlimit", f"--pid={mgw.pid}", f"--nofile={limit}:{limit}"])
+    assert r.returncode == 0, r.stderr
+    socks = []
+    try:
+        for _ in range(40):  # more than the descriptors left: the rest wait in the backlog
+            socks.append(socket.create_connection(("127.0.0.1", mgw.metrics_port), timeout=5))
+        wait_for(lambda: len(os.listdir(f"/proc/{mgw.pid}/fd")) >= limit - 1, 5,
+                 "the gateway to run out of descriptors")
+        for _ in range(5):
+            socks.append(socket.create_connection(("127.0.0.1", mgw.port), timeout=5))
+        wait_for(lambda: "event=accept_paused" in mgw.log_text(), 5,
+                 "the gateway's listener to pause")
+        c0 = wanted_cpu_seconds(mgw.pid)
+        time.sleep(2)
+        used = wanted_cpu_seconds(mgw.pid) - c0
+        assert used < 1.0, f"the loop wanted {used:.2f} s of CPU in 2 s while out of fds"
+    finally:
+        for s in socks:
+            s.close()
+        harness.run(["prlimit", f"--pid={mgw.pid}", "--nofile=65536:65536"])
+    wait_for(lambda: mgw.get("/metrics")[0] == 200, 15, "a scrape once descriptors are back")
+    healthy_m.check()

@@ -210,9 +210,13 @@ def main():
         time.sleep(warm)
         anon_warm, rss_warm = mem_kib(g.pid)
         peak = anon_warm
+        samples = [(warm, anon_warm)]  # RssAnon every 30 s, to see whether it levels off
         while time.monotonic() - t0 < SECONDS:
             time.sleep(1)
-            peak = max(peak, mem_kib(g.pid)[0])
+            anon = mem_kib(g.pid)[0]
+            peak = max(peak, anon)
+            if time.monotonic() - t0 >= samples[-1][0] + 30:
+                samples.append((int(time.monotonic() - t0), anon))
         stop.set()
         for cl in clients:
             cl.join(120)
@@ -237,6 +241,8 @@ def main():
               f"peak {peak} KiB, end {anon_end} KiB (growth after warm-up {growth:.1f} MiB, "
               f"bound {RSS_BOUND_MIB} MiB); VmRSS (with the LMDB map) start {rss_start}, "
               f"warm {rss_warm}, end {rss_end} KiB")
+        print("soak: RssAnon over time (s: KiB): "
+              + ", ".join(f"{t}: {k}" for t, k in samples))
         print(f"soak: masked reads: {masked} email values masked, {raw} returned in clear")
         print(f"soak: records: {dict(recs)}; audit verify exit {verify.returncode}: "
               f"{(verify.stdout + verify.stderr).strip()[-300:]}")

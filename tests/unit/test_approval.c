@@ -73,8 +73,13 @@ static appr_key_t key_of(const char *fp)
 
 static appr_decision_t approve_at(int64_t now, int64_t grant_ms)
 {
-    return (appr_decision_t){.approve = true, .by = "alice", .by_role = "dba", .os_user = "root",
-                             .via = "cli", .grant_ms = grant_ms, .now_us = now};
+    return (appr_decision_t){.approve = true,
+                             .by = "alice",
+                             .by_role = "dba",
+                             .os_user = "root",
+                             .via = "cli",
+                             .grant_ms = grant_ms,
+                             .now_us = now};
 }
 
 static void create(appr_store_t *st, appr_req_t r)
@@ -205,6 +210,15 @@ static void lists_pending_all_and_grants(void **state)
     int n = 0;
     assert_int_equal(appr_list(st, APPR_LIST_PENDING, T0, 0, count, &n), 0);
     assert_int_equal(n, 2);
+    n = 0; /* past their expiry, pending requests are no longer listed as pending */
+    assert_int_equal(appr_list(st, APPR_LIST_PENDING, T0 + 61 * 1000000LL, 0, count, &n), 0);
+    assert_int_equal(n, 0);
+    n = 0;
+    assert_int_equal(appr_list(st, APPR_LIST_ALL, T0, 1, count, &n), 0);
+    assert_int_equal(n, 1); /* max_scan */
+    appr_req_t r = request(1, false, "a");
+    assert_string_equal(appr_state_at(&r, T0), "pending");
+    assert_string_equal(appr_state_at(&r, T0 + 61 * 1000000LL), "expired");
     n = 0;
     assert_int_equal(appr_list(st, APPR_LIST_ALL, T0, 0, count, &n), 0);
     assert_int_equal(n, 3);
@@ -283,6 +297,46 @@ static void worker_writes_in_order_and_counts_uses_at_once(void **state)
     appr_req_free(&got);
 }
 
+static void prunes_old_decided_requests_but_keeps_pending_and_grants(void **state)
+{
+    appr_store_t *st = *state;
+    char err[200];
+    const int64_t day = 86400LL * 1000000;
+    for (uint64_t id = 1; id <= 5; id++) {
+        appr_req_t r = request(id, id == 3, "p");
+        r.created_us = T0 + (int64_t)id; /* all old */
+        r.expires_us = id == 1 ? T0 + 10 * day : T0 + 60;
+        create(st, r);
+    }
+    appr_req_t young = request(6, false, "p");
+    young.created_us = T0 + 5 * day;
+    young.expires_us = T0 + 5 * day + 60;
+    create(st, young);
+    appr_decision_t d = approve_at(T0 + 10, 20LL * 86400 * 1000); /* 2: a 20-day grant */
+    assert_int_equal(appr_decide(st, 2, &d, NULL, err, sizeof(err)), APPR_OK);
+    d = approve_at(T0 + 10, 0); /* 3: reject mode, one use, then used */
+    assert_int_equal(appr_decide(st, 3, &d, NULL, err, sizeof(err)), APPR_OK);
+    assert_int_equal(appr_consume(st, 3), APPR_OK);
+    assert_int_equal(appr_close_pending(st, 4, APPR_TIMEOUT, T0 + 100), APPR_OK);
+    size_t n = 0;
+    assert_int_equal(appr_prune(st, T0 + day, T0 + 2 * day, 100, &n), APPR_OK);
+    /* 1 still pending, 2 a grant in force, 6 young; 3 (used), 4 (timeout) and 5
+     * (pending but expired) go */
+    assert_int_equal(n, 3);
+    appr_req_t r;
+    uint64_t keep[] = {1, 2, 6}, gone[] = {3, 4, 5};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(appr_get(st, keep[i], &r), APPR_OK);
+        appr_req_free(&r);
+        assert_int_equal(appr_get(st, gone[i], &r), APPR_NOT_FOUND);
+    }
+    uint64_t id;
+    int64_t until;
+    appr_key_t k = key_of("p");
+    assert_int_equal(appr_find_grant(st, &k, T0 + 2 * day, NULL, NULL, &id, &until), APPR_OK);
+    assert_int_equal(id, 2);
+}
+
 static void parses_grant_durations(void **state)
 {
     int64_t ms;
@@ -308,6 +362,8 @@ int main(void)
         cmocka_unit_test(cli_approver_must_match_an_approver_roles_identity),
         cmocka_unit_test_setup_teardown(worker_writes_in_order_and_counts_uses_at_once, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(prunes_old_decided_requests_but_keeps_pending_and_grants,
+                                        setup, teardown),
         cmocka_unit_test(parses_grant_durations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

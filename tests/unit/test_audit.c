@@ -327,7 +327,148 @@ static void canonical_json_replaces_invalid_utf8(void **state)
     cJSON_Delete(j);
 }
 
+/* The fast path's fields stream gives exactly the bytes canon_json gives for
+ * the same fields as cJSON: same order, escapes, numbers, duplicates. */
+static void fields_stream_is_canonical_like_cjson(void **state)
+{
+    (void)state;
+    static const char odd[] = "q\"\\\n\x01\x7f\xff\xe2\x82 \xc3\xa9\xf0\x9f\x98\x80";
+    cJSON *j = cJSON_CreateObject();
+    audit_fields_t f;
+    audit_fields_init(&f, 0);
+
+    cJSON_AddStringToObject(j, "sql", odd);
+    audit_f_cstr(&f, "sql", odd);
+    cJSON_AddNumberToObject(j, "start", 1714564800012345.0);
+    audit_f_int(&f, "start", 1714564800012345);
+    cJSON_AddNumberToObject(j, "big", 9007199254740994.0); /* beyond 2^53: a string */
+    audit_f_int(&f, "big", 9007199254740994LL);
+    cJSON_AddNumberToObject(j, "neg", -7);
+    audit_f_int(&f, "neg", -7);
+    cJSON_AddBoolToObject(j, "writes", false);
+    audit_f_bool(&f, "writes", false);
+    cJSON_AddNullToObject(j, "rule");
+    audit_f_null(&f, "rule");
+    cJSON_AddStringToObject(j, "\xc3\xa9t\xc3\xa9", "non-ASCII name");
+    audit_f_cstr(&f, "\xc3\xa9t\xc3\xa9", "non-ASCII name");
+    cJSON_AddStringToObject(j, "\xef\xbd\xa1", "U+FF61 sorts after U+1F600 in UTF-16");
+    audit_f_cstr(&f, "\xef\xbd\xa1", "U+FF61 sorts after U+1F600 in UTF-16");
+    cJSON_AddStringToObject(j, "\xf0\x9f\x98\x80", "emoji");
+    audit_f_cstr(&f, "\xf0\x9f\x98\x80", "emoji");
+    cJSON_AddStringToObject(j, "sql", "duplicate: the first stays");
+    audit_f_cstr(&f, "sql", "duplicate: the first stays");
+    cJSON *vals = cJSON_AddArrayToObject(j, "values");
+    audit_fields_t v;
+    audit_fields_init(&v, 0);
+    audit_f_open(&v, NULL, '[');
+    for (int r = 0; r < 3; r++) {
+        cJSON *row = cJSON_CreateArray();
+        audit_f_open(&v, NULL, '[');
+        cJSON_AddItemToArray(row, cJSON_CreateString(r ? "x" : ""));
+        audit_f_str(&v, NULL, r ? "x" : "", r ? 1 : 0);
+        cJSON_AddItemToArray(row, cJSON_CreateNull());
+        audit_f_null(&v, NULL);
+        cJSON_AddItemToArray(vals, row);
+        audit_f_close(&v);
+    }
+    audit_f_close(&v);
+    audit_f_splice(&f, "values", &v);
+    cJSON *intent = cJSON_Parse("[{\"op\":\"select\",\"object\":\"public.t\",\"decision\":"
+                                "\"allow\",\"n\":1.5,\"z\":{\"b\":[],\"a\":{}}}]");
+    audit_f_json(&f, "intent", intent);
+    cJSON_AddItemToObject(j, "intent", intent);
+    assert_true(audit_fields_ok(&f));
+
+    buf_t want, got;
+    buf_init(&want, 0);
+    buf_init(&got, 0);
+    assert_true(canon_json(&want, j));
+    assert_true(fields_canon(&got, f.b.data, f.b.len));
+    buf_put_u8(&want, 0);
+    buf_put_u8(&got, 0);
+    assert_string_equal((char *)got.data, (char *)want.data);
+    assert_non_null(strstr((char *)got.data, "\"big\":\"9007199254740994\""));
+
+    /* malformed streams are refused, never read past */
+    for (size_t cut = 1; cut < f.b.len; cut += 7) {
+        buf_reset(&got);
+        got.failed = false;
+        (void)fields_canon(&got, f.b.data, cut); /* no crash, no overread (ASan) */
+    }
+    audit_f_open(&f, "unclosed", '{');
+    assert_false(audit_fields_ok(&f));
+    audit_fields_reset(&f);
+    for (int i = 0; i < 70; i++)
+        audit_f_open(&f, i ? NULL : "deep", '[');
+    assert_false(audit_fields_ok(&f));
+
+    buf_free(&want);
+    buf_free(&got);
+    audit_fields_free(&f);
+    audit_fields_free(&v);
+    cJSON_Delete(j);
+}
+
 /* ---- the writer ---- */
+
+typedef struct seen {
+    int n;
+    char data[2][256];
+} seen_t;
+
+static int keep_statements(void *arg, const audit_record_t *rec)
+{
+    seen_t *s = arg;
+    if (rec->type != AUDIT_REC_STATEMENT || s->n >= 2)
+        return 0;
+    assert_true(rec->hash_ok);
+    const char *d = memmem(rec->canon, rec->canon_len, "{\"data\":", 8);
+    assert_non_null(d);
+    snprintf(s->data[s->n++], sizeof(s->data[0]), "%.*s", (int)(rec->canon_len - 8), d + 8);
+    return 0;
+}
+
+static void fields_records_are_stored_canonical_and_oversized_ones_say_so(void **state)
+{
+    (void)state;
+    fx_t *f = fx_new(1 << 20, false); /* records up to map_size / 8 = 128 KiB */
+    audit_t *a = open_audit(f, 50, NULL, NULL);
+    audit_fields_t fl;
+    audit_fields_init(&fl, 0);
+    audit_f_cstr(&fl, "sql", "select 1");
+    audit_f_int(&fl, "start", 1714564800012345);
+    audit_f_cstr(&fl, "decision", "allow");
+    uint64_t s1, s2;
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_STATEMENT, "s-f", &fl, &s1), 0);
+    /* 40 KB of control characters: 240 KB once escaped, over the bound */
+    audit_fields_reset(&fl);
+    static char ctl[40000];
+    memset(ctl, 1, sizeof(ctl));
+    audit_f_str(&fl, "sql", ctl, sizeof(ctl));
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_STATEMENT, "s-f", &fl, &s2), 0);
+    assert_int_equal(s2, s1 + 1);
+    /* session records feed the indexes: not through this path */
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_SESSION_START, "s-f", &fl, NULL), -1);
+    audit_f_open(&fl, "open", '[');
+    assert_int_equal(audit_append_fields(a, AUDIT_REC_RESULT, "s-f", &fl, NULL), -1);
+    assert_int_equal(audit_flush(a, 5000), 0);
+    audit_close(a);
+    audit_fields_free(&fl);
+
+    char err[256];
+    audit_reader_t *r = audit_reader_open(f->store, err, sizeof(err));
+    assert_non_null(r);
+    seen_t seen = {0};
+    assert_int_equal(audit_reader_records(r, 0, keep_statements, &seen), 0);
+    audit_reader_close(r);
+    assert_int_equal(seen.n, 2);
+    assert_non_null(strstr(seen.data[0],
+                           "{\"decision\":\"allow\",\"sql\":\"select 1\",\"start\":1714564800012345}"));
+    assert_non_null(strstr(seen.data[1], "{\"error\":\"the record could not be encoded"));
+    audit_verify_result_t res = verify_store(f->store, NULL);
+    expect_ok(&res);
+    fx_free(f);
+}
 
 static _Atomic int notified;
 
@@ -695,6 +836,48 @@ static void map_full_fails_cleanly_and_recovers_when_space_returns(void **state)
     audit_close(a);
     audit_verify_result_t res = verify_store(f->store, NULL);
     expect_ok(&res);
+    fx_free(f);
+}
+
+static void a_full_map_grows_up_to_max_map_size_then_fails(void **state)
+{
+    (void)state;
+    fx_t *f = fx_new(1 << 20, false);
+    f->cfg.audit.max_map_size = 3 << 20;
+    audit_t *a = open_audit(f, 50, NULL, NULL);
+    char pad[3000];
+    memset(pad, 'g', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = 0;
+    int accepted = 0;
+    for (int i = 0; i < 4000 && !audit_failing(a); i++) {
+        cJSON *o = stmt_fields(i);
+        cJSON_AddStringToObject(o, "pad", pad);
+        uint64_t s;
+        if (audit_append(a, AUDIT_REC_STATEMENT, "s1", o, &s) == 0)
+            accepted++;
+        if (i % 20 == 0)
+            (void)audit_flush(a, 2000);
+    }
+    (void)audit_flush(a, 2000);
+    /* well past the first 1 MiB (grown twice: 2 MiB, then 3 MiB), then full */
+    print_message("  %d records of 3 KB accepted before the 3 MiB map was full\n", accepted);
+    assert_true(accepted > 600);
+    assert_true(audit_failing(a));
+    uint64_t durable = audit_durable_seq(a);
+    assert_true(durable > 600); /* records, not just acceptances, went past 1 MiB */
+    audit_close(a);
+    struct stat st;
+    char data[4200];
+    snprintf(data, sizeof(data), "%s/data.mdb", f->store);
+    assert_int_equal(stat(data, &st), 0);
+    assert_true(st.st_size > (2 << 20) && st.st_size <= (3 << 20));
+    /* a restart with the configured 1 MiB keeps the grown map and its records */
+    a = open_audit(f, 50, NULL, NULL);
+    assert_true(audit_failing(a) || audit_flush(a, 2000) == 0);
+    audit_close(a);
+    audit_verify_result_t res = verify_store(f->store, NULL);
+    expect_ok(&res);
+    assert_true(res.last_seq >= durable);
     fx_free(f);
 }
 
@@ -1071,6 +1254,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(canonical_json_sorts_keys_and_escapes_minimally),
         cmocka_unit_test(canonical_json_replaces_invalid_utf8),
+        cmocka_unit_test(fields_stream_is_canonical_like_cjson),
+        cmocka_unit_test(fields_records_are_stored_canonical_and_oversized_ones_say_so),
         cmocka_unit_test(appends_while_writer_commits_and_reopen_continues_chain),
         cmocka_unit_test(refuses_bad_arguments_without_consuming_a_seq),
         cmocka_unit_test(detects_a_changed_byte),
@@ -1084,6 +1269,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(reports_a_tail_truncated_after_a_checkpoint),
         cmocka_unit_test(detects_a_changed_checkpoint_and_a_foreign_key),
         cmocka_unit_test(map_full_fails_cleanly_and_recovers_when_space_returns),
+        cmocka_unit_test(a_full_map_grows_up_to_max_map_size_then_fails),
         cmocka_unit_test(retention_by_size_keeps_a_tiny_map_writing_and_verifiable),
         cmocka_unit_test(retention_by_age_retires_old_records),
         cmocka_unit_test(appends_from_many_threads_keep_one_linear_chain),

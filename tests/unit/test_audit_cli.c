@@ -401,6 +401,9 @@ static void replay_prints_a_transcript(void **state)
     assert_string_equal(cJSON_GetObjectItem(third, "type")->valuestring, "result");
     assert_int_equal((int)cJSON_GetObjectItem(third, "offset_us")->valuedouble, 15000);
     cJSON_Delete(j);
+    /* microsecond times as plain integers, never 1.714564800012e+15 */
+    assert_null(strstr(r.out, "e+"));
+    assert_non_null(strstr(r.out, "\"ts\":1714564800"));
     run_free(&r);
 
     r = run(cli_replay, "replay", "-c", config, "s-9999", NULL);
@@ -435,6 +438,8 @@ static void sessions_lists_and_filters(void **state)
     assert_string_equal(cJSON_GetObjectItem(j->child, "session")->valuestring, "s-0002");
     assert_true(cJSON_IsNull(cJSON_GetObjectItem(j->child, "end")));
     cJSON_Delete(j);
+    assert_null(strstr(r.out, "e+"));
+    assert_non_null(strstr(r.out, "\"start\":1714568400000000"));
     run_free(&r);
 
     r = run(cli_sessions, "sessions", "-c", config, "--sub", "svc-agent-1", "--json", NULL);

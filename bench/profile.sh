@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Where the loop thread's instructions go per statement: Bulwark under
+# valgrind --tool=callgrind, driven by pgbench -S (select-only), recording on.
+# Instruction counts do not depend on how loaded the machine is, unlike tps.
+#
+#   bench/profile.sh [--transactions N] [--clients C] [--protocol simple|extended]
+#                    [--durability MODE] [--keep DIR]
+#
+# Counters are zeroed after pgbench has connected (callgrind_control -z during a
+# 1 s warm-up phase would race; instead the script runs a short warm-up pgbench,
+# zeroes, runs the measured pgbench, dumps). Prints, per thread,
+#
+#   RESULT thread=1 role=loop Ir=123456789 statements=20000 Ir_per_statement=6172
+#
+# and the loop thread's top functions (inclusive and self) to stderr. --keep DIR
+# keeps the callgrind files for callgrind_annotate.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${BULWARK_BIN:-$ROOT/build/bulwark}
+TX=2000 CLIENTS=4 PROTO=simple DUR=strict-writes KEEP=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --transactions) TX=$2; shift ;;
+        --clients) CLIENTS=$2; shift ;;
+        --protocol) PROTO=$2; shift ;;
+        --durability) DUR=$2; shift ;;
+        --keep) KEEP=$2; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench/profile: unknown argument \"$1\" (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+say() { printf 'bench/profile: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+for tool in valgrind callgrind_control callgrind_annotate pgbench psql; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+[ -x "$BIN" ] || die "$BIN not found: run \`make\` first"
+
+free_port() {
+    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-profile.XXXXXX")
+chmod 711 "$WORK"
+GW=
+cleanup() {
+    local status=$?
+    trap - EXIT
+    set +e
+    if [ -n "$GW" ] && kill -0 "$GW" 2>/dev/null; then
+        kill -TERM "$GW"; for _ in $(seq 300); do kill -0 "$GW" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$GW" 2>/dev/null
+    fi
+    "$ROOT/scripts/pgtmp.sh" stop "$WORK/pg" >/dev/null 2>&1
+    if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp "$WORK"/cg.out* "$KEEP"/ 2>/dev/null; fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+export PGSSLMODE=disable PGCONNECT_TIMEOUT=30
+
+PGPORT=$(free_port) PW=$(random_hex 16)
+say "starting PostgreSQL on 127.0.0.1:$PGPORT"
+"$ROOT/scripts/pgtmp.sh" start "$WORK/pg" "$PGPORT" >/dev/null || die "pgtmp.sh start failed"
+printf '%s\n' "CREATE ROLE bench LOGIN PASSWORD :'pw';" "CREATE DATABASE bench OWNER bench;" |
+    psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/pg" -p "$PGPORT" -U postgres -d postgres -v pw="$PW" >/dev/null
+PGPASSWORD=$PW pgbench -i -q -s 1 -h 127.0.0.1 -p "$PGPORT" -U bench bench >/dev/null 2>&1 || die "pgbench -i failed"
+
+(umask 077; printf '%s' "$PW" > "$WORK/bench.password"; random_hex 32 > "$WORK/bench.hs256")
+TOKEN=$("$BIN" token --secret-file "$WORK/bench.hs256" --iss bench --aud bulwark --sub pgbench --ttl 2h)
+GWPORT=$(free_port)
+mkdir -p "$WORK/gw/policies"
+cat > "$WORK/gw/bulwark.json" <<EOF
+{
+  "listen": "127.0.0.1:$GWPORT",
+  "allow_plaintext_on_loopback": true,
+  "identity": { "issuers": [ { "issuer": "bench", "audience": "bulwark", "hs256_secret_file": "../bench.hs256" } ] },
+  "targets": { "bench": { "host": "127.0.0.1", "port": $PGPORT, "dbname": "bench", "sslmode": "disable" } },
+  "policy_files": ["policies/*.json"],
+  "audit": { "path": "audit", "map_size": "1GiB", "durability": "$DUR" },
+  "shutdown_grace": "1s"
+}
+EOF
+cat > "$WORK/gw/policies/bench.json" <<'EOF'
+{ "role": "bench", "identities": [ { "iss": "bench", "sub": "pgbench" } ],
+  "upstream": { "bench": { "user": "bench", "password_file": "../../bench.password" } },
+  "default": "allow", "read_only": false, "catalog_reads": true }
+EOF
+say "starting Bulwark under callgrind on 127.0.0.1:$GWPORT (durability $DUR)"
+valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/cg.out" \
+    "$BIN" serve -c "$WORK/gw/bulwark.json" 2>"$WORK/gw.log" &
+GW=$!
+for _ in $(seq 600); do grep -q 'event=listening' "$WORK/gw.log" 2>/dev/null && break; sleep 0.1; done
+grep -q 'event=listening' "$WORK/gw.log" || { tail "$WORK/gw.log" >&2; die "Bulwark did not start"; }
+
+bench() { PGPASSWORD=$TOKEN pgbench -n -S -M "$PROTO" -c "$CLIENTS" -j 1 -t "$1" -h 127.0.0.1 -p "$GWPORT" -U bench bench; }
+say "warm-up"
+bench 50 >/dev/null 2>&1 || { tail "$WORK/gw.log" >&2; die "warm-up pgbench failed"; }
+sleep 1
+callgrind_control -z "$GW" >/dev/null
+say "pgbench -S -M $PROTO -c $CLIENTS -t $TX"
+out=$(bench "$TX" 2>&1) || { echo "$out" >&2; die "pgbench failed"; }
+STMTS=$(awk '/^number of transactions actually processed: / { split($6, a, "/"); print a[1] }' <<<"$out")
+sleep 1   # the writer commits what is left
+callgrind_control -d "$GW" >/dev/null
+sleep 1
+for f in "$WORK"/cg.out.*-[0-9]*; do
+    case "$f" in *.[0-9]*-[0-9]*) ;; *) continue ;; esac
+    t=${f##*-}
+    ir=$(awk '/^summary:/ { print $2 }' "$f")
+    [ -n "$ir" ] || ir=$(awk '/^totals:/ { print $2 }' "$f")
+    [ -n "$ir" ] && [ "$ir" != 0 ] || continue
+    role=other
+    grep -q 'fn=.*ev_run' "$f" && role=loop
+    grep -q 'fn=.*writer_main' "$f" && role=writer
+    echo "RESULT thread=$((10#$t)) role=$role Ir=$ir statements=$STMTS Ir_per_statement=$((ir / STMTS))"
+    if [ "$role" = loop ]; then
+        say "loop thread, inclusive:"
+        callgrind_annotate --inclusive=yes "$f" 2>/dev/null | sed -n '1,/^$/d; 1,45p' >&2 || true
+        say "loop thread, self:"
+        callgrind_annotate "$f" 2>/dev/null | sed -n '1,/^$/d; 1,45p' >&2 || true
+    fi
+done
