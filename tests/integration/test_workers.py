@@ -205,3 +205,33 @@ def test_sigterm_drains_every_worker(make_gateway):
     for w in range(WORKERS):
         assert f"event=parse_cache worker={w} " in text
     assert "event=stopped" in text
+
+
+def test_one_worker_runs_everything_on_the_main_loop(make_gateway):
+    g = make_gateway(GatewayOptions(tls=False, workers=1), "gw-wk-one")
+    assert "workers=1" in g.log_text()
+    conns = connect_many(g.endpoint(), 8, "bwit-wk1-")
+    try:
+        where = wait_for(lambda: len(workers_of(g, "bwit-wk1-")) == 8 and workers_of(g, "bwit-wk1-"),
+                         20, "every session_start line")
+        assert set(where.values()) == {0}
+        err = {}
+
+        def sleep_in():
+            try:
+                with conns[0].cursor() as cur:
+                    cur.execute("select pg_sleep(60)")
+            except psycopg2.errors.QueryCanceled as e:
+                err["e"] = e
+
+        t = threading.Thread(target=sleep_in)
+        t.start()
+        wait_for(lambda: g.pg.backends("application_name = 'bwit-wk1-000' and state = 'active'"),
+                 20, "the statement to run")
+        conns[0].cancel()
+        t.join(20)
+        assert "e" in err
+        assert "event=cancel_forwarded" not in g.log_text()
+    finally:
+        for c in conns:
+            c.close()
