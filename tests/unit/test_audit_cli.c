@@ -113,7 +113,8 @@ static void expect_text(const char *what, const char *got, const char *want)
 
 /* ---- the store every test reads ---- */
 
-static int64_t clock_us = 1714564800000000; /* 2024-05-01T12:00:00Z */
+/* read by the audit writer thread: atomic (make tsan) */
+static _Atomic int64_t clock_us = 1714564800000000; /* 2024-05-01T12:00:00Z */
 
 static int64_t fixed_clock(void)
 {
