@@ -285,6 +285,7 @@ echo "$line"; RESULTS+=("$line")
 # For time, lower is better: the ratios read as "how many times the direct time".
 TABLE+=("| stream $ROWS rows (s) | ${MED[direct]} | ${MED[pgbouncer]} | ${MED[bulwark]} | $(ratio "${MED[bulwark]}" "${MED[direct]}") | $(ratio "${MED[bulwark]}" "${MED[pgbouncer]}") |")
 . "$ROOT/bench/policy.sh"   # the same pgbench cases with a realistic policy (policy=on lines)
+. "$ROOT/bench/masking.sh"  # a large SELECT unmasked and masked (mode=masking line)
 . "$ROOT/bench/workers.sh"  # workers 1 and 2 side by side (workers=1,2 lines)
 while IFS= read -r line; do echo "$line"; RESULTS+=("$line"); if [[ $line == *=NA* ]]; then FAILED=1; fi; done < <(BULWARK_BIN=$BIN BENCH_PGPORT=$PGPORT BENCH_PGPASSWORD=$PW "$ROOT/bench/audit.sh" --duration "$DURATION" --rounds "$ROUNDS" --clients "$CLIENTS" || echo "RESULT audit=failed status=NA")
 # login cost: new TLS connections per second, RS256 token vs direct SCRAM (bench/login.sh)

@@ -310,7 +310,9 @@ static int text_row(mask_copy_t *c, mask_scratch_t *s, const uint8_t *r, size_t 
         return -1;
     if ((size_t)nf != c->ncols)
         return -1;
-    const uint8_t *dec = c->dec.data;
+    /* every field empty: nothing was decoded and the buffer may have no storage yet
+       (NULL + 0 is undefined behaviour; found by fuzz_copy) */
+    const uint8_t *dec = c->dec.data ? c->dec.data : (const uint8_t *)"";
     size_t nreg = 0;
     bool changed = false;
     if (!mask_scratch_regions(s, (size_t)nf))
