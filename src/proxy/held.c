@@ -144,6 +144,13 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
                  "%s; approvals need the audit store, which is not open", r->message);
         return REVIEW_REFUSE;
     }
+    char why[200];
+    if (!appr_available(appr_worker_store(w), why, sizeof(why))) {
+        /* fail closed: grants may have been revoked, decisions cannot be learned */
+        snprintf(out->message, sizeof(out->message),
+                 "%s; the approvals state store (PostgreSQL) is unavailable: %s", r->message, why);
+        return REVIEW_REFUSE;
+    }
     if (policy_fingerprint(sql, len, fp) < 0) {
         snprintf(out->message, sizeof(out->message), "%s (no fingerprint)", r->message);
         return REVIEW_REFUSE;
@@ -178,6 +185,12 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
         }
     }
     uint64_t id = appr_worker_next_id(w);
+    if (!id) {
+        snprintf(out->message, sizeof(out->message),
+                 "%s; the approvals state store (PostgreSQL) is unavailable: no request id",
+                 r->message);
+        return REVIEW_REFUSE;
+    }
     appr_req_t *q = new_request(s, r, sql, fp, id);
     const char *hook = s->rt->cfg->approvals.webhook_url;
     if (q && hook && s->srv->webhook &&

@@ -510,6 +510,8 @@ static void approvals_results(struct ev_loop *loop, ev_async *w, int revents)
     server_t *srv = w->data;
     if (srv->approvals)
         appr_worker_results(srv->approvals, console_decided, srv);
+    if (srv->approvals && srv->nheld)
+        approval_poll(srv); /* the shared store's state thread saw a change */
 }
 
 /* Without them a `review` statement is refused (fail closed), as before. */
@@ -521,7 +523,11 @@ static void approvals_open(server_t *srv)
     ev_async_init(&srv->approvals_w, approvals_results);
     srv->approvals_w.data = srv;
     ev_async_start(srv->loop, &srv->approvals_w);
-    appr_store_t *st = srv->audit ? appr_attach(audit_env(srv->audit), err, sizeof(err)) : NULL;
+    appr_store_t *st = NULL;
+    if (srv->audit && srv->rt->cfg->state.postgres) /* shared by replicas: docs/replicas.md */
+        st = appr_pg_open(srv->rt->cfg, approvals_notify, srv, err, sizeof(err));
+    else if (srv->audit)
+        st = appr_attach(audit_env(srv->audit), err, sizeof(err));
     if (st && !(srv->approvals = appr_worker_new(st, approvals_notify, srv))) {
         snprintf(err, sizeof(err), "cannot start the approval writer thread");
         appr_close(st);
@@ -543,8 +549,8 @@ static void approvals_close(server_t *srv)
         return;
     appr_store_t *st = appr_worker_store(srv->approvals);
     appr_worker_free(srv->approvals);
-    ev_async_stop(srv->loop, &srv->approvals_w);
     appr_close(st);
+    ev_async_stop(srv->loop, &srv->approvals_w);
     srv->approvals = NULL;
 }
 
