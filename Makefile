@@ -4,7 +4,7 @@ BUILD    ?= build
 OPT      ?= -O2
 SAN      ?=
 CFLAGS   += -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
-            -D_GNU_SOURCE -Isrc -I/usr/include/postgresql -pthread -MMD -MP $(SAN)
+            -D_GNU_SOURCE -Isrc $(shell pkg-config --cflags libpq) -pthread -MMD -MP $(SAN)
 LDFLAGS  += -pthread $(SAN)
 LIBS     := -lev -lssl -lcrypto -lcjson -lpg_query -llmdb -lhs -lm -lcurl -lpq
 
