@@ -149,6 +149,10 @@ def test_held_on_a_is_approved_on_b_console_and_runs_on_a(env):
     assert 4 in ids(env, "orders"), "held, not run"
     console = env.b.endpoint(role="dba", target="bulwark", sub="alice",
                              application_name="bwit-console")
+    shown = psql(console, "-c", "SHOW APPROVALS")
+    assert shown.returncode == 0, shown.stderr
+    assert any(ln.split("|")[0].strip() == str(req["id"]) for ln in shown.stdout.splitlines()), \
+        shown.stdout
     r = psql(console, "-c", f"APPROVE {req['id']}")
     approved_at = time.monotonic()
     assert r.returncode == 0, r.stderr
@@ -167,6 +171,35 @@ def test_held_on_a_is_approved_on_b_console_and_runs_on_a(env):
     assert a_note[0]["data"]["by"] == "alice"
     assert not [r for r in b_recs if r["session"] == req["session"]]
     assert [r for r in b_recs if r["type"] == "note" and r["data"].get("approval") == req["id"]]
+
+
+def test_a_lost_notification_is_made_up_for_by_polling(env):
+    # a CLI whose config names another channel: its NOTIFY never reaches replica A, which
+    # learns of the decision only by reading the state database every poll_interval
+    cfg = json.loads(env.b.config_path.read_text())
+    cfg["state"]["channel"] = "bwit_elsewhere"
+    other = env.b.workdir / "bulwark-other-channel.json"
+    other.write_text(json.dumps(cfg))
+    c = connect(env.a)
+
+    def go():
+        try:
+            with c.cursor() as cur:
+                cur.execute("DELETE FROM orders WHERE id = 5")
+                return cur.rowcount, time.monotonic()
+        finally:
+            c.close()
+    bg = Background(go)
+    req = wait_request(env, env.b, "DELETE FROM orders WHERE id = 5")
+    r = subprocess.run([str(env.bin), "approve", str(req["id"]), "--as", "alice", "-c",
+                        str(other)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    approved_at = time.monotonic()
+    bg.join(15)
+    assert bg.error is None, bg.error
+    rowcount, done_at = bg.result
+    assert rowcount == 1 and 5 not in ids(env, "orders")
+    assert done_at - approved_at < 2.0, f"ran {done_at - approved_at:.2f}s after the approval"
 
 
 def test_grant_made_on_b_is_honoured_on_a(env):
