@@ -75,6 +75,7 @@ struct apg {
     pthread_mutex_t wmu;
     PGconn *wconn;
     int64_t wfail_us;
+    bool dropped; /* the last failure found the connection broken: worth one retry */
     /* gateway: the state thread and the mirror */
     bool gateway;
     void (*changed)(void *arg);
@@ -227,6 +228,19 @@ static PGconn *wconn(apg_t *p, char *err, size_t errsz)
     return p->wconn = c;
 }
 
+/* True once after a failure that found the write connection broken (say the
+ * state database restarted since its last use): the caller retries once on a
+ * new connection. A transaction whose COMMIT was lost may then find its own
+ * work done (NOT_PENDING, a duplicate id): reported, never applied twice. */
+static bool take_dropped(apg_t *p)
+{
+    pthread_mutex_lock(&p->wmu);
+    bool d = p->dropped;
+    p->dropped = false;
+    pthread_mutex_unlock(&p->wmu);
+    return d;
+}
+
 /* After a failed statement: drop a broken connection, end a failed transaction. */
 static void after_failure(apg_t *p)
 {
@@ -235,6 +249,7 @@ static void after_failure(apg_t *p)
     if (PQstatus(p->wconn) != CONNECTION_OK) {
         PQfinish(p->wconn);
         p->wconn = NULL;
+        p->dropped = true;
         return;
     }
     if (PQtransactionStatus(p->wconn) != PQTRANS_IDLE) {
@@ -345,8 +360,8 @@ static const char LOCK_WRITES[] = "SELECT pg_advisory_xact_lock(hashtext('bulwar
 
 /* Load id FOR UPDATE, mutate, write back, notify, commit. out (if any)
  * gets the request as it stands after the attempt. */
-static appr_rc_t write_tx(apg_t *p, uint64_t id, mutate_fn fn, void *ctx, appr_req_t *out,
-                          char *err, size_t errsz)
+static appr_rc_t write_once(apg_t *p, uint64_t id, mutate_fn fn, void *ctx, appr_req_t *out,
+                            char *err, size_t errsz)
 {
     char ebuf[300];
     if (!err) {
@@ -408,7 +423,20 @@ fail:
     return rc;
 }
 
-appr_rc_t apg_create(apg_t *p, const appr_req_t *r, char *err, size_t errsz)
+static appr_rc_t write_tx(apg_t *p, uint64_t id, mutate_fn fn, void *ctx, appr_req_t *out,
+                          char *err, size_t errsz)
+{
+    (void)take_dropped(p);
+    appr_rc_t rc = write_once(p, id, fn, ctx, out, err, errsz);
+    if (rc == APPR_ERR && take_dropped(p)) {
+        if (out)
+            appr_req_free(out);
+        rc = write_once(p, id, fn, ctx, out, err, errsz);
+    }
+    return rc;
+}
+
+static appr_rc_t create_once(apg_t *p, const appr_req_t *r, char *err, size_t errsz)
 {
     pthread_mutex_lock(&p->wmu);
     PGconn *c = wconn(p, err, errsz);
@@ -424,6 +452,15 @@ appr_rc_t apg_create(apg_t *p, const appr_req_t *r, char *err, size_t errsz)
         pthread_mutex_unlock(&p->mu);
     }
     return ok ? APPR_OK : APPR_ERR;
+}
+
+appr_rc_t apg_create(apg_t *p, const appr_req_t *r, char *err, size_t errsz)
+{
+    (void)take_dropped(p);
+    appr_rc_t rc = create_once(p, r, err, errsz);
+    if (rc == APPR_ERR && take_dropped(p))
+        rc = create_once(p, r, err, errsz);
+    return rc;
 }
 
 static char *dup_or_null(const char *s)
@@ -500,8 +537,11 @@ appr_rc_t apg_revoke(apg_t *p, uint64_t id, const char *by, int64_t now_us, char
 static appr_rc_t m_consume(void *ctx, appr_req_t *r)
 {
     (void)ctx;
-    if (!r->grant_until_us) /* a timed grant is never used up */
-        r->used = true;
+    if (r->grant_until_us) /* a timed grant is never used up */
+        return APPR_OK;
+    if (r->used || r->revoked) /* used on another replica first: logged by the worker */
+        return APPR_NOT_GRANT;
+    r->used = true;
     return APPR_OK;
 }
 
@@ -543,12 +583,18 @@ static int query_docs(apg_t *p, const char *sql, int n, const char *const *param
                       int (*fn)(void *arg, appr_req_t *r), void *arg)
 {
     char err[300];
-    pthread_mutex_lock(&p->wmu);
-    PGconn *c = wconn(p, err, sizeof(err));
-    PGresult *res = c ? run(c, sql, n, params, err, sizeof(err)) : NULL;
-    if (!res)
-        after_failure(p);
-    pthread_mutex_unlock(&p->wmu);
+    PGresult *res = NULL;
+    (void)take_dropped(p);
+    for (int attempt = 0; attempt < 2 && !res; attempt++) {
+        if (attempt && !take_dropped(p))
+            break;
+        pthread_mutex_lock(&p->wmu);
+        PGconn *c = wconn(p, err, sizeof(err));
+        res = c ? run(c, sql, n, params, err, sizeof(err)) : NULL;
+        if (!res)
+            after_failure(p);
+        pthread_mutex_unlock(&p->wmu);
+    }
     if (!res) {
         log_event(LOG_ERROR, "state_query_failed", "error=\"%s\"", err);
         return -1;

@@ -140,8 +140,9 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     memset(out, 0, sizeof(*out));
     char fp[17];
     if (!w) {
-        snprintf(out->message, sizeof(out->message),
-                 "%s; approvals need the audit store, which is not open", r->message);
+        snprintf(out->message, sizeof(out->message), "%s; approvals need the %s, which is not open",
+                 r->message,
+                 s->rt->cfg->state.postgres ? "approvals state store (PostgreSQL)" : "audit store");
         return REVIEW_REFUSE;
     }
     char why[200];

@@ -11,6 +11,7 @@ state database is back.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import time
@@ -260,11 +261,41 @@ def test_losing_the_state_database_fails_closed_for_review_only(env):
     finally:
         env.state.start()
 
-    def back():
+    def back(gw):
         try:
-            run_sql(env.a, "DELETE FROM items WHERE id = 3")
+            run_sql(gw, "DELETE FROM items WHERE id = 3")
             return False
         except psycopg2.Error as e:
             return "approval request" in str(e) and "state store" not in str(e)
-    harness.wait_for(back, 30, "review working again once the state database is back",
-                     interval=0.3)
+    for gw in (env.a, env.b):
+        harness.wait_for(lambda: back(gw), 30,
+                         f"review working again on {gw.name} once the state database is back",
+                         interval=0.3)
+
+
+def test_one_use_grant_used_on_a_is_gone_on_b(env):
+    with pytest.raises(psycopg2.Error) as ei:
+        run_sql(env.b, "DELETE FROM items WHERE id = 4")
+    # a new request, or one still pending for the same fingerprint (reject mode reuses it)
+    m = re.search(r"approval request (\d+)", str(ei.value))
+    assert m and "state store" not in str(ei.value), str(ei.value)
+    req = {"id": int(m.group(1))}
+    cli(env, env.a, "approve", str(req["id"]), "--as", "alice")
+
+    def runs_on_a():
+        try:
+            return run_sql(env.a, "DELETE FROM items WHERE id = 4") == 1
+        except psycopg2.Error:
+            return False
+    harness.wait_for(runs_on_a, 5, "the one-use grant used on replica A", interval=0.1)
+    done = [r for r in json.loads(cli(env, env.b, "approvals", "--json", "--all").stdout)
+            if r["id"] == req["id"]][0]
+    harness.wait_for(lambda: [r for r in json.loads(
+        cli(env, env.b, "approvals", "--json", "--all").stdout)
+        if r["id"] == req["id"]][0].get("used"), 5, "the use written to the state database")
+    assert done["state"] == "approved"
+    time.sleep(0.5)  # several poll intervals: B has read the use
+    with pytest.raises(psycopg2.Error) as ei:
+        run_sql(env.b, "DELETE FROM items WHERE id = 4")
+    assert ei.value.pgcode == "42501" and "approval request" in str(ei.value)
+    assert f"approval request {req['id']} " not in str(ei.value), "a new request, not the used one"
