@@ -19,7 +19,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       gcc make libc6-dev pkg-config \
       libev-dev libpg-query-dev libjwt-dev libcjson-dev liblmdb-dev libssl-dev \
-      libcurl4-openssl-dev libvectorscan-dev \
+      libcurl4-openssl-dev libvectorscan-dev libpq-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the build reads, so that editing docs or tests does not rebuild.
@@ -36,7 +36,7 @@ RUN make -j"$(nproc)" all \
 FROM ${DEBIAN_IMAGE} AS base
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libev4 libssl3 libcjson1 libpg-query1504.0 libjwt0 liblmdb0 libcurl4 libvectorscan5 \
+      libev4 libssl3 libcjson1 libpg-query1504.0 libjwt0 liblmdb0 libcurl4 libvectorscan5 libpq5 \
       ca-certificates openssl lmdb-utils curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/bulwark \

@@ -4,9 +4,9 @@ BUILD    ?= build
 OPT      ?= -O2
 SAN      ?=
 CFLAGS   += -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
-            -D_GNU_SOURCE -Isrc -pthread -MMD -MP $(SAN)
+            -D_GNU_SOURCE -Isrc $(shell pkg-config --cflags libpq) -pthread -MMD -MP $(SAN)
 LDFLAGS  += -pthread $(SAN)
-LIBS     := -lev -lssl -lcrypto -lcjson -lpg_query -llmdb -lhs -lm -lcurl
+LIBS     := -lev -lssl -lcrypto -lcjson -lpg_query -llmdb -lhs -lm -lcurl -lpq
 
 SRCS     := $(shell find src -name '*.c' | sort)
 LIBSRCS  := $(filter-out src/main.c,$(SRCS))

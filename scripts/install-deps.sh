@@ -26,7 +26,7 @@ done
 # libclang-rt-14-dev).
 build_pkgs=(
     gcc make pkg-config clang clang-format valgrind libclang-rt-14-dev
-    libev-dev libpg-query-dev libcjson-dev liblmdb-dev libssl-dev
+    libev-dev libpg-query-dev libcjson-dev liblmdb-dev libssl-dev libpq-dev
     libcmocka-dev libcurl4-openssl-dev libvectorscan-dev
 )
 # Runtime, tests, demo and bench: a real PostgreSQL 15, PgBouncer and pgbench, the Python

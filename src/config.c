@@ -28,6 +28,7 @@ static const char *const top_keys[] = {
     "targets",
     "audit",
     "approvals",
+    "state",
     "metrics_listen",
     "policy_files",
     "max_statement_bytes",
@@ -481,6 +482,43 @@ static void load_approvals(load_t *L, const cJSON *root)
     cfgw_pop(&L->w, m);
 }
 
+/* state: {"backend": "lmdb" | "postgres", "dsn_file", "channel"} (docs/replicas.md):
+ * where approval requests, decisions and grants live. */
+static void load_state(load_t *L, const cJSON *root)
+{
+    static const char *const keys[] = {"backend", "dsn_file", "channel", NULL};
+    static const char *const backends[] = {"lmdb", "postgres", NULL};
+    cfg_t *c = L->c;
+    const cJSON *a;
+    if (cfgw_objval(&L->w, root, "state", 0, &a) <= 0)
+        return;
+    size_t m = cfgw_key(&L->w, "state");
+    if (cfgw_object(&L->w, a, keys)) {
+        int b = 0;
+        if (cfgw_enum(&L->w, a, "backend", CFGW_REQ, "backend", backends, &b) > 0)
+            c->state.postgres = b == 1;
+        (void)readable_key(L, a, "dsn_file", 0, &c->state.dsn_file);
+        const char *ch;
+        if (cfgw_str(&L->w, a, "channel", 0, &ch) > 0) {
+            size_t n = strlen(ch);
+            bool ok = n > 0 && n <= 63;
+            for (size_t i = 0; ok && i < n; i++)
+                ok = (ch[i] >= 'a' && ch[i] <= 'z') || ch[i] == '_' ||
+                     (i > 0 && ch[i] >= '0' && ch[i] <= '9');
+            if (ok)
+                snprintf(c->state.channel, sizeof(c->state.channel), "%s", ch);
+            else
+                cfgw_err_at(&L->w, "channel",
+                            "must be 1-63 characters of a-z, 0-9 and _, not starting with a digit");
+        }
+        if (c->state.postgres && !c->state.dsn_file)
+            cfgw_err_at(&L->w, "dsn_file", "is required with backend \"postgres\"");
+        if (!c->state.postgres && c->state.dsn_file)
+            cfgw_err_at(&L->w, "dsn_file", "is only used with backend \"postgres\"");
+    }
+    cfgw_pop(&L->w, m);
+}
+
 /* masking: {"hash_key_file", "max_row_bytes", "catalog_refresh"} (docs/configuration.md).
  * Called after the policies: a role whose masks use "hash" needs the key. */
 static bool role_uses_hash(const cfg_role_t *r)
@@ -690,6 +728,7 @@ static void set_defaults(cfg_t *c)
     c->audit.capture_rows = 50;
     c->audit.capture_bytes = 64 << 10;
     c->approvals.poll_interval_ms = 200;
+    snprintf(c->state.channel, sizeof(c->state.channel), "bulwark_approvals");
     c->max_statement_bytes = 1 << 20;
     c->shutdown_grace_ms = 30000;
     c->login_timeout_ms = 15000;
@@ -711,6 +750,7 @@ static void load_root(load_t *L, const cJSON *root)
     load_targets(L, root);
     load_audit(L, root);
     load_approvals(L, root);
+    load_state(L, root);
     (void)hostport(L, root, "metrics_listen", 0, NULL, NULL, &c->metrics_listen);
     load_knobs(L, root);
     load_policies(L, root);
@@ -821,6 +861,7 @@ void cfg_release(cfg_t *c)
     free(c->audit.path);
     free(c->audit.signing_key_file);
     free(c->approvals.webhook_url);
+    free(c->state.dsn_file);
     free(c->metrics_listen);
     free_secret(c->masking.hash_key, c->masking.hash_key_len);
     free(c->masking.hash_key_file);

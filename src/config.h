@@ -126,6 +126,11 @@ typedef struct cfg {
         char *webhook_url;        /* or NULL */
         int64_t poll_interval_ms; /* default 200ms */
     } approvals;
+    struct {
+        bool postgres;    /* backend "postgres" (default "lmdb": the audit store) */
+        char *dsn_file;   /* resolved: a file holding a libpq connection string */
+        char channel[64]; /* LISTEN/NOTIFY channel; default "bulwark_approvals" */
+    } state;
     char *metrics_listen; /* "host:port" as written, or NULL */
     struct {
         char *hash_key_file;        /* resolved, or NULL */

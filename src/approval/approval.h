@@ -96,6 +96,32 @@ void appr_set_txn_guard(appr_store_t *st, void (*enter)(void *), void (*leave)(v
                         void *arg);
 void appr_close(appr_store_t *st); /* closes the environment only if appr_open opened it */
 
+/* The store the config names: the audit store's LMDB (appr_open) or, with
+ * state.backend "postgres", the shared PostgreSQL schema (for the CLI:
+ * every call talks to the database and blocks). */
+appr_store_t *appr_open_cfg(const cfg_t *c, char *err, size_t errsz)
+    __attribute__((warn_unused_result));
+/* The PostgreSQL backend (pg.c, docs/replicas.md). With changed != NULL it
+ * runs for a gateway: a state thread connects (with backoff), creates or
+ * migrates the bulwark_state schema, LISTENs on state.channel and polls
+ * every approvals.poll_interval, keeping an in-memory table of live
+ * requests and grants; appr_get/find_grant/list then read only that table
+ * (never the network: safe on an event loop) and changed(arg) is called
+ * from the state thread after it changed (it must only wake the loop).
+ * Writes (create, decide, ...) always go to the database and block: call
+ * them from the approval worker thread or a CLI. Without changed, every
+ * call talks to the database directly (the CLI). */
+appr_store_t *appr_pg_open(const cfg_t *c, void (*changed)(void *arg), void *arg, char *err,
+                           size_t errsz) __attribute__((warn_unused_result));
+/* True for the PostgreSQL backend (shared by several replicas). */
+bool appr_shared(const appr_store_t *st);
+/* A request id from the shared store's id blocks: 0 when it has none (the
+ * state database is unreachable) or the store is LMDB (the caller counts). */
+uint64_t appr_next_id(appr_store_t *st);
+/* False (with why) while a shared store cannot be trusted to be current:
+ * its state thread is not connected. LMDB: always true. */
+bool appr_available(appr_store_t *st, char *why, size_t whysz);
+
 /* Highest id stored (0 if none). */
 uint64_t appr_last_id(appr_store_t *st);
 
@@ -175,7 +201,7 @@ void appr_worker_set_retention(appr_worker_t *w, int64_t max_age_ms);
 /* Write what is queued, then stop. */
 void appr_worker_free(appr_worker_t *w);
 appr_store_t *appr_worker_store(appr_worker_t *w);
-/* The next request id (thread-safe). */
+/* The next request id (thread-safe); 0 when the shared store has none to give. */
 uint64_t appr_worker_next_id(appr_worker_t *w);
 /* Queue writes (thread-safe, never block on the disk). create takes r
  * (its strings are then owned by the worker). -1 when the queue is full. */

@@ -7,20 +7,13 @@
 #include <string.h>
 
 #include "approval/approval.h"
+#include "approval/internal.h"
 #include "util/dur.h"
 #include "util/glob.h"
 
 /* The audit store opens 7 databases with maxdbs 16 (audit/internal.h). */
 #define APPR_MAX_DBS 16
 #define APPR_REQ_MAX_BYTES (2u << 20)
-
-struct appr_store {
-    MDB_env *env;
-    MDB_dbi reqs, grants;
-    bool own_env;
-    void (*guard_enter)(void *), (*guard_leave)(void *); /* around each transaction */
-    void *guard_arg;
-};
 
 static const char *const state_names[] = {NULL,     "pending", "approved",
                                           "denied", "timeout", "withdrawn"};
@@ -136,7 +129,7 @@ static int64_t get_i64(const cJSON *o, const char *k)
     return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
 }
 
-static int req_from_json(const char *text, size_t len, appr_req_t *r)
+int appr_req_parse(const char *text, size_t len, appr_req_t *r)
 {
     memset(r, 0, sizeof(*r));
     cJSON *o = cJSON_ParseWithLength(text, len);
@@ -256,6 +249,8 @@ void appr_close(appr_store_t *st)
 {
     if (!st)
         return;
+    if (st->pg)
+        apg_close(st->pg);
     if (st->own_env && st->env)
         mdb_env_close(st->env);
     free(st);
@@ -307,13 +302,15 @@ static appr_rc_t get_in(MDB_txn *txn, appr_store_t *st, uint64_t id, appr_req_t 
     int rc = mdb_get(txn, st->reqs, &k, &v);
     if (rc == MDB_NOTFOUND)
         return APPR_NOT_FOUND;
-    if (rc || req_from_json(v.mv_data, v.mv_size, out))
+    if (rc || appr_req_parse(v.mv_data, v.mv_size, out))
         return APPR_ERR;
     return APPR_OK;
 }
 
 appr_rc_t appr_get(appr_store_t *st, uint64_t id, appr_req_t *out)
 {
+    if (st->pg)
+        return apg_get(st->pg, id, out);
     MDB_txn *txn;
     memset(out, 0, sizeof(*out));
     if (txn_begin(st, false, &txn))
@@ -325,6 +322,8 @@ appr_rc_t appr_get(appr_store_t *st, uint64_t id, appr_req_t *out)
 
 uint64_t appr_last_id(appr_store_t *st)
 {
+    if (st->pg)
+        return 0; /* ids come from apg_next_id */
     MDB_txn *txn;
     MDB_cursor *c;
     MDB_val k, v;
@@ -368,6 +367,8 @@ appr_rc_t appr_find_grant(appr_store_t *st, const appr_key_t *key, int64_t now_u
                           bool (*skip)(void *arg, uint64_t id), void *arg, uint64_t *id,
                           int64_t *until_us)
 {
+    if (st->pg)
+        return apg_find_grant(st->pg, key, now_us, skip, arg, id, until_us);
     MDB_txn *txn;
     MDB_cursor *c;
     if (txn_begin(st, false, &txn))
@@ -411,6 +412,8 @@ appr_rc_t appr_find_grant(appr_store_t *st, const appr_key_t *key, int64_t now_u
 int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
               int (*fn)(void *arg, const appr_req_t *r), void *arg)
 {
+    if (st->pg)
+        return apg_list(st->pg, filter, now_us, max_scan, fn, arg);
     MDB_txn *txn;
     MDB_cursor *c;
     if (txn_begin(st, false, &txn))
@@ -427,7 +430,7 @@ int appr_list(appr_store_t *st, int filter, int64_t now_us, size_t max_scan,
         if (max_scan && seen++ >= max_scan)
             break;
         appr_req_t r;
-        if (req_from_json(v.mv_data, v.mv_size, &r))
+        if (appr_req_parse(v.mv_data, v.mv_size, &r))
             continue;
         bool show =
             filter == APPR_LIST_ALL ||
@@ -492,6 +495,8 @@ static appr_rc_t commit(appr_store_t *st, MDB_txn *txn, int rc, char *err, size_
 
 appr_rc_t appr_create(appr_store_t *st, const appr_req_t *r, char *err, size_t errsz)
 {
+    if (st->pg)
+        return apg_create(st->pg, r, err, errsz);
     MDB_txn *txn;
     int rc = txn_begin(st, true, &txn);
     if (rc) {
@@ -520,6 +525,8 @@ static appr_rc_t load_for_write(appr_store_t *st, uint64_t id, MDB_txn **txn, ap
 appr_rc_t appr_decide(appr_store_t *st, uint64_t id, const appr_decision_t *d, appr_req_t *out,
                       char *err, size_t errsz)
 {
+    if (st->pg)
+        return apg_decide(st->pg, id, d, out, err, errsz);
     MDB_txn *txn;
     appr_req_t r;
     appr_rc_t rc = load_for_write(st, id, &txn, &r);
@@ -559,6 +566,8 @@ appr_rc_t appr_decide(appr_store_t *st, uint64_t id, const appr_decision_t *d, a
 
 appr_rc_t appr_close_pending(appr_store_t *st, uint64_t id, appr_state_t to, int64_t now_us)
 {
+    if (st->pg)
+        return apg_close_pending(st->pg, id, to, now_us);
     MDB_txn *txn;
     appr_req_t r;
     appr_rc_t rc = load_for_write(st, id, &txn, &r);
@@ -580,6 +589,8 @@ appr_rc_t appr_close_pending(appr_store_t *st, uint64_t id, appr_state_t to, int
 appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now_us, char *err,
                       size_t errsz)
 {
+    if (st->pg)
+        return apg_revoke(st->pg, id, by, now_us, err, errsz);
     MDB_txn *txn;
     appr_req_t r;
     appr_rc_t rc = load_for_write(st, id, &txn, &r);
@@ -605,6 +616,8 @@ appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now
 
 appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
 {
+    if (st->pg)
+        return apg_consume(st->pg, id);
     MDB_txn *txn;
     appr_req_t r;
     appr_rc_t rc = load_for_write(st, id, &txn, &r);
@@ -625,6 +638,8 @@ appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
 appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
                      size_t *pruned)
 {
+    if (st->pg)
+        return apg_prune(st->pg, before_us, now_us, max, pruned);
     MDB_txn *txn;
     MDB_cursor *c;
     *pruned = 0;
@@ -639,7 +654,7 @@ appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t
     for (int g = mdb_cursor_get(c, &k, &v, MDB_FIRST); g == 0 && !rc && *pruned < max;
          g = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         appr_req_t r;
-        if (req_from_json(v.mv_data, v.mv_size, &r)) {
+        if (appr_req_parse(v.mv_data, v.mv_size, &r)) {
             rc = mdb_cursor_del(c, 0); /* unreadable: nothing can use it */
             (*pruned)++;
             continue;
@@ -719,4 +734,45 @@ const char *appr_cli_approver_role(const cfg_t *cfg, const appr_req_t *r, const 
 bool appr_parse_duration(const char *s, int64_t *ms)
 {
     return s && dur_parse(s, ms) && *ms > 0;
+}
+
+/* ---- shared by the backends (approval/internal.h) --------------------------------- */
+
+bool appr_grant_usable(const appr_req_t *r, int64_t now_us)
+{
+    return grant_usable(r, now_us);
+}
+
+appr_rc_t appr_copy(const appr_req_t *src, appr_req_t *dst)
+{
+    cJSON *o = appr_req_json(src);
+    char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    int rc = text ? appr_req_parse(text, strlen(text), dst) : -1;
+    free(text);
+    if (rc)
+        memset(dst, 0, sizeof(*dst));
+    return rc ? APPR_ERR : APPR_OK;
+}
+
+uint64_t appr_next_id(appr_store_t *st)
+{
+    return st->pg ? apg_next_id(st->pg) : 0;
+}
+
+bool appr_shared(const appr_store_t *st)
+{
+    return st->pg != NULL;
+}
+
+bool appr_available(appr_store_t *st, char *why, size_t whysz)
+{
+    return st->pg ? apg_available(st->pg, why, whysz) : true;
+}
+
+appr_store_t *appr_open_cfg(const cfg_t *c, char *err, size_t errsz)
+{
+    if (c->state.postgres)
+        return appr_pg_open(c, NULL, NULL, err, errsz);
+    return appr_open(c->audit.path, err, errsz);
 }

@@ -229,6 +229,8 @@ appr_store_t *appr_worker_store(appr_worker_t *w)
 
 uint64_t appr_worker_next_id(appr_worker_t *w)
 {
+    if (appr_shared(w->st))
+        return appr_next_id(w->st); /* blocks of ids from the shared store; 0: none */
     return atomic_fetch_add(&w->next_id, 1);
 }
 

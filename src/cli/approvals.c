@@ -116,7 +116,7 @@ static cfg_t *load(const char *cmd, const char *config, appr_store_t **st)
     }
     cfg_errors_free(&errs);
     char err[512];
-    *st = appr_open(c->audit.path, err, sizeof(err));
+    *st = appr_open_cfg(c, err, sizeof(err)); /* LMDB, or state.backend "postgres" */
     if (!*st) {
         fprintf(stderr, "bulwark %s: %s\n", cmd, err);
         cfg_release(c);

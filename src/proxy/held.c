@@ -140,8 +140,16 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     memset(out, 0, sizeof(*out));
     char fp[17];
     if (!w) {
+        snprintf(out->message, sizeof(out->message), "%s; approvals need the %s, which is not open",
+                 r->message,
+                 s->rt->cfg->state.postgres ? "approvals state store (PostgreSQL)" : "audit store");
+        return REVIEW_REFUSE;
+    }
+    char why[200];
+    if (!appr_available(appr_worker_store(w), why, sizeof(why))) {
+        /* fail closed: grants may have been revoked, decisions cannot be learned */
         snprintf(out->message, sizeof(out->message),
-                 "%s; approvals need the audit store, which is not open", r->message);
+                 "%s; the approvals state store (PostgreSQL) is unavailable: %s", r->message, why);
         return REVIEW_REFUSE;
     }
     if (policy_fingerprint(sql, len, fp) < 0) {
@@ -178,6 +186,12 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
         }
     }
     uint64_t id = appr_worker_next_id(w);
+    if (!id) {
+        snprintf(out->message, sizeof(out->message),
+                 "%s; the approvals state store (PostgreSQL) is unavailable: no request id",
+                 r->message);
+        return REVIEW_REFUSE;
+    }
     appr_req_t *q = new_request(s, r, sql, fp, id);
     const char *hook = s->rt->cfg->approvals.webhook_url;
     if (q && hook && s->srv->webhook &&

@@ -557,6 +557,8 @@ static void approvals_results(struct ev_loop *loop, ev_async *w, int revents)
     server_t *srv = w->data;
     if (srv->approvals)
         appr_worker_results(srv->approvals, console_decided, srv);
+    if (srv->approvals && srv->nheld)
+        approval_poll(srv); /* the shared store's state thread saw a change */
 }
 
 static void env_enter(void *audit)
@@ -574,8 +576,10 @@ static void env_leave(void *audit)
 static void approvals_open(server_t *srv)
 {
     char err[300] = "";
-    appr_store_t *st = srv->audit ? appr_attach(audit_env(srv->audit), err, sizeof(err)) : NULL;
-    if (st)
+    appr_store_t *st = NULL;
+    if (srv->audit && srv->rt->cfg->state.postgres) /* shared by replicas: docs/replicas.md */
+        st = appr_pg_open(srv->rt->cfg, approvals_notify, srv, err, sizeof(err));
+    else if (srv->audit && (st = appr_attach(audit_env(srv->audit), err, sizeof(err))))
         appr_set_txn_guard(st, env_enter, env_leave, srv->audit);
     if (st && !(srv->approvals = appr_worker_new(st, approvals_notify, srv))) {
         snprintf(err, sizeof(err), "cannot start the approval writer thread");
@@ -599,6 +603,7 @@ static void approvals_close(server_t *srv)
     appr_store_t *st = appr_worker_store(srv->approvals);
     appr_worker_free(srv->approvals);
     appr_close(st);
+    ev_async_stop(srv->loop, &srv->approvals_w);
     srv->approvals = NULL;
 }
 

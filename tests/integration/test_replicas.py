@@ -1,0 +1,301 @@
+"""Replicas sharing approvals through PostgreSQL (issue 10 part 2, docs/replicas.md).
+
+Two gateways (replicas A and B: different ports, each with its own audit store) share
+one state database, a second throwaway PostgreSQL that the tests can stop: a statement
+held on A is approved on B's admin console and runs on A; a grant made with B's CLI is
+honoured on A; with the state database gone, new `review` statements are refused with
+an error naming the state store while plain reads go on, and it all recovers once the
+state database is back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import time
+
+import psycopg2
+import pytest
+
+import harness
+from harness import PgError, psql
+from test_approvals import AGENT, AGENT_SUB, DB, DBA, SCHEMA, SUPER, Background
+from test_policy_e2e import (create_database, drop_database, start_policy_gateway,
+                             stop_policy_gateway)
+
+pytestmark = pytest.mark.gateway_only
+
+
+class Env:
+    pass
+
+
+@pytest.fixture(scope="module")
+def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory, session_dir):
+    state_dir = session_dir / "state-pg"  # searchable by the postgres OS user
+    state_dir.mkdir()
+    state = harness.PgServer(state_dir, certdir)
+    state.start()
+    dsn_file = state_dir / "state.dsn"
+    dsn_file.write_text(f"host={state.datadir} port={state.port} user=postgres dbname=postgres\n")
+    pw = "pw-" + secrets.token_hex(12)
+    create_database(pg, DB)
+    pg.admin_query(f"drop role if exists {SUPER}")
+    pg.admin_query(f"create role {SUPER} superuser login password %s", (pw,))
+    pg.admin_query(SCHEMA, dbname=DB)
+    target = {"host": "127.0.0.1", "port": pg.port, "dbname": DB, "sslmode": "disable"}
+    settings = {"approvals": {"poll_interval": "100ms"},
+                "state": {"backend": "postgres", "dsn_file": str(dsn_file),
+                          "channel": "bwit_replicas"}}
+    gws = []
+    e = Env()
+    try:
+        for name in ("gw-replica-a", "gw-replica-b"):
+            gws.append(start_policy_gateway(name, bulwark_bin, pg, certdir, secret_registry,
+                                            tmp_path_factory, targets={DB: target},
+                                            policies=[AGENT, DBA], passwords={SUPER: pw},
+                                            settings=settings))
+        e.a, e.b = gws
+        e.pg, e.state, e.bin = pg, state, bulwark_bin
+        yield e
+    finally:
+        try:
+            for g in gws:
+                stop_policy_gateway(g)
+        finally:
+            state.stop()
+            drop_database(pg, DB)
+            pg.admin_query(f"drop role if exists {SUPER}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_rows(env):
+    for t in ("orders", "items"):
+        env.pg.admin_query(f"delete from {t}", dbname=DB)
+        env.pg.admin_query(f"insert into {t} select g, 'row ' || g from generate_series(1, 5) g",
+                           dbname=DB)
+    yield
+
+
+def cli(env, gw, *args, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(env.bin), *args, "-c", str(gw.config_path)], capture_output=True,
+                       text=True, timeout=30)
+    if check:
+        assert r.returncode == 0, f"bulwark {args} exited {r.returncode}: {r.stderr}"
+    return r
+
+
+def wait_request(env, gw, sql_part: str, state="pending", timeout=15.0) -> dict:
+    found = {}
+
+    def look():
+        for r in json.loads(cli(env, gw, "approvals", "--json", "--all").stdout):
+            if sql_part in r.get("sql", "") and r["state"] == state:
+                found.update(r)
+                return True
+        return False
+    harness.wait_for(look, timeout, f"a {state} request for {sql_part!r}", interval=0.1)
+    return found
+
+
+def connect(gw):
+    c = psycopg2.connect(**gw.endpoint(role="agent", target=DB, sub=AGENT_SUB,
+                                       application_name="bwit-replicas").kwargs())
+    c.autocommit = True
+    return c
+
+
+def run_sql(gw, sql):
+    c = connect(gw)
+    try:
+        with c.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else cur.rowcount
+    finally:
+        c.close()
+
+
+def audit_records(env, gw) -> list:
+    out = cli(env, gw, "audit", "export").stdout
+    return [json.loads(ln)["record"] for ln in out.splitlines() if '"record"' in ln]
+
+
+def ids(env, table) -> list:
+    return [r[0] for r in env.pg.admin_query(f"select id from {table} order by id", dbname=DB)]
+
+
+def test_schema_is_created_and_versioned(env):
+    v = env.state.admin_query("select version from bulwark_state.schema_version")
+    assert v == [(1,)], "both replicas migrated under the lock: exactly one version row"
+    cols = {r[0] for r in env.state.admin_query(
+        "select column_name from information_schema.columns "
+        "where table_schema = 'bulwark_state' and table_name = 'requests'")}
+    assert {"id", "seq", "state", "live", "doc"} <= cols
+
+
+def test_held_on_a_is_approved_on_b_console_and_runs_on_a(env):
+    c = connect(env.a)
+
+    def go():
+        try:
+            with c.cursor() as cur:
+                cur.execute("DELETE FROM orders WHERE id = 4")
+                return cur.rowcount, time.monotonic()
+        finally:
+            c.close()
+    bg = Background(go)
+    req = wait_request(env, env.b, "DELETE FROM orders WHERE id = 4")
+    assert 4 in ids(env, "orders"), "held, not run"
+    console = env.b.endpoint(role="dba", target="bulwark", sub="alice",
+                             application_name="bwit-console")
+    shown = psql(console, "-c", "SHOW APPROVALS")
+    assert shown.returncode == 0, shown.stderr
+    assert any(ln.split("|")[0].strip() == str(req["id"]) for ln in shown.stdout.splitlines()), \
+        shown.stdout
+    r = psql(console, "-c", f"APPROVE {req['id']}")
+    approved_at = time.monotonic()
+    assert r.returncode == 0, r.stderr
+    assert "approved" in r.stdout
+    bg.join(15)
+    assert bg.error is None, bg.error
+    rowcount, done_at = bg.result
+    assert rowcount == 1 and 4 not in ids(env, "orders")
+    assert done_at - approved_at < 1.0, f"ran {done_at - approved_at:.2f}s after the approval"
+    # each replica records in its own chain: A the held statement and the decision it
+    # applied; B the console's decision, and no statement of A's session
+    a_recs, b_recs = audit_records(env, env.a), audit_records(env, env.b)
+    a_note = [r for r in a_recs if r["type"] == "note" and r["data"].get("approval") == req["id"]
+              and r["session"] == req["session"]]
+    assert a_note and a_note[0]["data"]["decision"] == "approved"
+    assert a_note[0]["data"]["by"] == "alice"
+    assert not [r for r in b_recs if r["session"] == req["session"]]
+    assert [r for r in b_recs if r["type"] == "note" and r["data"].get("approval") == req["id"]]
+
+
+def test_a_lost_notification_is_made_up_for_by_polling(env):
+    # a CLI whose config names another channel: its NOTIFY never reaches replica A, which
+    # learns of the decision only by reading the state database every poll_interval
+    cfg = json.loads(env.b.config_path.read_text())
+    cfg["state"]["channel"] = "bwit_elsewhere"
+    other = env.b.workdir / "bulwark-other-channel.json"
+    other.write_text(json.dumps(cfg))
+    c = connect(env.a)
+
+    def go():
+        try:
+            with c.cursor() as cur:
+                cur.execute("DELETE FROM orders WHERE id = 5")
+                return cur.rowcount, time.monotonic()
+        finally:
+            c.close()
+    bg = Background(go)
+    req = wait_request(env, env.b, "DELETE FROM orders WHERE id = 5")
+    r = subprocess.run([str(env.bin), "approve", str(req["id"]), "--as", "alice", "-c",
+                        str(other)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    approved_at = time.monotonic()
+    bg.join(15)
+    assert bg.error is None, bg.error
+    rowcount, done_at = bg.result
+    assert rowcount == 1 and 5 not in ids(env, "orders")
+    assert done_at - approved_at < 2.0, f"ran {done_at - approved_at:.2f}s after the approval"
+
+
+def test_grant_made_on_b_is_honoured_on_a(env):
+    with pytest.raises(psycopg2.Error) as ei:
+        run_sql(env.a, "DELETE FROM items WHERE id = 2")
+    assert ei.value.pgcode == "42501" and "approval request" in str(ei.value)
+    req = wait_request(env, env.b, "DELETE FROM items WHERE id = 2")
+    out = cli(env, env.b, "approve", str(req["id"]), "--as", "alice", "--for", "10m").stdout
+    assert str(req["id"]) in out
+    grants = json.loads(cli(env, env.a, "approvals", "--json", "--grants").stdout)
+    assert [g["id"] for g in grants] == [req["id"]]
+
+    def runs():
+        try:
+            return run_sql(env.a, "DELETE FROM items WHERE id = 2") == 1
+        except psycopg2.Error:
+            return False
+    harness.wait_for(runs, 5, "the grant honoured on replica A", interval=0.1)
+    assert 2 not in ids(env, "items")
+    # a timed grant, again and on the other replica too
+    assert run_sql(env.b, "DELETE FROM items WHERE id = 2") == 0
+    # revoked on A's CLI: both replicas stop honouring it
+    cli(env, env.a, "revoke", str(req["id"]), "--as", "alice")
+
+    def refused():
+        try:
+            run_sql(env.a, "DELETE FROM items WHERE id = 2")
+            return False
+        except psycopg2.Error as e:
+            return e.pgcode == "42501"
+    harness.wait_for(refused, 5, "the revoked grant refused on A", interval=0.1)
+
+
+def test_losing_the_state_database_fails_closed_for_review_only(env):
+    env.state.stop()
+    try:
+        def refused_clearly():
+            try:
+                run_sql(env.a, "DELETE FROM items WHERE id = 3")
+                return None
+            except psycopg2.Error as e:
+                return e if "state store" in str(e) else None
+        err = harness.wait_for(refused_clearly, 10, "review refused without the state store",
+                               interval=0.2)
+        assert err.pgcode == "42501"
+        assert "approvals state store (PostgreSQL) is unavailable" in str(err)
+        # plain reads go on, on both replicas
+        assert len(run_sql(env.a, "SELECT id FROM orders")) == 5
+        assert len(run_sql(env.b, "SELECT id FROM items")) == 5
+        with pytest.raises(psycopg2.Error) as ei:
+            run_sql(env.b, "DELETE FROM orders WHERE id = 1")
+        assert "state store" in str(ei.value)
+        # the CLI says what is wrong
+        r = cli(env, env.b, "approvals", check=False)
+        assert r.returncode != 0 and "state database" in r.stderr
+        assert 3 in ids(env, "items") and 1 in ids(env, "orders")
+        assert env.a.alive() and env.b.alive()
+    finally:
+        env.state.start()
+
+    def back(gw):
+        try:
+            run_sql(gw, "DELETE FROM items WHERE id = 3")
+            return False
+        except psycopg2.Error as e:
+            return "approval request" in str(e) and "state store" not in str(e)
+    for gw in (env.a, env.b):
+        harness.wait_for(lambda: back(gw), 30,
+                         f"review working again on {gw.name} once the state database is back",
+                         interval=0.3)
+
+
+def test_one_use_grant_used_on_a_is_gone_on_b(env):
+    with pytest.raises(psycopg2.Error) as ei:
+        run_sql(env.b, "DELETE FROM items WHERE id = 4")
+    # a new request, or one still pending for the same fingerprint (reject mode reuses it)
+    m = re.search(r"approval request (\d+)", str(ei.value))
+    assert m and "state store" not in str(ei.value), str(ei.value)
+    req = {"id": int(m.group(1))}
+    cli(env, env.a, "approve", str(req["id"]), "--as", "alice")
+
+    def runs_on_a():
+        try:
+            return run_sql(env.a, "DELETE FROM items WHERE id = 4") == 1
+        except psycopg2.Error:
+            return False
+    harness.wait_for(runs_on_a, 5, "the one-use grant used on replica A", interval=0.1)
+    done = [r for r in json.loads(cli(env, env.b, "approvals", "--json", "--all").stdout)
+            if r["id"] == req["id"]][0]
+    harness.wait_for(lambda: [r for r in json.loads(
+        cli(env, env.b, "approvals", "--json", "--all").stdout)
+        if r["id"] == req["id"]][0].get("used"), 5, "the use written to the state database")
+    assert done["state"] == "approved"
+    time.sleep(0.5)  # several poll intervals: B has read the use
+    with pytest.raises(psycopg2.Error) as ei:
+        run_sql(env.b, "DELETE FROM items WHERE id = 4")
+    assert ei.value.pgcode == "42501" and "approval request" in str(ei.value)
+    assert f"approval request {req['id']} " not in str(ei.value), "a new request, not the used one"
