@@ -431,7 +431,8 @@ static void load_audit(load_t *L, const cJSON *root)
 {
     static const char *const keys[] = {
         "path",          "map_size",         "durability", "capture_rows",
-        "capture_bytes", "signing_key_file", "on_failure", "retention", "max_map_size", NULL};
+        "capture_bytes", "signing_key_file", "on_failure", "retention", "max_map_size", "replica",
+        NULL};
     static const char *const durability[] = {"strict", "strict-writes", "batched", NULL};
     static const char *const on_failure[] = {"deny", "allow", NULL};
     cfg_t *c = L->c;
@@ -456,6 +457,19 @@ static void load_audit(load_t *L, const cJSON *root)
         (void)readable_key(L, a, "signing_key_file", 0, &c->audit.signing_key_file);
         if (cfgw_enum(&L->w, a, "on_failure", 0, "value", on_failure, &f) > 0)
             c->audit.on_failure_allow = f == 1;
+        const char *rep;
+        if (cfgw_str(&L->w, a, "replica", 0, &rep) > 0) {
+            size_t n = strlen(rep);
+            bool ok = n >= 1 && n <= 64;
+            for (size_t i = 0; ok && i < n; i++)
+                ok = (rep[i] >= 'a' && rep[i] <= 'z') || (rep[i] >= 'A' && rep[i] <= 'Z') ||
+                     (rep[i] >= '0' && rep[i] <= '9') || rep[i] == '-' || rep[i] == '_' ||
+                     rep[i] == '.';
+            if (ok)
+                c->audit.replica = cfgw_strdup(&L->w, rep);
+            else
+                cfgw_err_at(&L->w, "replica", "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+        }
         load_retention(L, a);
     }
     cfgw_pop(&L->w, m);
@@ -859,6 +873,7 @@ void cfg_release(cfg_t *c)
     }
     free(c->targets);
     free(c->audit.path);
+    free(c->audit.replica);
     free(c->audit.signing_key_file);
     free(c->approvals.webhook_url);
     free(c->state.dsn_file);

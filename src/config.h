@@ -118,6 +118,7 @@ typedef struct cfg {
         int capture_rows;            /* default 50 */
         uint64_t capture_bytes;      /* default 64KiB */
         char *signing_key_file;      /* resolved, or NULL */
+        char *replica;               /* "replica" in every record, or NULL (docs/audit.md) */
         bool on_failure_allow;       /* default false (deny) */
         int64_t retention_max_age_ms; /* "retention.max_age"; 0 = keep forever */
         uint64_t retention_max_size;  /* "retention.max_size"; 0 = no size limit */

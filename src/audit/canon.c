@@ -276,18 +276,22 @@ bool canon_sid_ok(const char *s)
     return n > 0;
 }
 
-size_t canon_tail(char *out, uint64_t seq, const char *sid, int64_t ts, const char *type)
+size_t canon_tail(char *out, uint64_t seq, const char *sid, int64_t ts, const char *type,
+                  const char *replica)
 {
+    char rep[96] = "";
+    if (replica && strlen(replica) <= 64) /* config-checked: letters, digits, . _ - */
+        snprintf(rep, sizeof(rep), ",\"replica\":\"%s\"", replica);
     int n;
     if (sid)
         n = snprintf(out, CANON_TAIL_MAX,
-                     ",\"seq\":%llu,\"session\":\"%s\",\"ts\":%lld,\"type\":\"%s\",\"v\":1}",
+                     "%s,\"seq\":%llu,\"session\":\"%s\",\"ts\":%lld,\"type\":\"%s\",\"v\":1}", rep,
                      (unsigned long long)seq, sid, (long long)ts, type);
     else
         n = snprintf(out, CANON_TAIL_MAX,
-                     ",\"seq\":%llu,\"session\":null,\"ts\":%lld,\"type\":\"%s\",\"v\":1}",
+                     "%s,\"seq\":%llu,\"session\":null,\"ts\":%lld,\"type\":\"%s\",\"v\":1}", rep,
                      (unsigned long long)seq, (long long)ts, type);
-    return n < 0 ? 0 : (size_t)n;
+    return n < 0 || n >= CANON_TAIL_MAX ? 0 : (size_t)n;
 }
 
 void hex_encode(char *out, const uint8_t *in, size_t n)

@@ -68,12 +68,14 @@ bool fields_canon(buf_t *out, const uint8_t *p, size_t n);
 bool canon_sid_ok(const char *s);
 
 /* The envelope around a record's data:
- *   {"data":DATA,"seq":N,"session":"ID"|null,"ts":T,"type":"NAME","v":1}
- * canon_tail writes everything after DATA; returns its length (< 256 + AUDIT_SID_MAX). */
+ *   {"data":DATA,["replica":"R",]"seq":N,"session":"ID"|null,"ts":T,"type":"NAME","v":1}
+ * ("replica": audit.replica, when set: which gateway's chain this is).
+ * canon_tail writes everything after DATA; returns its length (< CANON_TAIL_MAX). */
 #define CANON_HEAD "{\"data\":"
 #define CANON_HEAD_LEN 8
-#define CANON_TAIL_MAX (256 + AUDIT_SID_MAX)
-size_t canon_tail(char *out, uint64_t seq, const char *sid, int64_t ts, const char *type);
+#define CANON_TAIL_MAX (256 + 80 + AUDIT_SID_MAX)
+size_t canon_tail(char *out, uint64_t seq, const char *sid, int64_t ts, const char *type,
+                  const char *replica);
 
 void hex_encode(char *out, const uint8_t *in, size_t n); /* 2n chars + NUL */
 bool hex_decode(uint8_t *out, const char *in, size_t n); /* exactly 2n hex chars */

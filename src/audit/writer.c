@@ -55,6 +55,7 @@ typedef struct entry {
 struct audit {
     /* fixed after open */
     char *path;
+    char *replica; /* audit.replica, in every record's envelope; NULL = none */
     MDB_env *env;
     audit_dbs_t dbs;
     EVP_PKEY *key;
@@ -393,7 +394,7 @@ static int put_record(audit_t *a, MDB_txn *txn, const entry_t *e, const uint8_t 
                       uint8_t *hash)
 {
     char tail[CANON_TAIL_MAX];
-    size_t tl = canon_tail(tail, e->seq, e->sid, e->ts, audit_rec_type_name(e->type));
+    size_t tl = canon_tail(tail, e->seq, e->sid, e->ts, audit_rec_type_name(e->type), a->replica);
     const uint8_t *data;
     size_t data_len;
     entry_canon(a, e, &data, &data_len);
@@ -1061,6 +1062,7 @@ static void free_audit(audit_t *a)
     pthread_cond_destroy(&a->cv);
     pthread_cond_destroy(&a->done_cv);
     free(a->path);
+    free(a->replica);
     free(a);
 }
 
@@ -1068,7 +1070,10 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
                     void *arg, char *err, size_t errsz)
 {
     audit_t *a = calloc(1, sizeof(*a));
-    if (!a || !(a->path = strdup(cfg->audit.path))) {
+    if (!a || !(a->path = strdup(cfg->audit.path)) ||
+        (cfg->audit.replica && !(a->replica = strdup(cfg->audit.replica)))) {
+        if (a)
+            free(a->path);
         free(a);
         snprintf(err, errsz, "out of memory");
         return NULL;

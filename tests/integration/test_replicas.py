@@ -56,7 +56,9 @@ def env(pg, bulwark_bin, certdir, secret_registry, tmp_path_factory, session_dir
             gws.append(start_policy_gateway(name, bulwark_bin, pg, certdir, secret_registry,
                                             tmp_path_factory, targets={DB: target},
                                             policies=[AGENT, DBA], passwords={SUPER: pw},
-                                            settings=settings))
+                                            settings=dict(settings, audit={
+                                                "path": "var/audit", "map_size": "256MiB",
+                                                "replica": name.removeprefix("gw-")})))
         e.a, e.b = gws
         e.pg, e.state, e.bin = pg, state, bulwark_bin
         yield e
@@ -172,6 +174,11 @@ def test_held_on_a_is_approved_on_b_console_and_runs_on_a(env):
     assert a_note[0]["data"]["by"] == "alice"
     assert not [r for r in b_recs if r["session"] == req["session"]]
     assert [r for r in b_recs if r["type"] == "note" and r["data"].get("approval") == req["id"]]
+    # and every record names the replica whose chain it is (audit.replica)
+    assert {r.get("replica") for r in a_recs} == {"replica-a"}
+    assert {r.get("replica") for r in b_recs} == {"replica-b"}
+    for gw in (env.a, env.b):
+        assert cli(env, gw, "audit", "verify").returncode == 0
 
 
 def test_a_lost_notification_is_made_up_for_by_polling(env):

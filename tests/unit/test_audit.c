@@ -255,7 +255,7 @@ static uint8_t *forge(uint64_t seq, const uint8_t *prev, const char *sql, size_t
     assert_true(canon_json(&b, d));
     cJSON_Delete(d);
     char tail[CANON_TAIL_MAX];
-    size_t tl = canon_tail(tail, seq, "s1", 1714564800000000 + (int64_t)seq, "statement");
+    size_t tl = canon_tail(tail, seq, "s1", 1714564800000000 + (int64_t)seq, "statement", NULL);
     size_t cl = CANON_HEAD_LEN + b.len + tl;
     uint8_t *v = malloc(AUDIT_VALUE_HDR + cl);
     v[0] = AUDIT_VALUE_VERSION;
