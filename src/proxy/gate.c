@@ -660,7 +660,7 @@ static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool 
         if (!p)
             return GATE_FAILED;
         p->approval = st->approval;
-        p->params = whole ? rec_bind_params(body, n)
+        p->params = whole ? rec_bind_params(s, body, n)
                           : cJSON_CreateString("(not captured: Bind larger than 64 KiB)");
         if (named_put(&g->portals, portal, p, NULL) < 0)
             return GATE_FAILED;

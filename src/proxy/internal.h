@@ -309,7 +309,9 @@ void rec_refused_result(session_t *s, uint64_t seq, const char *sqlstate, const 
 void rec_inflight_push(session_t *s, uint64_t seq, char kind, uint64_t sync_index, cJSON *params);
 /* A whole Bind's parameter values for its STATEMENT records: text as is,
  * binary as \x hex, every content detector's hit redacted; NULL if malformed. */
-cJSON *rec_bind_params(const uint8_t *body, size_t len);
+cJSON *rec_bind_params(session_t *s, const uint8_t *body, size_t len);
+/* A loop thread's reusable record buffer: freed when its loop has ended. */
+void rec_thread_end(void);
 bool rec_inflight(const session_t *s);
 bool rec_wants_rows(const session_t *s);
 void rec_backend(session_t *s, char type, const uint8_t *body, size_t len);

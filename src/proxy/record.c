@@ -67,6 +67,14 @@ static audit_fields_t *fields_begin(void)
     return &tl_fields;
 }
 
+void rec_thread_end(void)
+{
+    if (tl_fields_ready) {
+        audit_fields_free(&tl_fields);
+        tl_fields_ready = false;
+    }
+}
+
 static void fields_end(void)
 {
     if (tl_fields.b.cap > FIELDS_KEEP) {
@@ -262,10 +270,9 @@ void rec_refused_result(session_t *s, uint64_t seq, const char *sqlstate, const 
 /* Every content detector of SPEC 5.3, whatever the role's masks say: the audit
  * trail must not become the place where an agent's secrets and card numbers
  * end up in clear. Compiled once (immutable, shared by every loop thread);
- * each loop thread scans with its own scratch. */
+ * each loop scans with its own scratch (srv->mask_scratch, freed with the loop). */
 static mask_rules_t *param_rules;
 static pthread_once_t param_rules_once = PTHREAD_ONCE_INIT;
-static _Thread_local mask_scratch_t *param_scratch;
 
 static void param_rules_compile(void)
 {
@@ -281,10 +288,10 @@ static void param_rules_compile(void)
 
 /* text with every detector hit redacted, as a new cJSON string; NULL when it
  * cannot be scanned (the caller then records no value: fail closed). */
-static cJSON *scrubbed(const char *text, size_t len)
+static cJSON *scrubbed(server_t *srv, const char *text, size_t len)
 {
     pthread_once(&param_rules_once, param_rules_compile);
-    if (!param_rules || (!param_scratch && !(param_scratch = mask_scratch_new())))
+    if (!param_rules || (!srv->mask_scratch && !(srv->mask_scratch = mask_scratch_new())))
         return NULL;
     /* The public detector entry point for a lone text is the NOTIFY payload
      * rewriter: wrap the value as a NotificationResponse body. */
@@ -297,7 +304,7 @@ static cJSON *scrubbed(const char *text, size_t len)
     buf_put_u8(&in, 0);
     cJSON *v = NULL;
     pgw_notification_t nt;
-    int rc = in.failed ? -1 : mask_rewrite_notification(param_rules, param_scratch, in.data, in.len, &out);
+    int rc = in.failed ? -1 : mask_rewrite_notification(param_rules, srv->mask_scratch, in.data, in.len, &out);
     if (rc == 0)
         v = cJSON_CreateString((const char *)in.data + 5);
     else if (rc == 1 && out.len > 5 && pgw_read_notification(out.data + 5, out.len - 5, &nt) == 0)
@@ -307,7 +314,7 @@ static cJSON *scrubbed(const char *text, size_t len)
     return v;
 }
 
-cJSON *rec_bind_params(const uint8_t *body, size_t len)
+cJSON *rec_bind_params(session_t *s, const uint8_t *body, size_t len)
 {
     pgw_bind_t b;
     if (pgw_read_bind(body, len, &b) < 0)
@@ -334,7 +341,7 @@ cJSON *rec_bind_params(const uint8_t *body, size_t len)
         } else {
             str = strndup((const char *)v, (size_t)vlen); /* text: up to a NUL, as before */
         }
-        cJSON *item = str ? scrubbed(str, strlen(str)) : NULL;
+        cJSON *item = str ? scrubbed(s->srv, str, strlen(str)) : NULL;
         cJSON_AddItemToArray(
             arr, item ? item : cJSON_CreateString("(not recorded: the detectors could not scan it)"));
         free(str);

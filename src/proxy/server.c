@@ -788,6 +788,7 @@ int proxy_serve(const char *config_path)
     workers_destroy(hub, loop_fini);
     loop_fini(&srv);
     hub_free(hub);
+    rec_thread_end();
     log_event(LOG_INFO, "stopped", "pid=%d", (int)getpid());
     return 0;
 }

@@ -325,6 +325,7 @@ static void *worker_main(void *arg)
     hub_t *h = srv->hub;
     ev_run(srv->loop, 0);
     h->run_end(srv);
+    rec_thread_end();
     atomic_fetch_sub(&h->running, 1);
     /* main may be waiting for the last worker to end its drain */
     ev_async_send(h->w[0]->loop, &h->w[0]->box_w);
