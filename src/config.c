@@ -419,8 +419,8 @@ static void load_retention(load_t *L, const cJSON *a)
     if (cfgw_object(&L->w, r, keys)) {
         (void)cfgw_dur(&L->w, r, "max_age", 0, 60000, INT64_MAX / 1000,
                        &c->audit.retention_max_age_ms);
-        if (cfgw_size(&L->w, r, "max_size", 0, 1u << 19, UINT64_MAX,
-                      &c->audit.retention_max_size) > 0 &&
+        if (cfgw_size(&L->w, r, "max_size", 0, 1u << 19, UINT64_MAX, &c->audit.retention_max_size) >
+                0 &&
             c->audit.retention_max_size >= c->audit.map_size)
             cfgw_err_at(&L->w, "max_size", "must be less than audit.map_size");
     }
@@ -431,8 +431,8 @@ static void load_audit(load_t *L, const cJSON *root)
 {
     static const char *const keys[] = {
         "path",          "map_size",         "durability", "capture_rows",
-        "capture_bytes", "signing_key_file", "on_failure", "retention", "max_map_size", "replica",
-        NULL};
+        "capture_bytes", "signing_key_file", "on_failure", "retention",
+        "max_map_size",  "replica",          NULL};
     static const char *const durability[] = {"strict", "strict-writes", "batched", NULL};
     static const char *const on_failure[] = {"deny", "allow", NULL};
     cfg_t *c = L->c;
@@ -445,8 +445,8 @@ static void load_audit(load_t *L, const cJSON *root)
         int64_t rows;
         (void)path_key(L, a, "path", CFGW_REQ, &c->audit.path);
         (void)cfgw_size(&L->w, a, "map_size", 0, 1u << 20, UINT64_MAX, &c->audit.map_size);
-        if (cfgw_size(&L->w, a, "max_map_size", 0, 1u << 20, UINT64_MAX,
-                      &c->audit.max_map_size) > 0 &&
+        if (cfgw_size(&L->w, a, "max_map_size", 0, 1u << 20, UINT64_MAX, &c->audit.max_map_size) >
+                0 &&
             c->audit.max_map_size < c->audit.map_size)
             cfgw_err_at(&L->w, "max_map_size", "must be at least audit.map_size");
         if (cfgw_enum(&L->w, a, "durability", 0, "durability", durability, &d) > 0)
@@ -574,7 +574,8 @@ static void load_masking(load_t *L, const cJSON *root)
     }
     for (size_t i = 0; i < c->n_roles; i++)
         if (!c->masking.hash_key && role_uses_hash(&c->roles[i])) {
-            cfgw_err(&L->w, "role \"%s\" masks with method \"hash\": masking.hash_key_file is required",
+            cfgw_err(&L->w,
+                     "role \"%s\" masks with method \"hash\": masking.hash_key_file is required",
                      c->roles[i].name);
             break;
         }

@@ -111,15 +111,15 @@ typedef struct cfg {
     cfg_target_t *targets;
     size_t n_targets;
     struct {
-        char *path;                  /* resolved */
-        uint64_t map_size;           /* default 1GiB */
-        uint64_t max_map_size;       /* grow the map up to this when full; 0 = never */
-        cfg_durability_t durability; /* default strict-writes */
-        int capture_rows;            /* default 50 */
-        uint64_t capture_bytes;      /* default 64KiB */
-        char *signing_key_file;      /* resolved, or NULL */
-        char *replica;               /* "replica" in every record, or NULL (docs/audit.md) */
-        bool on_failure_allow;       /* default false (deny) */
+        char *path;                   /* resolved */
+        uint64_t map_size;            /* default 1GiB */
+        uint64_t max_map_size;        /* grow the map up to this when full; 0 = never */
+        cfg_durability_t durability;  /* default strict-writes */
+        int capture_rows;             /* default 50 */
+        uint64_t capture_bytes;       /* default 64KiB */
+        char *signing_key_file;       /* resolved, or NULL */
+        char *replica;                /* "replica" in every record, or NULL (docs/audit.md) */
+        bool on_failure_allow;        /* default false (deny) */
         int64_t retention_max_age_ms; /* "retention.max_age"; 0 = keep forever */
         uint64_t retention_max_size;  /* "retention.max_size"; 0 = no size limit */
     } audit;
@@ -134,8 +134,8 @@ typedef struct cfg {
     } state;
     char *metrics_listen; /* "host:port" as written, or NULL */
     struct {
-        char *hash_key_file;        /* resolved, or NULL */
-        uint8_t *hash_key;          /* its contents (>= 32 bytes), wiped on release */
+        char *hash_key_file; /* resolved, or NULL */
+        uint8_t *hash_key;   /* its contents (>= 32 bytes), wiped on release */
         size_t hash_key_len;
         uint64_t max_row_bytes;     /* default 16MiB: larger rows to rewrite end the session */
         int64_t catalog_refresh_ms; /* default 60s */

@@ -92,8 +92,7 @@ appr_store_t *appr_attach(struct MDB_env *env, char *err, size_t errsz)
 /* Calls around each transaction of an attached store (the gateway passes
  * audit_env_enter/audit_env_leave: the audit writer may resize the shared
  * map only while no transaction of this process is open). */
-void appr_set_txn_guard(appr_store_t *st, void (*enter)(void *), void (*leave)(void *),
-                        void *arg);
+void appr_set_txn_guard(appr_store_t *st, void (*enter)(void *), void (*leave)(void *), void *arg);
 void appr_close(appr_store_t *st); /* closes the environment only if appr_open opened it */
 
 /* The store the config names: the audit store's LMDB (appr_open) or, with

@@ -148,7 +148,7 @@ typedef struct audit_fields {
     unsigned depth;
 } audit_fields_t;
 void audit_fields_init(audit_fields_t *f, size_t limit); /* limit: bytes, 0 = none */
-void audit_fields_reset(audit_fields_t *f);               /* empty again; keeps the memory */
+void audit_fields_reset(audit_fields_t *f);              /* empty again; keeps the memory */
 void audit_fields_free(audit_fields_t *f);
 bool audit_fields_ok(const audit_fields_t *f); /* no error, every open closed */
 void audit_f_str(audit_fields_t *f, const char *key, const char *s, size_t len);

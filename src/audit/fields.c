@@ -289,8 +289,8 @@ static bool emit_object(buf_t *out, rd_t *r, int depth)
     bool ok = true;
     buf_put_u8(out, '{');
     for (size_t i = 0, written = 0; i < n && ok; i++) {
-        if (i > 0 && canon_name_cmp(m[i - 1].name, m[i - 1].name_len, m[i].name,
-                                    m[i].name_len) == 0)
+        if (i > 0 &&
+            canon_name_cmp(m[i - 1].name, m[i - 1].name_len, m[i].name, m[i].name_len) == 0)
             continue;
         if (written++)
             buf_put_u8(out, ',');

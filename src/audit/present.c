@@ -899,8 +899,7 @@ out:
     return ret;
 }
 
-int audit_export_pass(audit_reader_t *r, uint64_t *next, bool *anchored, FILE *out,
-                      uint64_t *first)
+int audit_export_pass(audit_reader_t *r, uint64_t *next, bool *anchored, FILE *out, uint64_t *first)
 {
     if (first)
         *first = 0;

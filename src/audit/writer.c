@@ -62,7 +62,7 @@ struct audit {
     uint8_t key_id[AUDIT_HASH_LEN];
     bool batched;
     uint64_t map_size, max_record;
-    uint64_t headroom; /* map bytes kept free for retention's own transactions */
+    uint64_t headroom;     /* map bytes kept free for retention's own transactions */
     uint64_t max_map_size; /* grow towards this when full (writer thread only) */
     int64_t retention_age_ms;
     uint64_t retention_size;
@@ -91,7 +91,7 @@ struct audit {
     size_t group_limit, group_max_bytes;
     bool env_broken, retire_soon;
     buf_t canon; /* fields streams made canonical */
-    bool full; /* stopped at the headroom: resume only below map_size - 2 * headroom */
+    bool full;   /* stopped at the headroom: resume only below map_size - 2 * headroom */
 
     _Atomic uint64_t durable_seq;
     _Atomic bool failing;
@@ -280,8 +280,8 @@ static int append(audit_t *a, audit_rec_type_t type, const char *sid, cJSON *fie
     return enqueue(a, e, internal, seq_out);
 }
 
-int audit_append_fields(audit_t *a, audit_rec_type_t type, const char *sid,
-                        const audit_fields_t *f, uint64_t *seq_out)
+int audit_append_fields(audit_t *a, audit_rec_type_t type, const char *sid, const audit_fields_t *f,
+                        uint64_t *seq_out)
 {
     if (!a)
         return -1;
@@ -589,8 +589,8 @@ static bool grow_map(audit_t *a)
     int rc = mdb_env_set_mapsize(a->env, (size_t)n);
     pthread_rwlock_unlock(&a->env_lock);
     if (rc) {
-        log_event(LOG_ERROR, "audit_map_grow_failed", "to=%llu error=\"%s\"",
-                  (unsigned long long)n, mdb_strerror(rc));
+        log_event(LOG_ERROR, "audit_map_grow_failed", "to=%llu error=\"%s\"", (unsigned long long)n,
+                  mdb_strerror(rc));
         a->max_map_size = a->map_size; /* do not try again */
         return false;
     }

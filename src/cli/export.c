@@ -72,9 +72,9 @@ static int cursor_read(const char *path, cursor_t *c)
     buf[n] = 0;
     cJSON *o = cJSON_Parse(buf);
     uint64_t off = 0, v = 0;
-    bool ok = cJSON_IsObject(o) && json_u64(o, "v", &v) && v == 1 && json_u64(o, "next", &c->next) &&
-              c->next > 0 && json_u64(o, "offset", &off) && json_u64(o, "dev", &c->dev) &&
-              json_u64(o, "ino", &c->ino);
+    bool ok = cJSON_IsObject(o) && json_u64(o, "v", &v) && v == 1 &&
+              json_u64(o, "next", &c->next) && c->next > 0 && json_u64(o, "offset", &off) &&
+              json_u64(o, "dev", &c->dev) && json_u64(o, "ino", &c->ino);
     const cJSON *an = cJSON_GetObjectItemCaseSensitive(o, "anchored");
     ok = ok && cJSON_IsBool(an);
     c->anchored = cJSON_IsTrue(an);
@@ -101,8 +101,8 @@ static int cursor_write(const char *path, const cursor_t *c)
         return -1;
     char line[CURSOR_MAX];
     int n = snprintf(line, sizeof(line),
-                     "{\"anchored\":%s,\"dev\":%" PRIu64 ",\"ino\":%" PRIu64
-                     ",\"next\":%" PRIu64 ",\"offset\":%" PRId64 ",\"v\":1}\n",
+                     "{\"anchored\":%s,\"dev\":%" PRIu64 ",\"ino\":%" PRIu64 ",\"next\":%" PRIu64
+                     ",\"offset\":%" PRId64 ",\"v\":1}\n",
                      c->anchored ? "true" : "false", c->dev, c->ino, c->next, c->offset);
     bool ok = write(fd, line, (size_t)n) == n && fsync(fd) == 0;
     ok = close(fd) == 0 && ok;

@@ -274,7 +274,7 @@ static xschema_t *load(const char *sql, const mask_rules_t *rules, char *err, si
         const cJSON *loc = jget(raw, "stmt_location"), *slen = jget(raw, "stmt_len");
         size_t off = cJSON_IsNumber(loc) ? (size_t)loc->valuedouble : 0;
         size_t n = cJSON_IsNumber(slen) && slen->valuedouble > 0 ? (size_t)slen->valuedouble
-                                                                  : strlen(sql) - off;
+                                                                 : strlen(sql) - off;
         const cJSON *b;
         if ((b = jget(st, "CreateStmt")))
             rc = create_table(x, b);

@@ -534,7 +534,7 @@ void mask_desc_counts(const mask_desc_t *d, mask_count_fn fn, void *arg)
         if (c->count)
             fn(arg,
                c->mask >= 0 && (size_t)c->mask < d->rules->ncols ? d->rules->cols[c->mask].name
-                                                                  : "expression",
+                                                                 : "expression",
                NULL, c->count);
     }
     for (int i = 0; i <= DET_N; i++)

@@ -30,8 +30,9 @@ struct policy_cache {
     _Atomic uint64_t hits, misses, evictions;
 };
 
-#define BUMP(x) atomic_store_explicit(&(x), atomic_load_explicit(&(x), memory_order_relaxed) + 1, \
-                                      memory_order_relaxed)
+#define BUMP(x)                                                                                    \
+    atomic_store_explicit(&(x), atomic_load_explicit(&(x), memory_order_relaxed) + 1,              \
+                          memory_order_relaxed)
 #define READ(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
 static uint64_t fnv1a(const char *s, size_t n)

@@ -85,8 +85,7 @@ static void table_send(session_t *s, table_t *t, const char *tag)
     buf_t *b = &s->client.out;
     pgw_column_t cols[ADMIN_MAX_COLS];
     for (size_t i = 0; i < t->ncols; i++)
-        cols[i] = (pgw_column_t){.name = t->names[i], .type_oid = 25, .typlen = -1,
-                                 .typmod = -1};
+        cols[i] = (pgw_column_t){.name = t->names[i], .type_oid = 25, .typlen = -1, .typmod = -1};
     pgw_write_row_description(b, cols, (uint16_t)t->ncols);
     for (size_t r = 0; r < t->nrows; r++) {
         pgw_value_t v[ADMIN_MAX_COLS];
@@ -159,18 +158,21 @@ static int approval_row(void *arg, const appr_req_t *r)
         fmt_time(last, sizeof(last), r->grant_until_us);
     else if (!c->grants)
         fmt_time(last, sizeof(last), r->expires_us);
-    const char *row[] = {id,      appr_state_at(r, c->now), age, r->sub, r->role, r->target,
-                         r->rule, c->grants ? r->by : r->reject ? "reject" : "hold", last, sql};
+    const char *row[] = {id,      appr_state_at(r, c->now),
+                         age,     r->sub,
+                         r->role, r->target,
+                         r->rule, c->grants ? r->by : r->reject ? "reject" : "hold",
+                         last,    sql};
     table_row(c->t, row);
     return 0;
 }
 
 static bool show_approvals(session_t *s, bool grants)
 {
-    static const char *const names[] = {"id",   "state", "age",  "sub",     "role",
-                                        "target", "rule", "mode", "expires", "statement"};
-    static const char *const gnames[] = {"id",   "state", "age", "sub",   "role",
-                                         "target", "rule", "by", "until", "statement"};
+    static const char *const names[] = {"id",     "state", "age",  "sub",     "role",
+                                        "target", "rule",  "mode", "expires", "statement"};
+    static const char *const gnames[] = {"id",     "state", "age", "sub",   "role",
+                                         "target", "rule",  "by",  "until", "statement"};
     table_t t;
     table_init(&t, grants ? gnames : names, 10);
     list_ctx_t c = {&t, wall_us(), grants};
@@ -216,12 +218,16 @@ static void sessions_part(server_t *srv, buf_t *out)
         if (x->held)
             snprintf(st, sizeof(st), "held (request %llu)", (unsigned long long)x->held->id);
         else
-            snprintf(st, sizeof(st), "%s", x->admin ? "console" : x->tx_status == 'I' ? "idle" : "active");
+            snprintf(st, sizeof(st), "%s",
+                     x->admin              ? "console"
+                     : x->tx_status == 'I' ? "idle"
+                                           : "active");
         dur_format((int64_t)(now - x->started_ms) / 1000 * 1000, age, sizeof(age));
         snprintf(n, sizeof(n), "%llu", (unsigned long long)x->n_statements);
         snprintf(d, sizeof(d), "%llu", (unsigned long long)x->n_denied);
-        const char *row[SESSION_COLS] = {x->id, x->role_name, x->subject, x->target_name,
-                                         x->peer, st, age, n, d, x->app_name, wk};
+        const char *row[SESSION_COLS] = {x->id,   x->role_name, x->subject, x->target_name,
+                                         x->peer, st,           age,        n,
+                                         d,       x->app_name,  wk};
         for (int i = 0; i < SESSION_COLS; i++)
             put_cell(out, row[i]);
     }
@@ -230,12 +236,13 @@ static void sessions_part(server_t *srv, buf_t *out)
 static void sessions_done(session_t *s, const buf_t *parts, int nparts, bool later)
 {
     static const char *const names[SESSION_COLS] = {
-        "id", "role", "sub", "target", "client", "state", "age", "statements", "denied",
-        "application_name", "worker"};
+        "id",  "role",       "sub",    "target",           "client", "state",
+        "age", "statements", "denied", "application_name", "worker"};
     table_t t;
     table_init(&t, names, SESSION_COLS);
     for (int w = 0; w < nparts; w++) {
-        const char *p = (const char *)parts[w].data, *end = p + (parts[w].failed ? 0 : parts[w].len);
+        const char *p = (const char *)parts[w].data,
+                   *end = p + (parts[w].failed ? 0 : parts[w].len);
         while (p < end) {
             const char *row[SESSION_COLS] = {0};
             for (int i = 0; i < SESSION_COLS && p < end; i++) {
@@ -301,9 +308,8 @@ static void stats_done(session_t *s, const buf_t *parts, int nparts, bool later)
     stat_row(&t, "denied_of_live_sessions", (unsigned long long)v[4]);
     stat_row(&t, "workers", (unsigned long long)nparts);
     unsigned long long pending = 0;
-    if (srv->approvals &&
-        appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, 0, ADMIN_MAX_SCAN,
-                  count_one, &pending) == 0)
+    if (srv->approvals && appr_list(appr_worker_store(srv->approvals), APPR_LIST_PENDING, 0,
+                                    ADMIN_MAX_SCAN, count_one, &pending) == 0)
         stat_row(&t, "approvals_pending", pending);
     policy_cache_stats_t cs;
     workers_cache_stats(srv->hub, &cs);
@@ -397,8 +403,8 @@ static void decide(session_t *s, const words_t *w, bool approve)
     char *end;
     unsigned long long id = w->n > 1 && !w->quoted[1] ? strtoull(w->w[1], &end, 10) : 0;
     if (!id || *end) {
-        error(s, "42601", "bulwark: syntax: %s", approve ? "APPROVE n [FOR 'duration']"
-                                                          : "DENY n ['reason']");
+        error(s, "42601", "bulwark: syntax: %s",
+              approve ? "APPROVE n [FOR 'duration']" : "DENY n ['reason']");
         return;
     }
     int64_t grant_ms = 0;
@@ -411,8 +417,8 @@ static void decide(session_t *s, const words_t *w, bool approve)
     } else if (!approve && w->n == 3) {
         reason = w->w[2];
     } else if (w->n != 2) {
-        error(s, "42601", "bulwark: syntax: %s", approve ? "APPROVE n [FOR 'duration']"
-                                                          : "DENY n ['reason']");
+        error(s, "42601", "bulwark: syntax: %s",
+              approve ? "APPROVE n [FOR 'duration']" : "DENY n ['reason']");
         return;
     }
     appr_req_t r;
@@ -431,8 +437,12 @@ static void decide(session_t *s, const words_t *w, bool approve)
         error(s, "42501", "bulwark: %s", why);
         return;
     }
-    appr_decision_t d = {.approve = approve, .by = s->subject, .by_role = s->role_name,
-                         .via = "console", .reason = reason, .grant_ms = grant_ms};
+    appr_decision_t d = {.approve = approve,
+                         .by = s->subject,
+                         .by_role = s->role_name,
+                         .via = "console",
+                         .reason = reason,
+                         .grant_ms = grant_ms};
     s->admin_wait = worker_tag(s->srv);
     if (appr_worker_decide(s->srv->approvals, id, &d, s->admin_wait) < 0) {
         s->admin_wait = 0;
@@ -537,8 +547,8 @@ static bool admin_command(session_t *s, char *q)
     split(q, &w);
     if (w.bad) {
         error(s, "42601", "bulwark: cannot read the command (unterminated quote?)");
-    } else if (!s->srv->approvals && !(word_is(&w, 0, "show") && (word_is(&w, 1, "sessions") ||
-                                                                  word_is(&w, 1, "stats")))) {
+    } else if (!s->srv->approvals && !(word_is(&w, 0, "show") &&
+                                       (word_is(&w, 1, "sessions") || word_is(&w, 1, "stats")))) {
         error(s, "55000", "bulwark: approvals need the audit store, which is not open");
     } else if (w.n == 2 && word_is(&w, 0, "show") && word_is(&w, 1, "approvals")) {
         return show_approvals(s, false);
@@ -633,7 +643,8 @@ void admin_input(session_t *s)
         } else if (strchr("PBDECH", h.type)) {
             buf_consume(&c->in, total);
             if (h.type == 'P')
-                error(s, "0A000", "bulwark: the admin console speaks the simple query protocol only");
+                error(s, "0A000",
+                      "bulwark: the admin console speaks the simple query protocol only");
         } else {
             session_fail(s, "FATAL", "08P01", "bulwark: invalid frontend message type %d",
                          (unsigned char)h.type);
@@ -648,10 +659,14 @@ void admin_start(session_t *s)
 {
     buf_t *b = &s->client.out;
     pgw_write_auth_ok(b);
-    static const char *const params[][2] = {
-        {"server_version", "15.0 (bulwark admin console)"}, {"server_encoding", "UTF8"},
-        {"client_encoding", "UTF8"}, {"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"},
-        {"standard_conforming_strings", "on"}, {"TimeZone", "UTC"}, {"is_superuser", "off"}};
+    static const char *const params[][2] = {{"server_version", "15.0 (bulwark admin console)"},
+                                            {"server_encoding", "UTF8"},
+                                            {"client_encoding", "UTF8"},
+                                            {"DateStyle", "ISO, MDY"},
+                                            {"integer_datetimes", "on"},
+                                            {"standard_conforming_strings", "on"},
+                                            {"TimeZone", "UTC"},
+                                            {"is_superuser", "off"}};
     for (size_t i = 0; i < sizeof(params) / sizeof(params[0]); i++)
         pgw_write_parameter_status(b, params[i][0], params[i][1]);
     pgw_write_parameter_status(b, "application_name", s->app_name ? s->app_name : "");
@@ -667,8 +682,9 @@ void admin_start(session_t *s)
     }
     rec_session_start(s);
     char q[300];
-    log_event(LOG_INFO, "session_start", "session=%s peer=%s role=%s target=bulwark sub=%s admin=yes",
-              s->id, s->peer, s->role_name, log_q(q, sizeof(q), s->subject));
+    log_event(LOG_INFO, "session_start",
+              "session=%s peer=%s role=%s target=bulwark sub=%s admin=yes", s->id, s->peer,
+              s->role_name, log_q(q, sizeof(q), s->subject));
     session_update_watchers(s);
     admin_input(s);
 }

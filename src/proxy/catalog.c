@@ -28,23 +28,24 @@
 #define CATALOG_MAX_BYTES (64u * 1024 * 1024)
 #define CATALOG_MAX_RELS 200000
 
-#define CATALOG_SELECT                                                                           \
-    "WITH RECURSIVE anc(child, parent) AS ("                                                     \
-    " SELECT inhrelid, inhparent FROM pg_inherits"                                               \
-    " UNION SELECT a.child, i.inhparent FROM anc a JOIN pg_inherits i ON i.inhrelid = a.parent) " \
-    "SELECT json_build_object("                                                                  \
-    " 'o', c.oid::int8, 's', n.nspname, 'n', c.relname, 'k', c.relkind,"                         \
-    " 'c', (SELECT json_agg(json_build_array(a.attnum, a.attname) ORDER BY a.attnum)"            \
-    "       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)," \
-    " 'v', CASE WHEN c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', "               \
-    "'information_schema') THEN pg_get_viewdef(c.oid) END,"                                      \
-    " 'p', (SELECT json_agg(pn.nspname || '.' || pc.relname) FROM anc"                           \
-    "       JOIN pg_class pc ON pc.oid = anc.parent"                                             \
-    "       JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE anc.child = c.oid),"          \
-    " 't', n.oid = pg_my_temp_schema())::text "                                                  \
-    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "                             \
-    "WHERE c.relkind IN ('r', 'p', 'f', 'S', 'v', 'm') AND n.nspname <> 'pg_toast' "             \
-    "AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' "                                            \
+#define CATALOG_SELECT                                                                             \
+    "WITH RECURSIVE anc(child, parent) AS ("                                                       \
+    " SELECT inhrelid, inhparent FROM pg_inherits"                                                 \
+    " UNION SELECT a.child, i.inhparent FROM anc a JOIN pg_inherits i ON i.inhrelid = a.parent) "  \
+    "SELECT json_build_object("                                                                    \
+    " 'o', c.oid::int8, 's', n.nspname, 'n', c.relname, 'k', c.relkind,"                           \
+    " 'c', (SELECT json_agg(json_build_array(a.attnum, a.attname) ORDER BY a.attnum)"              \
+    "       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT "                \
+    "a.attisdropped),"                                                                             \
+    " 'v', CASE WHEN c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', "                 \
+    "'information_schema') THEN pg_get_viewdef(c.oid) END,"                                        \
+    " 'p', (SELECT json_agg(pn.nspname || '.' || pc.relname) FROM anc"                             \
+    "       JOIN pg_class pc ON pc.oid = anc.parent"                                               \
+    "       JOIN pg_namespace pn ON pn.oid = pc.relnamespace WHERE anc.child = c.oid),"            \
+    " 't', n.oid = pg_my_temp_schema())::text "                                                    \
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "                               \
+    "WHERE c.relkind IN ('r', 'p', 'f', 'S', 'v', 'm') AND n.nspname <> 'pg_toast' "               \
+    "AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%' "                                              \
     "AND (n.nspname NOT LIKE 'pg\\_temp\\_%' OR n.oid = pg_my_temp_schema())"
 
 /* Outside a transaction: a transaction of its own. Inside the client's: a

@@ -13,8 +13,8 @@ uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-void ep_init(endpoint_t *e, struct ev_loop *loop, int fd, void (*cb)(struct ev_loop *, ev_io *, int),
-             void *data)
+void ep_init(endpoint_t *e, struct ev_loop *loop, int fd,
+             void (*cb)(struct ev_loop *, ev_io *, int), void *data)
 {
     (void)loop;
     e->fd = fd;

@@ -293,7 +293,8 @@ static const char *decision_name(policy_decision_t d)
     return d == POLICY_ALLOW ? "allow" : d == POLICY_REVIEW ? "review" : "deny";
 }
 
-#define AUDIT_REFUSED_MSG "bulwark: the audit store cannot record this statement; refused (audit.on_failure is deny)"
+#define AUDIT_REFUSED_MSG                                                                          \
+    "bulwark: the audit store cannot record this statement; refused (audit.on_failure is deny)"
 
 /* A decided statement: record it, then refuse it, hold it, or let it go.
  * kind 'Q' or 'P' (stmt: the Parse's statement name). */
@@ -349,8 +350,7 @@ static gate_verdict_t query_sent(session_t *s, uint64_t seq)
 
 /* An allowed Parse: nothing runs yet; what each Execute of it records is kept.
  * approval: the request that let it through (0 = none) and its grant's end. */
-static gate_verdict_t parse_allowed(session_t *s, decided_t *d, uint64_t approval,
-                                    int64_t until_us)
+static gate_verdict_t parse_allowed(session_t *s, decided_t *d, uint64_t approval, int64_t until_us)
 {
     gate_t *g = s->gate;
     refused_forget(g, d->stmt);
@@ -471,8 +471,8 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
     /* SPEC 5.3: the masks follow the data; a masked column used as a filter
      * is an oracle, denied like a rule would. */
     if (d->r.decision == POLICY_ALLOW && s->mf) {
-        int m = maskflow_plan(s, s->gate->ps, d->kind, d->stmt, d->sql, len, &d->r,
-                              d->mask_msg, sizeof(d->mask_msg));
+        int m = maskflow_plan(s, s->gate->ps, d->kind, d->stmt, d->sql, len, &d->r, d->mask_msg,
+                              sizeof(d->mask_msg));
         if (m < 0)
             return GATE_FAILED;
         if (m > 0) {
@@ -517,8 +517,8 @@ static gate_verdict_t resume_approval(session_t *s, char type, const uint8_t *bo
         return v;
     }
     const cfg_t *cfg = s->rt->cfg;
-    bool waits = rc == 0 && cfg->audit.durability != CFG_DUR_BATCHED &&
-                 !rec_durable(s, h->note_seq);
+    bool waits =
+        rc == 0 && cfg->audit.durability != CFG_DUR_BATCHED && !rec_durable(s, h->note_seq);
     /* on_failure deny: what cannot be recorded does not run, approved or not */
     if ((rc < 0 || (waits && rec_failing(s))) && !cfg->audit.on_failure_allow) {
         uint64_t seq = h->stmt_seq;
@@ -764,11 +764,10 @@ gate_verdict_t gate_oversized(session_t *s, char type, const uint8_t *body, size
                               size_t len)
 {
     char msg[200];
-    snprintf(msg, sizeof(msg),
-             "bulwark: statement of %zu bytes exceeds max_statement_bytes (%llu)",
+    snprintf(msg, sizeof(msg), "bulwark: statement of %zu bytes exceeds max_statement_bytes (%llu)",
              len, (unsigned long long)s->rt->cfg->max_statement_bytes);
-    log_event(LOG_INFO, "statement_refused", "session=%s role=%s reason=too_long bytes=%zu",
-              s->id, s->role_name, len);
+    log_event(LOG_INFO, "statement_refused", "session=%s role=%s reason=too_long bytes=%zu", s->id,
+              s->role_name, len);
     decided_t d = {.kind = type == 'Q' ? 'Q' : 'P', .stmt = ""};
     if (type == 'P') {
         d.stmt = (const char *)body; /* the statement name comes first */
@@ -820,7 +819,9 @@ bool gate_backend_error(session_t *s, const uint8_t *body, size_t len)
     if (!g->qlen || g->q[g->qhead].n != n)
         return false;
     sentinel_t *q = &g->q[g->qhead];
-    pgw_error_t out = {.severity = "ERROR", .sqlstate = q->sqlstate, .message = q->message,
+    pgw_error_t out = {.severity = "ERROR",
+                       .sqlstate = q->sqlstate,
+                       .message = q->message,
                        .position = q->position};
     pgw_write_error_full(&s->client.out, 'E', &out);
     sentinel_pop(g);

@@ -49,9 +49,9 @@
 /* A config generation with what was built from it. */
 typedef struct runtime {
     cfg_t *cfg;
-    SSL_CTX *server_tls;  /* NULL when no tls section */
-    SSL_CTX **target_tls; /* per target, for upstream TLS (NULL where sslmode=disable) */
-    policy_set_t *policies; /* every role's rules, compiled */
+    SSL_CTX *server_tls;            /* NULL when no tls section */
+    SSL_CTX **target_tls;           /* per target, for upstream TLS (NULL where sslmode=disable) */
+    policy_set_t *policies;         /* every role's rules, compiled */
     struct pgw_scram_cache **scram; /* [worker * n_roles + role][upstream]: salted passwords,
                                       one copy per worker so that no loop writes another's */
     int nworkers;
@@ -64,7 +64,7 @@ runtime_t *runtime_new(cfg_t *cfg, int nworkers, char *err, size_t errsz);
 runtime_t *runtime_retain(runtime_t *rt);
 /* The SCRAM salted-password cache of one role's credential for a target. */
 struct pgw_scram_cache *runtime_scram_cache(runtime_t *rt, int worker, const cfg_role_t *role,
-                                           const cfg_upstream_t *cred);
+                                            const cfg_upstream_t *cred);
 void runtime_release(runtime_t *rt);
 
 /* One socket, optionally wrapped in TLS, with its in/out buffers. */
@@ -80,8 +80,8 @@ typedef struct endpoint {
 
 typedef enum { IO_OK = 1, IO_AGAIN = 0, IO_EOF = -1, IO_ERR = -2 } io_status_t;
 
-void ep_init(endpoint_t *e, struct ev_loop *loop, int fd, void (*cb)(struct ev_loop *, ev_io *, int),
-             void *data);
+void ep_init(endpoint_t *e, struct ev_loop *loop, int fd,
+             void (*cb)(struct ev_loop *, ev_io *, int), void *data);
 void ep_close(endpoint_t *e, struct ev_loop *loop);
 /* Read what is available (up to READ_CHUNK) into e->in. */
 io_status_t ep_fill(endpoint_t *e);
@@ -122,50 +122,50 @@ typedef struct held held_t;
 struct session {
     server_t *srv;
     runtime_t *rt;
-    session_t *prev, *next;      /* server's session list */
-    session_t *cancel_next;      /* cancel map chain */
+    session_t *prev, *next; /* server's session list */
+    session_t *cancel_next; /* cancel map chain */
     char id[17];
     session_state_t state;
     upstream_state_t ustate;
     endpoint_t client, upstream;
-    ev_timer timer;              /* login timeout, then close-flush timeout */
-    ev_timer expiry;             /* end_session_at_token_expiry */
-    int64_t token_exp;           /* the token's exp, seconds since the epoch */
-    char *pending_token;         /* ST_KEY_PENDING: the token, wiped when done */
+    ev_timer timer;      /* login timeout, then close-flush timeout */
+    ev_timer expiry;     /* end_session_at_token_expiry */
+    int64_t token_exp;   /* the token's exp, seconds since the epoch */
+    char *pending_token; /* ST_KEY_PENDING: the token, wiped when done */
     size_t pending_token_len;
     char peer[64];
     bool client_tls;
     bool client_paused, upstream_paused;
-    bool hs_want_read;           /* client TLS handshake direction */
+    bool hs_want_read; /* client TLS handshake direction */
     bool upstream_open;
     /* relay framing: bytes of the current message still to pass through, or
      * to drop (a refused message too large to hold) */
     size_t c2u_left, u2c_left, c2u_skip;
-    gate_t *gate;                /* the policy in the data path */
-    struct maskflow *mf;         /* masking in the data path (NULL: the role masks nothing) */
-    char probe_status;           /* upstream's first ReadyForQuery, held during the probe */
-    int probe_set;               /* result set being read by the probe */
+    gate_t *gate;        /* the policy in the data path */
+    struct maskflow *mf; /* masking in the data path (NULL: the role masks nothing) */
+    char probe_status;   /* upstream's first ReadyForQuery, held during the probe */
+    int probe_set;       /* result set being read by the probe */
     char *probe_search_path;
     char **probe_schemas;
     size_t probe_nschemas;
     char last_backend_type;
-    char tx_status;              /* from the last ReadyForQuery */
+    char tx_status; /* from the last ReadyForQuery */
     /* identity and routing, set during login */
     const cfg_role_t *role;
     const cfg_target_t *target;
     int target_index;
     char *role_name, *target_name, *subject, *issuer, *app_name;
     /* audit */
-    struct recorder *rec;        /* statements in flight, for RESULT records */
+    struct recorder *rec; /* statements in flight, for RESULT records */
     bool recorded_start;
-    bool holding;                /* the message at the input's head waits ... */
-    uint64_t hold_seq;           /* ... until this record is durable */
-    held_t *held;                /* ... or until a human decides (held.c) */
-    bool admin;                  /* the admin console (admin.c): no upstream */
-    uint64_t admin_wait;         /* the console's decision on its way (a tag), 0 = none */
-    char *admin_rest;            /* the console's query string still to run */
+    bool holding;        /* the message at the input's head waits ... */
+    uint64_t hold_seq;   /* ... until this record is durable */
+    held_t *held;        /* ... or until a human decides (held.c) */
+    bool admin;          /* the admin console (admin.c): no upstream */
+    uint64_t admin_wait; /* the console's decision on its way (a tag), 0 = none */
+    char *admin_rest;    /* the console's query string still to run */
     uint64_t n_statements, n_denied;
-    buf_t params;                /* upstream startup params: key\0value\0 ... */
+    buf_t params; /* upstream startup params: key\0value\0 ... */
     bool key_sent, in_cancel_map;
     /* upstream */
     struct sockaddr_storage uaddr; /* the address connected to (cancel requests go there) */
@@ -174,12 +174,12 @@ struct session {
     socklen_t *ualt_lens;
     int nualts;
     struct resolve_req *resolving;
-    void *scram;                 /* pgw_scram_t * while SCRAM runs */
-    uint32_t up_pid, up_key;     /* upstream BackendKeyData */
-    uint32_t my_pid, my_key;     /* what the client got */
+    void *scram;             /* pgw_scram_t * while SCRAM runs */
+    uint32_t up_pid, up_key; /* upstream BackendKeyData */
+    uint32_t my_pid, my_key; /* what the client got */
     uint64_t started_ms;
     uint64_t bytes_c2u, bytes_u2c;
-    metrics_session_t mx;        /* metrics: upstream timing, sessions_active */
+    metrics_session_t mx; /* metrics: upstream timing, sessions_active */
 };
 
 struct server {
@@ -194,35 +194,36 @@ struct server {
     ev_timer grace;
     bool draining;
     session_t *sessions;
-    atomic_int nsessions;   /* written by this loop, read by the metrics scrape */
-    session_t *graveyard;   /* closed sessions, freed by `reaper` */
+    atomic_int nsessions; /* written by this loop, read by the metrics scrape */
+    session_t *graveyard; /* closed sessions, freed by `reaper` */
     ev_idle reaper;
     struct resolver *resolver;
-    policy_cache_t *policy_cache; /* parse cache of this loop */
+    policy_cache_t *policy_cache;      /* parse cache of this loop */
     struct mask_scratch *mask_scratch; /* Vectorscan scratch of this loop (maskflow.c) */
     /* audit, keystore, approvals, webhook: one of each for the process, opened by
      * worker 0 before the other workers start (thread-safe; see workers.h) */
-    struct audit *audit;          /* NULL: recording off */
-    ev_async audit_w;             /* the audit writer's notify */
+    struct audit *audit;             /* NULL: recording off */
+    ev_async audit_w;                /* the audit writer's notify */
     struct ident_keystore *keystore; /* jwks_url keys, fetched by a worker */
     ev_async keys_w;                 /* the keystore's notify */
-    ev_stat *watches;                /* files of the current config */
+    struct file_watch *watches;      /* files of the current config (server.c) */
     size_t nwatches;
-    ev_timer reload_delay;           /* debounce file changes */
-    struct appr_worker *approvals;   /* approval writes (NULL without the audit store) */
-    ev_timer approvals_poll;         /* runs while nheld > 0 (held.c) */
+    ev_timer watch_poll;           /* stats them every second */
+    ev_timer reload_delay;         /* debounce file changes */
+    struct appr_worker *approvals; /* approval writes (NULL without the audit store) */
+    ev_timer approvals_poll;       /* runs while nheld > 0 (held.c) */
     int nheld;
-    ev_async approvals_w;            /* the approval worker's notify: console decisions */
-    struct appr_webhook *webhook;    /* approvals.webhook_url's sender */
+    ev_async approvals_w;         /* the approval worker's notify: console decisions */
+    struct appr_webhook *webhook; /* approvals.webhook_url's sender */
     uint64_t admin_tags;
-    struct metrics *metrics;         /* this loop's figures (NULL: no metrics_listen) */
-    struct monitor *monitor;         /* metrics_listen endpoint and health probes (monitor.h) */
+    struct metrics *metrics; /* this loop's figures (NULL: no metrics_listen) */
+    struct monitor *monitor; /* metrics_listen endpoint and health probes (monitor.h) */
     /* workers (workers.h): 0 is the main loop (signals, reload, metrics endpoint) */
     struct hub *hub;
     int worker_id;
-    struct worker_box *box;          /* messages from other workers */
+    struct worker_box *box; /* messages from other workers */
     ev_async box_w;
-    struct gather *gathers;          /* console questions waiting for other workers */
+    struct gather *gathers; /* console questions waiting for other workers */
 };
 
 #define CANCEL_BUCKETS 4096
@@ -293,7 +294,7 @@ typedef struct rec_stmt {
     const char *sql;
     const char *decision; /* "allow" | "deny" | "review" */
     const char *rule, *message;
-    const cJSON *params, *intent; /* read (copied into the record), not consumed */
+    const cJSON *params, *intent;  /* read (copied into the record), not consumed */
     const policy_result_t *policy; /* the intent, read without cJSON (instead of intent) */
     bool writes, refused;
     uint64_t approval; /* the approval request that let it through (or holds it), 0 = none */
@@ -320,9 +321,9 @@ void rec_ready(session_t *s, uint64_t syncs_recv);
 /* held.c: holds for a human's approval (see held.c). */
 typedef enum { HELD_PENDING, HELD_APPROVED, HELD_REFUSED } held_outcome_t;
 struct held {
-    uint64_t id;        /* the approval request */
-    uint64_t stmt_seq;  /* the held statement's STATEMENT record */
-    uint64_t note_seq;  /* the decision's record, once written */
+    uint64_t id;       /* the approval request */
+    uint64_t stmt_seq; /* the held statement's STATEMENT record */
+    uint64_t note_seq; /* the decision's record, once written */
     int64_t expires_us, timeout_ms, grant_until_us;
     held_outcome_t outcome;
     bool notice_sent, noted;

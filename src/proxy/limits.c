@@ -37,8 +37,7 @@ void proxy_raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
             log_event(LOG_WARN, "nofile_limit", "soft=%llu hard=%llu error=\"%s\"",
-                      (unsigned long long)was, (unsigned long long)rl.rlim_max,
-                      strerror(errno));
+                      (unsigned long long)was, (unsigned long long)rl.rlim_max, strerror(errno));
             return;
         }
     }

@@ -875,8 +875,8 @@ static mask_plan_t *substitute(maskflow_t *mf, mask_plan_t *p)
         return mask_plan_retain(p);
     mask_plan_t *found;
     portal_t *portal = NULL;
-    if (reg_lookup(mf, k == MASK_STMT_FETCH ? &mf->portals : &mf->prepared, name, mf->group,
-                   &found, k == MASK_STMT_FETCH ? &portal : NULL) < 0)
+    if (reg_lookup(mf, k == MASK_STMT_FETCH ? &mf->portals : &mf->prepared, name, mf->group, &found,
+                   k == MASK_STMT_FETCH ? &portal : NULL) < 0)
         return NULL;
     portal_release(portal);
     return found ? found : mask_plan_retain(p);
@@ -913,8 +913,8 @@ static int remember(maskflow_t *mf, staged_t *st)
     return ref_set(&st->reg, r, name, id);
 }
 
-int maskflow_plan(session_t *s, policy_session_t *ps, char kind, const char *stmt,
-                  const char *sql, size_t len, const policy_result_t *r, char *msg, size_t msgsz)
+int maskflow_plan(session_t *s, policy_session_t *ps, char kind, const char *stmt, const char *sql,
+                  size_t len, const policy_result_t *r, char *msg, size_t msgsz)
 {
     maskflow_t *mf = s->mf;
     paths_t P;
@@ -1226,8 +1226,8 @@ bool maskflow_u2c_whole(const session_t *s, char type)
 
 static void fail(session_t *s, const char *sqlstate, const char *msg)
 {
-    log_event(LOG_WARN, "mask_fail_closed", "session=%s role=%s reason=\"%s\"", s->id,
-              s->role_name, msg);
+    log_event(LOG_WARN, "mask_fail_closed", "session=%s role=%s reason=\"%s\"", s->id, s->role_name,
+              msg);
     session_fail(s, "FATAL", sqlstate, "%s", msg);
 }
 
@@ -1246,8 +1246,8 @@ static bool rowdesc_known(const maskflow_t *mf, const uint8_t *body, size_t len)
     return true;
 }
 
-static mf_verdict_t on_rowdesc(maskflow_t *mf, const uint8_t *body, size_t len,
-                               const uint8_t **rep, size_t *replen)
+static mf_verdict_t on_rowdesc(maskflow_t *mf, const uint8_t *body, size_t len, const uint8_t **rep,
+                               size_t *replen)
 {
     item_t *it = mf->head;
     const mask_plan_t *plan = current_plan(mf);
@@ -1309,8 +1309,8 @@ static mf_verdict_t on_nodata(maskflow_t *mf)
     return swallow ? MF_SWALLOW : MF_PASS;
 }
 
-static mf_verdict_t on_datarow(maskflow_t *mf, const uint8_t *body, size_t len,
-                               const uint8_t **rep, size_t *replen)
+static mf_verdict_t on_datarow(maskflow_t *mf, const uint8_t *body, size_t len, const uint8_t **rep,
+                               size_t *replen)
 {
     mask_desc_t *d = current_desc(mf);
     if (!d) {
@@ -1345,8 +1345,8 @@ static void log_summary(maskflow_t *mf, const mask_desc_t *d)
     buf_init(&b, 64 * 1024);
     mask_desc_summary(d, &b);
     buf_put_u8(&b, 0);
-    if (!b.failed && (strstr((const char *)b.data, "masked.") ||
-                      strstr((const char *)b.data, "detected.")))
+    if (!b.failed &&
+        (strstr((const char *)b.data, "masked.") || strstr((const char *)b.data, "detected.")))
         log_event(LOG_INFO, "masked", "session=%s role=%s %s", mf->s->id, mf->s->role_name,
                   (const char *)b.data);
     buf_free(&b);
@@ -1386,7 +1386,8 @@ static mf_verdict_t on_error(maskflow_t *mf, char type, const uint8_t *body, siz
     if (type == 'E')
         pop_to_sync(mf);
     if (rc < 0 || mf->out.failed) {
-        fail(mf->s, "XX000", "bulwark: a server message could not be masked; the session is closed");
+        fail(mf->s, "XX000",
+             "bulwark: a server message could not be masked; the session is closed");
         return MF_FAIL;
     }
     *rep = mf->out.data;

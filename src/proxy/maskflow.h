@@ -63,8 +63,7 @@ bool maskflow_c2u_ready(struct session *s, char type, size_t avail, size_t total
 /* gate.c, an allowed Query ('Q') or Parse ('P', stmt = its name): plan it.
  * 0 = planned; 1 = denied (msg for the client, 42501); -1 = out of memory. */
 int maskflow_plan(struct session *s, policy_session_t *ps, char kind, const char *stmt,
-                  const char *sql, size_t len, const policy_result_t *r, char *msg,
-                  size_t msgsz);
+                  const char *sql, size_t len, const policy_result_t *r, char *msg, size_t msgsz);
 /* gate.c: the statement just planned is refused after all (its names are not defined). */
 void maskflow_refused(struct session *s);
 /* gate.c: a sentinel went upstream ('Q': a Query, answered by E and Z). */

@@ -304,7 +304,9 @@ static cJSON *scrubbed(server_t *srv, const char *text, size_t len)
     buf_put_u8(&in, 0);
     cJSON *v = NULL;
     pgw_notification_t nt;
-    int rc = in.failed ? -1 : mask_rewrite_notification(param_rules, srv->mask_scratch, in.data, in.len, &out);
+    int rc = in.failed
+                 ? -1
+                 : mask_rewrite_notification(param_rules, srv->mask_scratch, in.data, in.len, &out);
     if (rc == 0)
         v = cJSON_CreateString((const char *)in.data + 5);
     else if (rc == 1 && out.len > 5 && pgw_read_notification(out.data + 5, out.len - 5, &nt) == 0)
@@ -343,7 +345,8 @@ cJSON *rec_bind_params(session_t *s, const uint8_t *body, size_t len)
         }
         cJSON *item = str ? scrubbed(s->srv, str, strlen(str)) : NULL;
         cJSON_AddItemToArray(
-            arr, item ? item : cJSON_CreateString("(not recorded: the detectors could not scan it)"));
+            arr,
+            item ? item : cJSON_CreateString("(not recorded: the detectors could not scan it)"));
         free(str);
     }
     return arr;

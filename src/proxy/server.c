@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "approval/approval.h"
@@ -175,10 +176,10 @@ static runtime_t *load_runtime(const char *path, int *nworkers)
         return NULL;
     if (*nworkers == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        *nworkers = cfg->workers > 0 ? cfg->workers
-                    : cores < 1        ? 1
+        *nworkers = cfg->workers > 0          ? cfg->workers
+                    : cores < 1               ? 1
                     : cores > CFG_MAX_WORKERS ? CFG_MAX_WORKERS
-                                             : (int)cores;
+                                              : (int)cores;
     }
     char err[300];
     runtime_t *rt = runtime_new(cfg, *nworkers, err, sizeof(err));
@@ -234,7 +235,8 @@ static void end_all_sessions(server_t *srv)
     session_t *s = srv->sessions;
     while (s) {
         session_t *next = s->next;
-        session_fail(s, "FATAL", "57P01", "bulwark: terminating connection: the gateway is shutting down");
+        session_fail(s, "FATAL", "57P01",
+                     "bulwark: terminating connection: the gateway is shutting down");
         s = next;
     }
 }
@@ -259,8 +261,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     for (int i = 0; i < 128; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof(peer);
-        int fd = accept4(srv->listen_fd, (struct sockaddr *)&peer, &plen,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd =
+            accept4(srv->listen_fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -458,8 +460,7 @@ static void reload(server_t *srv, const char *why)
     runtime_release(old);
     ident_keystore_sync(srv->keystore, rt->cfg);
     monitor_reload(srv);
-    log_event(LOG_INFO, "reloaded", "roles=%zu targets=%zu", rt->cfg->n_roles,
-              rt->cfg->n_targets);
+    log_event(LOG_INFO, "reloaded", "roles=%zu targets=%zu", rt->cfg->n_roles, rt->cfg->n_targets);
 }
 
 static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
@@ -474,40 +475,104 @@ static void reload_delay_cb(struct ev_loop *loop, ev_timer *t, int revents)
     reload(t->data, "file_changed");
 }
 
-static void file_changed(struct ev_loop *loop, ev_stat *w, int revents)
+/* A watched file as last seen. The files are polled rather than watched through
+ * ev_stat: libev's inotify backend falls back to a 30-second poll on file systems
+ * it does not know (overlay, as in containers), and its own poll compares times in
+ * whole seconds, so a file rewritten with the same size within a second would go
+ * unnoticed. A rename (the usual atomic rotation) changes the inode; an in-place
+ * write changes the nanosecond mtime or ctime. */
+struct file_watch {
+    const char *path; /* in the current cfg, which outlives the watches */
+    bool exists;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+};
+
+static void file_look(struct file_watch *f)
 {
-    server_t *srv = w->data;
-    /* A rotation often writes several files; take them in one reload. */
-    ev_timer_stop(loop, &srv->reload_delay);
-    ev_timer_set(&srv->reload_delay, 0.2, 0.);
-    ev_timer_start(loop, &srv->reload_delay);
+    struct stat st;
+    f->exists = stat(f->path, &st) == 0;
+    if (!f->exists)
+        return;
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    f->size = st.st_size;
+    f->mtime = st.st_mtim;
+    f->ctime = st.st_ctim;
+}
+
+static bool file_same(const struct file_watch *a, const struct file_watch *b)
+{
+    if (a->exists != b->exists)
+        return false;
+    return !a->exists ||
+           (a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+            a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec &&
+            a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec);
+}
+
+/* Every second: a few stat() calls of local files, as ev_stat itself would make. */
+static void watch_poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    server_t *srv = t->data;
+    bool changed = false;
+    for (size_t i = 0; i < srv->nwatches; i++) {
+        struct file_watch now = {.path = srv->watches[i].path};
+        file_look(&now);
+        if (!file_same(&now, &srv->watches[i])) {
+            srv->watches[i] = now; /* seen before the reload reads it */
+            changed = true;
+        }
+    }
+    if (changed) {
+        /* A rotation often writes several files; take them in one reload. */
+        ev_timer_stop(loop, &srv->reload_delay);
+        ev_timer_set(&srv->reload_delay, 0.2, 0.);
+        ev_timer_start(loop, &srv->reload_delay);
+    }
 }
 
 static void unwatch_files(server_t *srv)
 {
-    for (size_t i = 0; i < srv->nwatches; i++)
-        ev_stat_stop(srv->loop, &srv->watches[i]);
+    ev_timer_stop(srv->loop, &srv->watch_poll);
     free(srv->watches);
     srv->watches = NULL;
     srv->nwatches = 0;
 }
 
-/* ev_stat keeps a pointer to the path: the paths live in the current cfg,
- * which outlives the watchers (they are rebuilt at every reload). */
+/* The files of the current config; a file watched before keeps what was last seen
+ * of it, so a change made while the reload ran is still noticed. */
 static void watch_files(server_t *srv)
 {
-    unwatch_files(srv);
     const char *const *files;
     size_t n = cfg_watch_files(srv->rt->cfg, &files);
-    srv->watches = calloc(n ? n : 1, sizeof(ev_stat));
-    if (!srv->watches)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        ev_stat_init(&srv->watches[i], file_changed, files[i], 1.0);
-        srv->watches[i].data = srv;
-        ev_stat_start(srv->loop, &srv->watches[i]);
+    struct file_watch *w = calloc(n ? n : 1, sizeof(*w));
+    if (!w) {
+        log_event(LOG_ERROR, "watch_failed", "reason=\"out of memory\" files=%zu", n);
+        return; /* keep the previous watches */
     }
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < srv->nwatches && strcmp(srv->watches[j].path, files[i]))
+            j++;
+        if (j < srv->nwatches) {
+            w[i] = srv->watches[j];
+            w[i].path = files[i];
+        } else {
+            w[i].path = files[i];
+            file_look(&w[i]);
+        }
+    }
+    unwatch_files(srv);
+    srv->watches = w;
     srv->nwatches = n;
+    if (n) {
+        ev_timer_init(&srv->watch_poll, watch_poll_cb, 1., 1.);
+        srv->watch_poll.data = srv;
+        ev_timer_start(srv->loop, &srv->watch_poll);
+    }
 }
 
 /* ---- the audit writer's notify: held statements go on, on every worker ------------- */

@@ -41,16 +41,24 @@ static void relay_u2c(session_t *s);
 
 /* Settings a client may pass in its startup packet (directly or in `options`),
  * as SPEC 5.1's safe list. standard_conforming_strings is pinned upstream. */
-static const char *const safe_settings[] = {
-    "application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
-    "extra_float_digits", "search_path", "statement_timeout", "lock_timeout",
-    "idle_in_transaction_session_timeout", "client_min_messages", "bytea_output",
-    "default_transaction_isolation", NULL};
+static const char *const safe_settings[] = {"application_name",
+                                            "client_encoding",
+                                            "DateStyle",
+                                            "TimeZone",
+                                            "IntervalStyle",
+                                            "extra_float_digits",
+                                            "search_path",
+                                            "statement_timeout",
+                                            "lock_timeout",
+                                            "idle_in_transaction_session_timeout",
+                                            "client_min_messages",
+                                            "bytea_output",
+                                            "default_transaction_isolation",
+                                            NULL};
 
 /* Startup parameters relayed as they are (SPEC 1). */
-static const char *const passthrough_params[] = {"application_name", "client_encoding",
-                                                 "DateStyle", "TimeZone", "extra_float_digits",
-                                                 NULL};
+static const char *const passthrough_params[] = {
+    "application_name", "client_encoding", "DateStyle", "TimeZone", "extra_float_digits", NULL};
 
 static bool in_list(const char *const *list, const char *name)
 {
@@ -155,9 +163,8 @@ static void log_session_end(session_t *s, const char *reason)
               "session=%s reason=%s role=%s target=%s duration_ms=%llu bytes_in=%llu "
               "bytes_out=%llu",
               s->id, log_q(q, sizeof(q), reason), s->role_name ? s->role_name : "-",
-              s->target_name ? s->target_name : "-",
-              (unsigned long long)(now_ms() - s->started_ms), (unsigned long long)s->bytes_c2u,
-              (unsigned long long)s->bytes_u2c);
+              s->target_name ? s->target_name : "-", (unsigned long long)(now_ms() - s->started_ms),
+              (unsigned long long)s->bytes_c2u, (unsigned long long)s->bytes_u2c);
 }
 
 /* Close the upstream side: a Terminate first when we are between messages. */
@@ -653,9 +660,8 @@ void session_try_login(session_t *s, const char *tok, size_t toklen)
     }
     char q[300];
     if (st != IDENT_OK) {
-        log_event(LOG_WARN, "login_failed", "session=%s peer=%s role=%s reason=%s detail=%s",
-                  s->id, s->peer, s->role_name, ident_status_name(st),
-                  log_q(q, sizeof(q), reason));
+        log_event(LOG_WARN, "login_failed", "session=%s peer=%s role=%s reason=%s detail=%s", s->id,
+                  s->peer, s->role_name, ident_status_name(st), log_q(q, sizeof(q), reason));
         ident_free(&id);
         forget_token(s);
         rec_login_failed(s, ident_status_name(st), ident_status_sqlstate(st));
@@ -807,8 +813,7 @@ static void relay_c2u(session_t *s)
             session_close(s, "client terminated");
             return;
         }
-        if (s->mf && !s->holding &&
-            !maskflow_c2u_ready(s, h.type, buf_unread(&c->in) - 5, h.len))
+        if (s->mf && !s->holding && !maskflow_c2u_ready(s, h.type, buf_unread(&c->in) - 5, h.len))
             break;
         int g = gate_message(s, &h);
         if (g > 0)
@@ -820,10 +825,10 @@ static void relay_c2u(session_t *s)
         if (g == 2)
             continue;
         size_t total = 5 + (size_t)h.len;
-        int m = s->mf ? maskflow_c2u(s, h.type, buf_head(&c->in) + 5,
-                                     buf_unread(&c->in) - 5 < h.len ? buf_unread(&c->in) - 5
-                                                                    : h.len)
-                      : 0;
+        int m = s->mf
+                    ? maskflow_c2u(s, h.type, buf_head(&c->in) + 5,
+                                   buf_unread(&c->in) - 5 < h.len ? buf_unread(&c->in) - 5 : h.len)
+                    : 0;
         if (m < 0) {
             if (m == -2)
                 session_fail(s, "FATAL", "08P01", "bulwark: malformed protocol message");
@@ -1007,9 +1012,9 @@ static int u2c_masked(session_t *s, const pgw_hdr_t *h)
     }
     /* The audit sees a message as the client gets it. COPY data is not
      * observed: its rewrite may be several messages or none. */
-    bool observe = h->type == 'Z' || h->type == 'E' || h->type == 'C' ||
-                   (rec_inflight(s) && (strchr("TIs", h->type) ||
-                                        (h->type == 'D' && rec_wants_rows(s))));
+    bool observe =
+        h->type == 'Z' || h->type == 'E' || h->type == 'C' ||
+        (rec_inflight(s) && (strchr("TIs", h->type) || (h->type == 'D' && rec_wants_rows(s))));
     bool single = outlen >= 5 && (size_t)rd_u32(out + 1) + 1 == outlen;
     if (observe && single && outlen <= MAX_LOGIN_MESSAGE + 5)
         observe_backend(s, h->type, out + 5, outlen - 5);
@@ -1053,9 +1058,9 @@ static bool relay_u2c_some(session_t *s)
                 break;
             continue;
         }
-        bool observe = h.type == 'Z' || h.type == 'E' || h.type == 'C' ||
-                       (rec_inflight(s) && (strchr("TIs", h.type) ||
-                                            (h.type == 'D' && rec_wants_rows(s))));
+        bool observe =
+            h.type == 'Z' || h.type == 'E' || h.type == 'C' ||
+            (rec_inflight(s) && (strchr("TIs", h.type) || (h.type == 'D' && rec_wants_rows(s))));
         if (observe && total <= MAX_LOGIN_MESSAGE) {
             if (buf_unread(&u->in) < total)
                 break;

@@ -291,7 +291,8 @@ static void sasl_start(session_t *s, const pgw_auth_t *a, const char *password)
         fail_upstream(s, "could not start SCRAM");
         return;
     }
-    pgw_scram_cache_t *cache = runtime_scram_cache(s->rt, s->srv->worker_id, s->role, credential(s));
+    pgw_scram_cache_t *cache =
+        runtime_scram_cache(s->rt, s->srv->worker_id, s->role, credential(s));
     if (cache)
         pgw_scram_set_cache(sc, cache); /* PBKDF2 once per credential, not per login */
     s->scram = sc;

@@ -26,14 +26,14 @@ typedef struct msg {
     struct msg *next;
     void (*fn)(server_t *on, struct msg *m);
     /* payload, by kind */
-    uint32_t pid, key;        /* cancel */
-    char from[64];            /* cancel: the requester's address */
-    appr_result_t res;        /* console decision */
-    uint64_t tag;             /* gather */
-    int idx;                  /* gather: the answering worker */
-    server_t *reply_to;       /* gather question */
-    gather_make_fn make;      /* gather question */
-    buf_t part;               /* gather answer */
+    uint32_t pid, key;   /* cancel */
+    char from[64];       /* cancel: the requester's address */
+    appr_result_t res;   /* console decision */
+    uint64_t tag;        /* gather */
+    int idx;             /* gather: the answering worker */
+    server_t *reply_to;  /* gather question */
+    gather_make_fn make; /* gather question */
+    buf_t part;          /* gather answer */
 } msg_t;
 
 typedef struct worker_box {

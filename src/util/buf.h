@@ -32,8 +32,8 @@ void buf_reset(buf_t *b);
 bool buf_reserve(buf_t *b, size_t extra);
 void buf_append(buf_t *b, const void *p, size_t n);
 void buf_put_u8(buf_t *b, uint8_t v);
-void buf_put_u16(buf_t *b, uint16_t v); /* network order */
-void buf_put_u32(buf_t *b, uint32_t v); /* network order */
+void buf_put_u16(buf_t *b, uint16_t v);     /* network order */
+void buf_put_u32(buf_t *b, uint32_t v);     /* network order */
 void buf_put_cstr(buf_t *b, const char *s); /* with its NUL */
 /* Overwrite 4 bytes at `off` with v in network order (length back-patching). */
 void buf_patch_u32(buf_t *b, size_t off, uint32_t v);

@@ -16,7 +16,7 @@
 The jwks_url, key-wait and file-watch tests need the proxy hooks described in
 docs/identity.md ("What the proxy does"): a key store created at startup and synced on
 every reload, its notify turned into ev_async that re-runs logins in IDENT_KEY_PENDING,
-and ev_stat watchers on cfg_watch_files().
+and the watch on cfg_watch_files() (polled every second).
 """
 
 from __future__ import annotations
@@ -549,7 +549,7 @@ def test_jwks_file_rotation_by_file_change_alone(idgw):
     assert_refused(idgw, "filerole", a)
     write_file_jwks(idgw, [("file-a", "rsa3.pem"), ("file-b", "rsa2.pem")])
     wait_for(lambda: raw_login(idgw, "filerole", a) is None, 10,
-             "the new key after the JWKS file changed (needs the proxy's ev_stat watchers on "
+             "the new key after the JWKS file changed (needs the proxy's watch on "
              "cfg_watch_files())", interval=0.2)
 
 
@@ -610,10 +610,40 @@ def test_upstream_password_rotation_by_file_change_alone(idgw, pg):
 
         wait_for(new_session_works, 10,
                  "a new session with the new password after the password file changed "
-                 "(needs the proxy's ev_stat watchers on cfg_watch_files())", interval=0.2)
+                 "(needs the proxy's watch on cfg_watch_files())", interval=0.2)
         assert _query_ok(old, 3)
     finally:
         old.close()
+
+
+def test_upstream_password_rewritten_in_place_twice_within_one_second(idgw, pg):
+    """Two in-place writes of the same length within one second: a watcher comparing
+    whole-second times and sizes (libev's ev_stat) misses the second one, so the gateway
+    would keep the first password. The gateway compares nanosecond times and inodes."""
+    p = idgw.workdir / "secrets" / "u_rot"
+    first = "pw-inplace-a-" + secrets.token_hex(12)
+    second = "pw-inplace-b-" + secrets.token_hex(12)
+    assert len(first) == len(second)
+    idgw.registry.passwords.update((first, second))
+    while time.time() % 1.0 > 0.1:  # start at the beginning of a second
+        time.sleep(0.01)
+    start = int(time.time())
+    pg.admin_query(f"alter role u_rot password '{first}'")
+    p.write_text(first)
+    time.sleep(0.6)  # the first change is seen and read
+    pg.admin_query(f"alter role u_rot password '{second}'")
+    p.write_text(second)
+    if int(p.stat().st_mtime) != start:
+        pytest.skip("the machine was too slow to write twice within one second")
+
+    def new_session_works():
+        new = endpoint(idgw, "cred", idgw.token()).connect()
+        try:
+            return _query_ok(new, 4)
+        finally:
+            new.close()
+
+    wait_for(new_session_works, 10, "a new session with the second password", interval=0.2)
 
 
 # ---------------------------------------------------------------------------------------

@@ -462,8 +462,8 @@ static void fields_records_are_stored_canonical_and_oversized_ones_say_so(void *
     assert_int_equal(audit_reader_records(r, 0, keep_statements, &seen), 0);
     audit_reader_close(r);
     assert_int_equal(seen.n, 2);
-    assert_non_null(strstr(seen.data[0],
-                           "{\"decision\":\"allow\",\"sql\":\"select 1\",\"start\":1714564800012345}"));
+    assert_non_null(strstr(
+        seen.data[0], "{\"decision\":\"allow\",\"sql\":\"select 1\",\"start\":1714564800012345}"));
     assert_non_null(strstr(seen.data[1], "{\"error\":\"the record could not be encoded"));
     audit_verify_result_t res = verify_store(f->store, NULL);
     expect_ok(&res);

@@ -137,8 +137,8 @@ static void histogram_buckets_are_cumulative(void **state)
     /* the clock is read per call, and the minute goes first: the first call allocates the
      * family's table, which under TSan takes milliseconds before the hook reads the clock */
     metrics_statement(m, "r", "allow", "x",
-                      metrics_clock_ns() - 60000000000ull); /* a minute: +Inf only */
-    metrics_statement(m, "r", "allow", "x", metrics_clock_ns() - 3000000);  /* 3 ms: le 0.005 */
+                      metrics_clock_ns() - 60000000000ull);                /* a minute: +Inf only */
+    metrics_statement(m, "r", "allow", "x", metrics_clock_ns() - 3000000); /* 3 ms: le 0.005 */
     metrics_statement(m, "r", "allow", "x", metrics_clock_ns() - 30000000); /* 30 ms: le 0.05 */
     char *t = render(&m, 1, NULL);
     assert_sample(t, "bulwark_gate_seconds_bucket{le=\"0.0025\"}", "0");

@@ -39,7 +39,8 @@ static const char *const ROWS[] = {
     "{\"o\":16390,\"s\":\"public\",\"n\":\"customers\",\"k\":\"r\","
     "\"c\":[[1,\"id\"],[2,\"name\"],[4,\"email\"],[5,\"ssn\"]],\"v\":null,\"p\":null,\"t\":false}",
     "{\"o\":16400,\"s\":\"public\",\"n\":\"cards\",\"k\":\"v\",\"c\":[[1,\"id\"],[2,\"card\"]],"
-    "\"v\":\" SELECT c.id, c.card_number AS card FROM public.customers c;\",\"p\":null,\"t\":false}",
+    "\"v\":\" SELECT c.id, c.card_number AS card FROM public.customers "
+    "c;\",\"p\":null,\"t\":false}",
     "{\"o\":16410,\"s\":\"public\",\"n\":\"vip\",\"k\":\"r\",\"c\":[[1,\"id\"],[2,\"tier\"]],"
     "\"v\":null,\"p\":[\"public.customers\"],\"t\":false}",
     "{\"o\":16420,\"s\":\"pg_temp_3\",\"n\":\"scratch\",\"k\":\"r\",\"c\":[[1,\"x\"]],\"v\":null,"
