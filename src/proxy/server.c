@@ -599,12 +599,14 @@ static void approvals_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
     approval_poll(w->data);
 }
 
-/* Console decisions come back to main, which hands each to the worker whose
- * console asked. */
+/* Console decisions, and changes the shared store's state thread saw, wake every
+ * loop: whichever loop drains a console decision hands it to the worker whose console
+ * asked, and every loop with held statements polls at once rather than at its next
+ * poll_interval. */
 static void approvals_notify(void *arg)
 {
-    server_t *srv = arg; /* worker thread: only the async send */
-    ev_async_send(srv->loop, &srv->approvals_w);
+    server_t *srv = arg; /* writer or state thread: only the async sends */
+    hub_wake_approvals(srv->hub);
 }
 
 static void console_decided(void *arg, const appr_result_t *r)

@@ -127,6 +127,13 @@ void hub_wake_audit(hub_t *h)
             ev_async_send(h->w[i]->loop, &h->w[i]->audit_w);
 }
 
+void hub_wake_approvals(hub_t *h)
+{
+    for (int i = 0; i < h->n; i++)
+        if (h->w[i])
+            ev_async_send(h->w[i]->loop, &h->w[i]->approvals_w);
+}
+
 void hub_wake_keys(hub_t *h)
 {
     for (int i = 0; i < h->n; i++)

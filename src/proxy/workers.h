@@ -71,6 +71,7 @@ void hub_runtime_set(hub_t *h, struct runtime *rt);
 /* Wake every worker's watcher of this kind (from any thread). */
 void hub_wake_audit(hub_t *h);
 void hub_wake_keys(hub_t *h);
+void hub_wake_approvals(hub_t *h);
 /* After every worker stopped: free the hub (drops its runtime reference). */
 void hub_free(hub_t *h);
 

@@ -306,3 +306,63 @@ def test_one_use_grant_used_on_a_is_gone_on_b(env):
         run_sql(env.b, "DELETE FROM items WHERE id = 4")
     assert ei.value.pgcode == "42501" and "approval request" in str(ei.value)
     assert f"approval request {req['id']} " not in str(ei.value), "a new request, not the used one"
+
+
+WORKER_OF = re.compile(r"event=session_start .*application_name=\"?([\w-]+)\"? worker=(\d+)")
+
+
+def test_a_decision_wakes_held_statements_on_every_worker(env, pg, bulwark_bin, certdir,
+                                                          secret_registry, tmp_path_factory):
+    # replica C runs two worker loops and polls the state store only every 30 s: a
+    # statement held on either worker must run as soon as the state thread hears of the
+    # decision, not at the next poll
+    target = {"host": "127.0.0.1", "port": pg.port, "dbname": DB, "sslmode": "disable"}
+    dsn = json.loads(env.a.config_path.read_text())["state"]["dsn_file"]
+    settings = {"workers": 2, "approvals": {"poll_interval": "30s"},
+                "state": {"backend": "postgres", "dsn_file": dsn,
+                          "channel": "bwit_replicas"},
+                "audit": {"path": "var/audit", "map_size": "256MiB", "replica": "replica-c"}}
+    c_gw = start_policy_gateway("gw-replica-c", bulwark_bin, pg, certdir, secret_registry,
+                                tmp_path_factory, targets={DB: target}, policies=[AGENT, DBA],
+                                passwords=env.a.passwords, settings=settings)
+    conns = []
+    try:
+        on = {}
+        for i in range(32):  # SO_REUSEPORT spreads them; stop once both workers have one
+            name = f"bwit-rc-{i:02d}"
+            conn = psycopg2.connect(**c_gw.endpoint(role="agent", target=DB, sub=AGENT_SUB,
+                                                    application_name=name).kwargs())
+            conn.autocommit = True
+            conns.append((name, conn))
+            harness.wait_for(lambda: name in {m.group(1) for m in
+                                              WORKER_OF.finditer(c_gw.log_text())},
+                             10, "the session_start line")
+            w = {m.group(1): int(m.group(2)) for m in WORKER_OF.finditer(c_gw.log_text())}[name]
+            on.setdefault(w, conn)
+            if len(on) == 2:
+                break
+        assert sorted(on) == [0, 1], f"32 sessions all landed on worker(s) {sorted(on)}"
+
+        def held(conn, row):
+            def go():
+                with conn.cursor() as cur:
+                    cur.execute(f"DELETE FROM orders WHERE id = {row}")
+                    return cur.rowcount, time.monotonic()
+            return Background(go)
+        bgs = {w: held(conn, row) for (w, conn), row in zip(sorted(on.items()), (1, 2))}
+        reqs = [wait_request(env, env.b, f"DELETE FROM orders WHERE id = {row}")
+                for row in (1, 2)]
+        for req in reqs:
+            cli(env, env.b, "approve", str(req["id"]), "--as", "alice")
+        approved_at = time.monotonic()
+        for w, bg in bgs.items():
+            bg.join(40)
+            assert bg.error is None, bg.error
+            rowcount, done_at = bg.result
+            assert rowcount == 1
+            assert done_at - approved_at < 3.0, \
+                f"worker {w}'s held statement ran {done_at - approved_at:.2f}s after the approval"
+    finally:
+        for _, conn in conns:
+            conn.close()
+        stop_policy_gateway(c_gw)
