@@ -101,10 +101,11 @@ tsan: deps
 	  INTEGRATION_TESTS="$(addprefix tests/integration/,$(TSAN_TESTS))"
 
 # What CI runs under the sanitizers (the whole `make asan` takes about 30 minutes on a
-# loaded 2-core machine): the unit tests and the integration tests of the wire protocol
-# and the gate in the data path, against the sanitized gateway.
+# loaded 2-core machine): the unit tests and the integration tests of the wire protocol,
+# the gate and masking in the data path, against the sanitized gateway.
 ASAN_CI_TESTS := tests/integration/test_bad_input.py tests/integration/test_protocol.py \
-                 tests/integration/test_policy_protocol.py
+                 tests/integration/test_policy_protocol.py tests/integration/test_masking_e2e.py \
+                 tests/integration/test_policy_e2e.py
 asan-ci: deps
 	$(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" all unit
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -960,6 +960,10 @@ int maskflow_plan(session_t *s, policy_session_t *ps, char kind, const char *stm
         uint64_t id = reg_pend(mf, &mf->prepared, stmt, mask_plan_retain(st[0].plan), NULL);
         if (ref_set(&st[0].reg, &mf->prepared, stmt, id) < 0)
             rc = -1;
+        /* several statements in one Parse: the server refuses it (42601); only the
+         * first plan is kept for the name */
+        for (size_t i = 1; i < n; i++)
+            mask_plan_release(st[i].plan);
         n = 1;
     }
     mf->stash = st;
