@@ -212,36 +212,32 @@ appr_store_t *appr_attach(struct MDB_env *env, char *err, size_t errsz)
     return st;
 }
 
+/* Opens the audit store's environment itself (another process than the gateway),
+ * then attaches to it like the gateway does; appr_close closes what it opened. */
 appr_store_t *appr_open(const char *path, char *err, size_t errsz)
 {
-    appr_store_t *st = calloc(1, sizeof(*st));
+    MDB_env *env = NULL;
+    int rc = mdb_env_create(&env);
+    if (!rc)
+        rc = mdb_env_set_maxdbs(env, APPR_MAX_DBS);
+    /* No map size set: LMDB uses the one the gateway gave the environment. */
+    if (!rc) {
+        rc = mdb_env_open(env, path, MDB_NOTLS, 0600);
+        if (rc)
+            snprintf(err, errsz,
+                     rc == ENOENT ? "%s: no audit store here (the gateway creates it when it starts)"
+                                  : "%s: cannot open the audit store: %s",
+                     path, mdb_strerror(rc));
+    } else {
+        snprintf(err, errsz, "%s: %s", path, mdb_strerror(rc));
+    }
+    appr_store_t *st = rc ? NULL : appr_attach(env, err, errsz);
     if (!st) {
-        snprintf(err, errsz, "out of memory");
+        if (env)
+            mdb_env_close(env);
         return NULL;
     }
     st->own_env = true;
-    int rc = mdb_env_create(&st->env);
-    if (!rc)
-        rc = mdb_env_set_maxdbs(st->env, APPR_MAX_DBS);
-    if (rc) {
-        snprintf(err, errsz, "%s: %s", path, mdb_strerror(rc));
-        appr_close(st);
-        return NULL;
-    }
-    /* No map size set: LMDB uses the one the gateway gave the environment. */
-    rc = mdb_env_open(st->env, path, MDB_NOTLS, 0600);
-    if (rc) {
-        snprintf(err, errsz,
-                 rc == ENOENT ? "%s: no audit store here (the gateway creates it when it starts)"
-                              : "%s: cannot open the audit store: %s",
-                 path, mdb_strerror(rc));
-        appr_close(st);
-        return NULL;
-    }
-    if (open_dbs(st, err, errsz)) {
-        appr_close(st);
-        return NULL;
-    }
     return st;
 }
 
