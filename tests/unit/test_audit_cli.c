@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "helpers.h"
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
@@ -26,19 +28,9 @@
 #include "audit/internal.h"
 #include "cli/cli.h"
 
-static char dir[64], config[128], store[128];
+static char dir[TEST_DIR_MAX], config[TEST_DIR_MAX + 32], store[TEST_DIR_MAX + 32];
 
 /* ---- helpers ---- */
-
-static void write_file(const char *name, const char *text)
-{
-    char p[256];
-    snprintf(p, sizeof(p), "%s/%s", dir, name);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
 
 /* Run a CLI function with stdout and stderr captured. */
 typedef struct run {
@@ -99,14 +91,14 @@ static void run_free(run_t *r)
 static void expect_text(const char *what, const char *got, const char *want)
 {
     if (strcmp(got, want)) {
-        FILE *f = fopen("/tmp/bulwark-audit-cli-got.txt", "w");
+        char path[TEST_PATH_MAX];
+        snprintf(path, sizeof(path), "%s/bulwark-audit-cli-got.txt", test_tmp_base());
+        FILE *f = fopen(path, "w");
         if (f) {
             fputs(got, f);
             fclose(f);
         }
-        print_message(
-            "---- %s differs: got (whole text in /tmp/bulwark-audit-cli-got.txt) ----\n%s\n", what,
-            got);
+        print_message("---- %s differs: got (whole text in %s) ----\n%s\n", what, path, got);
         fail_msg("%s differs", what);
     }
 }
@@ -222,12 +214,11 @@ static void write_store(void)
 static int setup(void **state)
 {
     (void)state;
-    strcpy(dir, "/tmp/bulwark-audit-cli-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    test_mkdtemp(dir, sizeof(dir), "bulwark-audit-cli");
     snprintf(config, sizeof(config), "%s/bulwark.json", dir);
     snprintf(store, sizeof(store), "%s/var/audit", dir);
-    write_file("dev.secret", "0123456789abcdef0123456789abcdef0123456789\n");
-    char p[256];
+    test_write_file(dir, "dev.secret", "0123456789abcdef0123456789abcdef0123456789\n");
+    char p[TEST_DIR_MAX + 16];
     snprintf(p, sizeof(p), "%s/audit.pem", dir);
     EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
     FILE *f = fopen(p, "w");
@@ -235,7 +226,7 @@ static int setup(void **state)
     PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
     fclose(f);
     EVP_PKEY_free(k);
-    write_file("bulwark.json",
+    test_write_file(dir, "bulwark.json",
                "{\n"
                "  \"listen\": \"127.0.0.1:6432\",\n"
                "  \"allow_plaintext_on_loopback\": true,\n"
@@ -249,16 +240,10 @@ static int setup(void **state)
     return 0;
 }
 
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 static int teardown(void **state)
 {
     (void)state;
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(dir);
     return 0;
 }
 
@@ -529,9 +514,9 @@ static void export_streams_records_an_outside_verifier_accepts(void **state)
     char py[256], exp[256], cmd[1024];
     snprintf(py, sizeof(py), "%s/verify.py", dir);
     snprintf(exp, sizeof(exp), "%s/export.jsonl", dir);
-    write_file("verify.py", py_verifier);
+    test_write_file(dir, "verify.py", py_verifier);
     r = run(cli_audit, "audit", "export", "-c", config, NULL);
-    write_file("export.jsonl", r.out);
+    test_write_file(dir, "export.jsonl", r.out);
     run_free(&r);
     snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s < %s", py, exp);
     FILE *p = popen(cmd, "r");
@@ -562,7 +547,7 @@ static void verify_and_pubkey(void **state)
     r = run(cli_audit, "audit", "pubkey", "-c", config, NULL);
     assert_int_equal(r.rc, 0);
     assert_non_null(strstr(r.out, "-----BEGIN PUBLIC KEY-----"));
-    write_file("audit.pub", r.out);
+    test_write_file(dir, "audit.pub", r.out);
     run_free(&r);
     char pub[256];
     snprintf(pub, sizeof(pub), "%s/audit.pub", dir);
