@@ -225,8 +225,9 @@ appr_store_t *appr_open(const char *path, char *err, size_t errsz)
         rc = mdb_env_open(env, path, MDB_NOTLS, 0600);
         if (rc)
             snprintf(err, errsz,
-                     rc == ENOENT ? "%s: no audit store here (the gateway creates it when it starts)"
-                                  : "%s: cannot open the audit store: %s",
+                     rc == ENOENT
+                         ? "%s: no audit store here (the gateway creates it when it starts)"
+                         : "%s: cannot open the audit store: %s",
                      path, mdb_strerror(rc));
     } else {
         snprintf(err, errsz, "%s: %s", path, mdb_strerror(rc));

@@ -3,9 +3,9 @@
  * commit, durability, reopen, failure and recovery, retention, concurrency),
  * and verify against an attacker who edits the LMDB file directly.
  *
- * Every test works in its own directory under $TMPDIR (tests/unit/helpers.h). Some tests re-run this
- * binary as a second process (LMDB forbids opening one environment twice in
- * a process): `test_audit --child CMD DIR`.
+ * Every test works in its own directory under $TMPDIR (tests/unit/helpers.h). Some tests re-run
+ * this binary as a second process (LMDB forbids opening one environment twice in a process):
+ * `test_audit --child CMD DIR`.
  */
 #include <fcntl.h>
 #include <ftw.h>

@@ -226,16 +226,17 @@ static int setup(void **state)
     PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
     fclose(f);
     EVP_PKEY_free(k);
-    test_write_file(dir, "bulwark.json",
-               "{\n"
-               "  \"listen\": \"127.0.0.1:6432\",\n"
-               "  \"allow_plaintext_on_loopback\": true,\n"
-               "  \"identity\": {\"issuers\": [{\"issuer\": \"dev\", \"audience\": \"bulwark\",\n"
-               "                                \"hs256_secret_file\": \"dev.secret\"}]},\n"
-               "  \"targets\": {\"shop\": {\"host\": \"127.0.0.1\"}},\n"
-               "  \"audit\": {\"path\": \"var/audit\", \"signing_key_file\": \"audit.pem\",\n"
-               "            \"retention\": {\"max_age\": \"3650d\", \"max_size\": \"512MiB\"}}\n"
-               "}\n");
+    test_write_file(
+        dir, "bulwark.json",
+        "{\n"
+        "  \"listen\": \"127.0.0.1:6432\",\n"
+        "  \"allow_plaintext_on_loopback\": true,\n"
+        "  \"identity\": {\"issuers\": [{\"issuer\": \"dev\", \"audience\": \"bulwark\",\n"
+        "                                \"hs256_secret_file\": \"dev.secret\"}]},\n"
+        "  \"targets\": {\"shop\": {\"host\": \"127.0.0.1\"}},\n"
+        "  \"audit\": {\"path\": \"var/audit\", \"signing_key_file\": \"audit.pem\",\n"
+        "            \"retention\": {\"max_age\": \"3650d\", \"max_size\": \"512MiB\"}}\n"
+        "}\n");
     write_store();
     return 0;
 }

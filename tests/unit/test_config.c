@@ -104,7 +104,8 @@ static void loads_spec_example_with_defaults(void **state)
     assert_int_equal(c->audit.durability, CFG_DUR_STRICT_WRITES);
     assert_int_equal(c->audit.capture_rows, 50);
     assert_int_equal(c->audit.capture_bytes, 65536);
-    assert_string_equal(c->audit.signing_key_file, test_fixture("config/valid/keys/audit-ed25519.pem"));
+    assert_string_equal(c->audit.signing_key_file,
+                        test_fixture("config/valid/keys/audit-ed25519.pem"));
     assert_false(c->audit.on_failure_allow);
     assert_null(c->approvals.webhook_url);
     assert_int_equal(c->approvals.poll_interval_ms, 200);
@@ -142,7 +143,8 @@ static void loads_spec_example_with_defaults(void **state)
     assert_non_null(u);
     assert_string_equal(u->user, "agent_ro");
     assert_string_equal(u->password, "agent-ro-password");
-    assert_string_equal(u->password_file, test_fixture("config/valid/policies/../secrets/agent_ro"));
+    assert_string_equal(u->password_file,
+                        test_fixture("config/valid/policies/../secrets/agent_ro"));
     assert_null(u->password_env);
     assert_null(cfg_role_upstream(an, "ledger"));
     assert_int_equal(cJSON_GetArraySize(an->rules), 4);
@@ -380,16 +382,19 @@ static void reads_secret_files_stripping_one_newline(void **state)
     uint8_t *s;
     size_t len;
     char why[128];
-    assert_int_equal(cfg_read_secret_file(test_fixture("config/valid/secrets/dba"), &s, &len, why, sizeof(why)), 0);
+    assert_int_equal(
+        cfg_read_secret_file(test_fixture("config/valid/secrets/dba"), &s, &len, why, sizeof(why)),
+        0);
     assert_int_equal(len, strlen("dba pass with spaces"));
     assert_memory_equal(s, "dba pass with spaces", len);
     assert_int_equal(s[len], 0);
     free(s);
-    assert_int_equal(
-        cfg_read_secret_file(test_fixture("config/invalid/issuer-errors/empty.secret"), &s, &len, why, sizeof(why)),
-        -1);
+    assert_int_equal(cfg_read_secret_file(test_fixture("config/invalid/issuer-errors/empty.secret"),
+                                          &s, &len, why, sizeof(why)),
+                     -1);
     assert_string_equal(why, "file is empty");
-    assert_int_equal(cfg_read_secret_file(test_fixture("config/nope"), &s, &len, why, sizeof(why)), -1);
+    assert_int_equal(cfg_read_secret_file(test_fixture("config/nope"), &s, &len, why, sizeof(why)),
+                     -1);
     assert_string_equal(why, "No such file or directory");
 }
 

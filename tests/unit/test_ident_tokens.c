@@ -573,18 +573,18 @@ static void config_parses_jwks_files_and_lists_watch_files(void **state)
     free(jwks);
     test_write_file(dir, "ca.pem", "not read at load time\n");
     test_write_file(dir, "p.json",
-               "{\"role\":\"r\",\"identities\":[{\"iss\":\"u\",\"sub\":\"*\"}],"
-               "\"upstream\":{\"shop\":{\"user\":\"u\"}}}");
+                    "{\"role\":\"r\",\"identities\":[{\"iss\":\"u\",\"sub\":\"*\"}],"
+                    "\"upstream\":{\"shop\":{\"user\":\"u\"}}}");
     test_write_file(dir, "bulwark.json",
-               "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
-               "\"identity\":{\"issuers\":["
-               "{\"issuer\":\"f\",\"audience\":\"b\",\"jwks_file\":\"small.json\"},"
-               "{\"issuer\":\"g\",\"audience\":\"b\",\"jwks_file\":\"small.json\","
-               "\"jwks_ca_file\":\"ca.pem\"},"
-               "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
-               "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
-               "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
-               "\"policy_files\":[\"p.json\"]}");
+                    "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
+                    "\"identity\":{\"issuers\":["
+                    "{\"issuer\":\"f\",\"audience\":\"b\",\"jwks_file\":\"small.json\"},"
+                    "{\"issuer\":\"g\",\"audience\":\"b\",\"jwks_file\":\"small.json\","
+                    "\"jwks_ca_file\":\"ca.pem\"},"
+                    "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
+                    "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
+                    "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
+                    "\"policy_files\":[\"p.json\"]}");
     char cfgpath[512];
     snprintf(cfgpath, sizeof(cfgpath), "%s/bulwark.json", dir);
     cfg_errors_t errs = {0};
@@ -604,12 +604,12 @@ static void config_parses_jwks_files_and_lists_watch_files(void **state)
 
     /* the URL issuer alone loads, with its CA file resolved and watched */
     test_write_file(dir, "bulwark.json",
-               "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
-               "\"identity\":{\"issuers\":["
-               "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
-               "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
-               "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
-               "\"policy_files\":[\"p.json\"]}");
+                    "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
+                    "\"identity\":{\"issuers\":["
+                    "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
+                    "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
+                    "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
+                    "\"policy_files\":[\"p.json\"]}");
     cfg = cfg_load(cfgpath, NULL);
     assert_non_null(cfg);
     char want_ca[600];
