@@ -162,10 +162,31 @@ static const char *jstr(const cJSON *o, const char *name)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A number of the row, 0 if it is none or beyond +-2^53 (see present.c's dint). */
 static int64_t jint(const cJSON *o, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
+    return cJSON_IsNumber(v) && v->valuedouble >= -9007199254740992.0 &&
+                   v->valuedouble <= 9007199254740992.0
+               ? (int64_t)v->valuedouble
+               : 0;
+}
+
+void reader_session(audit_session_t *s, const cJSON *j, const char *id)
+{
+    *s = (audit_session_t){
+        .id = id,
+        .sub = jstr(j, "sub"),
+        .iss = jstr(j, "iss"),
+        .role = jstr(j, "role"),
+        .target = jstr(j, "target"),
+        .client = jstr(j, "client"),
+        .application_name = jstr(j, "app"),
+        .end_reason = jstr(j, "reason"),
+        .start_us = jint(j, "start"),
+        .end_us = jint(j, "end"),
+        .first_seq = (uint64_t)jint(j, "first"),
+    };
 }
 
 /* Look up one session and hand it to fn if it passes the filter; 0 = go on. */
@@ -184,19 +205,8 @@ static int visit_session(audit_reader_t *r, MDB_txn *txn, MDB_cursor *recs, cons
     char id[AUDIT_SID_MAX + 1];
     memcpy(id, sid, sl < sizeof(id) ? sl : sizeof(id) - 1);
     id[sl < sizeof(id) ? sl : sizeof(id) - 1] = 0;
-    audit_session_t s = {
-        .id = id,
-        .sub = jstr(j, "sub"),
-        .iss = jstr(j, "iss"),
-        .role = jstr(j, "role"),
-        .target = jstr(j, "target"),
-        .client = jstr(j, "client"),
-        .application_name = jstr(j, "app"),
-        .end_reason = jstr(j, "reason"),
-        .start_us = jint(j, "start"),
-        .end_us = jint(j, "end"),
-        .first_seq = (uint64_t)jint(j, "first"),
-    };
+    audit_session_t s;
+    reader_session(&s, j, id);
     int ret = 0;
     bool ok = s.start_us >= f->since_us && (!f->role || (s.role && !strcmp(s.role, f->role))) &&
               (!f->sub || (s.sub && !strcmp(s.sub, f->sub)));

@@ -615,11 +615,53 @@ static void verify_fails_with_exit_1_naming_the_record(void **state)
     run_free(&r);
 }
 
+/* A store written by someone else may hold any bytes: what is not UTF-8 and a
+ * record type the gateway never writes come out escaped like controls do. */
+static void replay_escapes_bytes_that_are_not_utf8(void **state)
+{
+    (void)state;
+    present_replay_t *l = present_replay_new();
+    assert_non_null(l);
+    cJSON *d1 = cJSON_CreateObject(), *d2 = cJSON_CreateObject();
+    cJSON_AddStringToObject(d1, "sql", "SELECT '\x9b" "31m', '\xc3(', '\xe2\x80\xae'");
+    cJSON_AddStringToObject(d1, "decision", "allow");
+    cJSON_AddNumberToObject(d1, "start", 1e300); /* beyond int64: ignored, not converted */
+    cJSON_AddStringToObject(d2, "x", "y");
+    audit_record_t r1 = {.key = 1, .seq = 1, .ts = 1714564800000000, .type = AUDIT_REC_STATEMENT,
+                         .type_name = "statement", .session = "s-1", .data = d1,
+                         .parsed = true, .hash_ok = true};
+    audit_record_t r2 = {.key = 2, .seq = 2, .ts = 1714564800001000, .type_name = "no\x9bte",
+                         .session = "s-1", .data = d2, .parsed = true, .hash_ok = true};
+    assert_int_equal(present_replay_add(l, &r1), 0);
+    assert_int_equal(present_replay_add(l, &r2), 0);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    present_replay_print(l, "s-1", false, f);
+    assert_int_equal(fclose(f), 0);
+    expect_text("replay of foreign bytes", text,
+                "session s-1\n"
+                "  (the session start was not recorded or has been retired)\n"
+                "  started     2024-05-01 12:00:00.000 UTC\n"
+                "\n"
+                "+0.000s  #1  allow\n"
+                "    SELECT '\\x9B31m', '\\xC3(', '\\u202E'\n"
+                "    (no result recorded)\n"
+                "\n"
+                "+0.001s  #2  no\\x9Bte  {\"x\":\"y\"}\n");
+    free(text);
+    present_replay_free(l);
+    cJSON_Delete(d1);
+    cJSON_Delete(d2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(aligned_format_matches_psql),
         cmocka_unit_test(replay_prints_a_transcript),
+        cmocka_unit_test(replay_escapes_bytes_that_are_not_utf8),
         cmocka_unit_test(sessions_lists_and_filters),
         cmocka_unit_test(export_streams_records_an_outside_verifier_accepts),
         cmocka_unit_test(verify_and_pubkey),
