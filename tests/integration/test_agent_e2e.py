@@ -254,36 +254,31 @@ def py_run(g, sub: str, answer: str) -> Run:
 
 # Each run starts from a fresh shop (an approved DELETE removes ticket 4). Module fixtures
 # run in the order the tests first use them; each loads its own copy first.
-@pytest.fixture(scope="module")
-def js_approved(agw, pg):
+def fresh_run(agw, pg, run, sub: str, answer: str) -> Run:
     load_shop(pg)
-    r = js_run(agw, "svc-agent-js", "approve")
+    r = run(agw, sub, answer)
     r.tickets_after = tickets(pg)
     return r
+
+
+@pytest.fixture(scope="module")
+def js_approved(agw, pg):
+    return fresh_run(agw, pg, js_run, "svc-agent-js", "approve")
 
 
 @pytest.fixture(scope="module")
 def js_denied(agw, pg):
-    load_shop(pg)
-    r = js_run(agw, "svc-agent-js-deny", "deny")
-    r.tickets_after = tickets(pg)
-    return r
+    return fresh_run(agw, pg, js_run, "svc-agent-js-deny", "deny")
 
 
 @pytest.fixture(scope="module")
 def py_approved(agw, pg):
-    load_shop(pg)
-    r = py_run(agw, "svc-agent-py", "approve")
-    r.tickets_after = tickets(pg)
-    return r
+    return fresh_run(agw, pg, py_run, "svc-agent-py", "approve")
 
 
 @pytest.fixture(scope="module")
 def py_denied(agw, pg):
-    load_shop(pg)
-    r = py_run(agw, "svc-agent-py-deny", "deny")
-    r.tickets_after = tickets(pg)
-    return r
+    return fresh_run(agw, pg, py_run, "svc-agent-py-deny", "deny")
 
 
 # ---------------------------------------------------------------------------------------
