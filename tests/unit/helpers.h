@@ -8,6 +8,10 @@
  * unit` runs from the root). The path is relative when the root is, so that
  * messages quoting it (test_config's expected errors) read the same.
  *
+ * Tokens: test_b64url is the tests' own base64url (OpenSSL's encoder, not the
+ * library's), so that a token a test builds does not share a bug with the code
+ * that reads it.
+ *
  * Scratch directories: $TMPDIR/NAME-XXXXXX (P_tmpdir without TMPDIR), made
  * with mkdtemp and removed whole with test_rmtree.
  */
@@ -20,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include <openssl/evp.h>
 
 #define TEST_PATH_MAX 1024
 #define TEST_DIR_MAX 200 /* a scratch directory's path (test_mkdtemp fails the test if longer) */
@@ -105,6 +111,20 @@ static inline void test_write_file(const char *dir, const char *name, const char
     assert_non_null(f);
     fputs(text, f);
     fclose(f);
+}
+
+/* base64url without padding of n bytes (malloc'd). */
+static inline char *test_b64url(const void *p, size_t n)
+{
+    char *out = malloc(4 * ((n + 2) / 3) + 1);
+    assert_non_null(out);
+    int len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
+    while (len > 0 && out[len - 1] == '=')
+        len--;
+    out[len] = 0;
+    for (char *c = out; *c; c++)
+        *c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
+    return out;
 }
 
 #endif

@@ -48,19 +48,7 @@ static cfg_t *load_cfg(void)
     return c;
 }
 
-/* ---- this test's own token builder ---- */
-
-static char *b64url(const void *p, size_t n)
-{
-    char *out = malloc(4 * ((n + 2) / 3) + 1);
-    int len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = 0;
-    for (char *c = out; *c; c++)
-        *c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
-    return out;
-}
+/* ---- this test's own token builder (test_b64url: helpers.h) ---- */
 
 static uint8_t *unb64url(const char *s, size_t *n)
 {
@@ -141,7 +129,7 @@ static char *sign_input(const char *sign, const char *alg, const char *input)
         unsigned int mlen = 0;
         HMAC(EVP_sha256(), key, (int)klen, (unsigned char *)input, in_len, mac, &mlen);
         free(key);
-        return b64url(mac, mlen);
+        return test_b64url(mac, mlen);
     }
     EVP_PKEY *k = load_key(sign);
     const EVP_MD *md = NULL;
@@ -181,7 +169,7 @@ static char *sign_input(const char *sign, const char *alg, const char *input)
         memcpy(sig, raw, 2 * es_half);
         n = 2 * es_half;
     }
-    char *out = b64url(sig, n);
+    char *out = test_b64url(sig, n);
     free(sig);
     return out;
 }
@@ -235,7 +223,7 @@ static char *build_case(const cJSON *doc, const cJSON *c, long long now)
     else if (h && str(h, "alg"))
         alg = strdup(str(h, "alg"));
     cJSON_Delete(h);
-    char *hb = b64url(header, strlen(header)), *pb = b64url(payload, strlen(payload));
+    char *hb = test_b64url(header, strlen(header)), *pb = test_b64url(payload, strlen(payload));
     size_t in_len = strlen(hb) + 1 + strlen(pb);
     char *input = malloc(in_len + 1);
     snprintf(input, in_len + 1, "%s.%s", hb, pb);
@@ -244,13 +232,13 @@ static char *build_case(const cJSON *doc, const cJSON *c, long long now)
         size_t n;
         uint8_t *raw = unb64url(sig, &n);
         free(sig);
-        sig = b64url(raw, n - 1);
+        sig = test_b64url(raw, n - 1);
         free(raw);
     }
     if (edit && !strcmp(edit, "swap_payload")) {
         char *evil = replace_all(payload, "svc-agent-1", "svc-admin-1");
         free(pb);
-        pb = b64url(evil, strlen(evil));
+        pb = test_b64url(evil, strlen(evil));
         free(evil);
         snprintf(input, in_len + 1, "%s.%s", hb, pb);
     }
