@@ -14,6 +14,8 @@
 #   bench_gateway_start DIR [CMD...] `bulwark serve` (under CMD, e.g. valgrind) logging to
 #                                    DIR/bulwark.log; sets BENCH_LAST_PID; stopped on exit
 #   bench_wait_listening LOG PID [TENTHS]  until the log says event=listening
+#   bench_reload PID LOG ROLES       SIGHUP, then 0 once the log says it reloaded with ROLES
+#                                    roles (1, printing the reload lines, if it failed)
 #   run_pgbench TARGET MODE CLIENTS  pgbench -S: tps, or NA (target_port, target_user,
 #                                    target_pass name the target; scripts redefine them)
 #   median FORMAT VALUE... / ratio A B / div A B [FORMAT]   NA-aware arithmetic
@@ -163,6 +165,19 @@ bench_wait_listening() {   # LOG PID [TENTHS of a second, 200]: 0 once listening
         sleep 0.1
     done
     grep -q 'event=listening' "$1" 2>/dev/null
+}
+
+bench_reload() {   # PID LOG ROLES
+    local from i
+    from=$(wc -l < "$2")
+    kill -HUP "$1" 2>/dev/null || return 1
+    for ((i = 0; i < 100; i++)); do
+        tail -n +"$((from + 1))" "$2" | grep -q -e "event=reloaded roles=$3\b" -e 'event=reload_failed' && break
+        sleep 0.1
+    done
+    tail -n +"$((from + 1))" "$2" | grep -q "event=reloaded roles=$3\b" && return 0
+    tail -n +"$((from + 1))" "$2" | grep 'event=reload' | tail -n 5 >&2
+    return 1
 }
 
 target_user() { echo bench; }

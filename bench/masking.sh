@@ -43,12 +43,7 @@ cat > "$WORK/bulwark/policies/bench-mask.json" <<'EOF2'
 EOF2
 MASK_TOKEN=$(bench_token pgbench-mask)
 MASK_ROLES=$(( $(grep -c '"role"' "$WORK"/bulwark/policies/*.json | awk -F: '{ s += $2 } END { print s }') ))
-kill -HUP "$BULWARK_PID" 2>/dev/null || true
-for _ in $(seq 100); do
-    grep -q "event=reloaded roles=$MASK_ROLES" "$WORK/bulwark/bulwark.log" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q "event=reloaded roles=$MASK_ROLES" "$WORK/bulwark/bulwark.log" ||
+bench_reload "$BULWARK_PID" "$WORK/bulwark/bulwark.log" "$MASK_ROLES" ||
     say "masking: Bulwark did not load bench_mask: its results will be NA"
 
 # mask_read CASE: prints seconds, or NA

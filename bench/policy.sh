@@ -51,14 +51,8 @@ cat > "$WORK/bulwark/policies/bench-policy.json" <<'EOF'
 ]
 EOF
 POLICY_TOKEN=$(bench_token pgbench-policy)
-kill -HUP "$BULWARK_PID" 2>/dev/null || true
-for _ in $(seq 100); do
-    grep -q 'event=reloaded roles=3' "$WORK/bulwark/bulwark.log" 2>/dev/null && break
-    grep -q 'event=reload_failed' "$WORK/bulwark/bulwark.log" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q 'event=reloaded roles=3' "$WORK/bulwark/bulwark.log" ||
-    { grep 'event=reload' "$WORK/bulwark/bulwark.log" | tail -n 5 >&2; say "Bulwark did not load bench_policy: its results will be NA"; }
+bench_reload "$BULWARK_PID" "$WORK/bulwark/bulwark.log" 3 ||
+    say "Bulwark did not load bench_policy: its results will be NA"
 
 # From here on the bulwark target is the policy role (direct and PgBouncer are unchanged;
 # run_pgbench of bench/lib.sh asks these two).
