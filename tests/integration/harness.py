@@ -790,16 +790,18 @@ def raw_login(ep: Endpoint, timeout=10.0, **params) -> RawPg:
 
 
 class TcpForwarder:
-    """A TCP relay on a free loopback port to target. With record=True it also keeps every
-    byte relayed back from the target (what a client saw: received())."""
+    """A TCP relay on a loopback port (listen_port, or a free one) to target. With
+    record=True it also keeps every byte relayed back from the target (what a client saw:
+    received())."""
 
-    def __init__(self, target_host: str, target_port: int, record: bool = False):
+    def __init__(self, target_host: str, target_port: int, record: bool = False,
+                 listen_port: int = 0):
         self.target = (target_host, target_port)
         self.record = record
         self.data = bytearray()
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind(("127.0.0.1", listen_port))
         self.lsock.listen(64)
         self.port = self.lsock.getsockname()[1]
         self.lock = threading.Lock()
