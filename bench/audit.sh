@@ -58,49 +58,16 @@ for s in $SCRIPTS; do
     case "$s" in select-only|simple-update) ;; *) echo "bench/audit: unknown script \"$s\"" >&2; exit 2 ;; esac
 done
 
-say() { printf 'bench/audit: %s\n' "$*" >&2; }
-die() { say "$*"; exit 1; }
-
-[ -x "$BIN" ] || die "$BIN not found: run \`make\` first"
-for tool in pgbench psql; do
-    command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-deps.sh"
-done
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init bench/audit bulwark-bench-audit
+bench_need pgbench psql
 HAVE_MDB_STAT=1
 command -v mdb_stat >/dev/null || { HAVE_MDB_STAT=0; say "mdb_stat not found (lmdb-utils): store figures will be NA"; }
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-bench-audit.XXXXXX")
-chmod 711 "$WORK"
-PG_STARTED=0
+# The gateways get SIGTERM and 10 s to commit what they hold.
+BENCH_STOP_SIGNAL=TERM BENCH_STOP_SECONDS=10
 declare -A GW_PID=() GW_PORT=()
 MODES_AUDIT=(batched strict-writes strict)
-
-stop_pid() {   # stop_pid PID: SIGTERM, then SIGKILL after 10 s
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-}
-cleanup() {
-    local status=$?
-    trap - EXIT
-    trap "" INT TERM HUP
-    set +e
-    for m in "${!GW_PID[@]}"; do stop_pid "${GW_PID[$m]}"; done
-    [ "$PG_STARTED" = 1 ] && "$ROOT/scripts/pgtmp.sh" stop "$WORK/pg" >/dev/null 2>&1
-    rm -rf "$WORK"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
 
 export PGSSLMODE=disable PGCONNECT_TIMEOUT=10
 
@@ -109,67 +76,24 @@ if [ -n "${BENCH_PGPORT:-}" ]; then
     PGPORT=$BENCH_PGPORT PW=${BENCH_PGPASSWORD:?BENCH_PGPASSWORD must come with BENCH_PGPORT}
     say "using the PostgreSQL on 127.0.0.1:$PGPORT (database bench)"
 else
-    PGPORT=$(free_port) PW=$(random_hex 16)
-    say "starting PostgreSQL on 127.0.0.1:$PGPORT"
-    PG_STARTED=1
-    "$ROOT/scripts/pgtmp.sh" start "$WORK/pg" "$PGPORT" >&2 || die "pgtmp.sh start failed"
-    printf '%s\n' "CREATE ROLE bench LOGIN PASSWORD :'pw';" "CREATE DATABASE bench OWNER bench;" |
-        psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/pg" -p "$PGPORT" -U postgres -d postgres -v pw="$PW" >/dev/null
-    say "pgbench -i -s $SCALE"
-    PGPASSWORD=$PW pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U bench bench >"$WORK/pgbench-init.log" 2>&1 ||
-        { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+    bench_pg_start "$SCALE"
 fi
 
 # --- three gateways, one per durability mode ---------------------------------
-(umask 077
- printf '%s' "$PW" > "$WORK/bench.password"
- random_hex 32 > "$WORK/bench.hs256")
-TOKEN=$("$BIN" token --secret-file "$WORK/bench.hs256" --iss bench --aud bulwark \
-        --sub pgbench --ttl 12h) || die "bulwark token failed"
+bench_secrets "$WORK"
+TOKEN=$(bench_token pgbench)
 for m in "${MODES_AUDIT[@]}"; do
-    d=$WORK/gw-$m
-    mkdir -p "$d/policies"
     port=$(free_port)
     GW_PORT[$m]=$port
-    cat > "$d/bulwark.json" <<EOF
-{
-  "listen": "127.0.0.1:$port",
-  "allow_plaintext_on_loopback": true,
-  "identity": {
-    "issuers": [ { "issuer": "bench", "audience": "bulwark", "hs256_secret_file": "../bench.hs256" } ],
-    "max_token_lifetime": "24h"
-  },
-  "targets": {
-    "bench": { "host": "127.0.0.1", "port": $PGPORT, "dbname": "bench", "sslmode": "disable" }
-  },
-  "policy_files": ["policies/*.json"],
-  "audit": { "path": "audit", "map_size": "4GiB", "durability": "$m" },
-  "max_client_conn": 200,
-  "shutdown_grace": "1s"
-}
-EOF
-    cat > "$d/policies/bench.json" <<'EOF'
-{
-  "role": "bench",
-  "description": "pgbench through the gateway: pass-through, recorded",
-  "identities": [ { "iss": "bench", "sub": "pgbench" } ],
-  "upstream": { "bench": { "user": "bench", "password_file": "../../bench.password" } },
-  "default": "allow",
-  "read_only": false,
-  "catalog_reads": true
-}
-EOF
+    bench_gateway_config "$WORK/gw-$m" "$port" "../" \
+        "{ \"path\": \"audit\", \"map_size\": \"4GiB\", \"durability\": \"$m\" }" \
+        "pgbench through the gateway: pass-through, recorded"
     say "starting Bulwark (audit.durability $m) on 127.0.0.1:$port"
-    "$BIN" serve -c "$d/bulwark.json" 2>"$d/bulwark.log" &
-    GW_PID[$m]=$!
+    bench_gateway_start "$WORK/gw-$m"
+    GW_PID[$m]=$BENCH_LAST_PID
 done
 for m in "${MODES_AUDIT[@]}"; do
-    for _ in $(seq 200); do
-        grep -q 'event=listening' "$WORK/gw-$m/bulwark.log" 2>/dev/null && break
-        kill -0 "${GW_PID[$m]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q 'event=listening' "$WORK/gw-$m/bulwark.log" ||
+    bench_wait_listening "$WORK/gw-$m/bulwark.log" "${GW_PID[$m]}" ||
         { tail -n 20 "$WORK/gw-$m/bulwark.log" >&2; die "Bulwark ($m) did not start"; }
 done
 
@@ -197,7 +121,8 @@ stmts_per_tx() { if [ "$1" = select-only ]; then echo 1; else echo 5; fi; }
 FAILED=0
 declare -A STMTS=() LAT1=()
 
-# run_pgbench TARGET SCRIPT CLIENTS: prints "tps latency_ms transactions", or "NA NA NA"
+# run_pgbench TARGET SCRIPT CLIENTS (bench/lib.sh's, with the latency and the count):
+# prints "tps latency_ms transactions", or "NA NA NA"
 run_pgbench() {
     local jobs=$(( $3 < 2 ? $3 : 2 )) out
     if out=$(PGPASSWORD=$(target_pass "$1") pgbench -n "$(script_flag "$2")" -M simple -c "$3" -j "$jobs" \
@@ -210,13 +135,6 @@ run_pgbench() {
         echo "NA NA NA"
     fi
 }
-median() {   # median FORMAT VALUE...
-    local fmt=$1; shift
-    printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g |
-        awk -v fmt="$fmt\n" '{ v[NR] = $1 } END { if (!NR) print "NA"; else if (NR % 2) printf fmt, v[(NR + 1) / 2];
-                                                  else printf fmt, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-div() { awk -v a="$1" -v b="$2" -v f="${3:-%.2f}" 'BEGIN { if (a == "NA" || b == "NA" || a == "" || b == "" || b == 0) print "NA"; else printf f "\n", a / b }'; }
 
 SUMMARY=("| case | direct tps | batched tps | strict-writes tps | strict tps | strict-writes / batched | strict / batched |"
          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

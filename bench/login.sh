@@ -21,25 +21,14 @@ while [ $# -gt 0 ]; do
     *) echo "login.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-say() { printf 'bench/login: %s\n' "$*" >&2; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-bench-login.XXXXXX")
-chmod 755 "$WORK"
-GW_PID=
-cleanup() {
-    [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null || true
-    "$ROOT/scripts/pgtmp.sh" stop "$WORK/pg" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init bench/login bulwark-bench-login
+bench_need pgbench psql
+BENCH_STOP_SIGNAL=TERM
 
 "$ROOT/scripts/mkcerts.sh" "$WORK/certs" >/dev/null
-PGPORT=$(free_port)
-"$ROOT/scripts/pgtmp.sh" start "$WORK/pg" "$PGPORT" --ssl "$WORK/certs" >/dev/null
-PW=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-psql -q -h "$WORK/pg" -p "$PGPORT" -U postgres -d postgres \
-    -c "CREATE ROLE bench LOGIN PASSWORD '$PW'" -c "CREATE DATABASE bench OWNER bench" >/dev/null
+bench_pg_start 0 --ssl "$WORK/certs"
 
 mkdir -p "$WORK/gw/policies"
 printf '%s' "$PW" > "$WORK/gw/bench.password"
@@ -62,9 +51,9 @@ cat > "$WORK/gw/policies/login.json" <<'EOF'
   "upstream": { "bench": { "user": "bench", "password_file": "../bench.password" } },
   "default": "allow" }
 EOF
-"$BIN" serve -c "$WORK/gw/bulwark.json" 2> "$WORK/gw/bulwark.log" &
-GW_PID=$!
-for _ in $(seq 100); do grep -q event=listening "$WORK/gw/bulwark.log" && break; sleep 0.1; done
+bench_gateway_start "$WORK/gw"
+bench_wait_listening "$WORK/gw/bulwark.log" "$BENCH_LAST_PID" 100 ||
+    { tail -n 20 "$WORK/gw/bulwark.log" >&2; die "Bulwark did not start"; }
 TOKEN=$("$BIN" token --key "$ROOT/tests/fixtures/keys/rsa1.pem" --kid rsa1 --alg RS256 \
         --iss bench-rs --aud bulwark --sub pgbench-login --ttl 1h)
 echo 'SELECT 1;' > "$WORK/select1.sql"
@@ -74,11 +63,10 @@ cps() { # cps PORT PASSWORD: connections (= transactions) per second
         -j 2 -T "$DURATION" -h 127.0.0.1 -p "$1" -U bench bench 2>/dev/null |
         awk '/^tps = / { printf "%d\n", $3 }'
 }
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "NA"; else print v[int((NR + 1) / 2)] }'; }
 D=() B=()
 for r in $(seq "$ROUNDS"); do
     say "round $r/$ROUNDS"
     if [ $((r % 2)) = 1 ]; then D+=("$(cps "$PGPORT" "$PW")"); B+=("$(cps "$GW_PORT" "$TOKEN")")
     else B+=("$(cps "$GW_PORT" "$TOKEN")"); D+=("$(cps "$PGPORT" "$PW")"); fi
 done
-echo "RESULT mode=login clients=$CLIENTS tls=on direct_cps=$(printf '%s\n' "${D[@]}" | grep . | median) bulwark_cps=$(printf '%s\n' "${B[@]}" | grep . | median)"
+echo "RESULT mode=login clients=$CLIENTS tls=on direct_cps=$(median %.0f "${D[@]}") bulwark_cps=$(median %.0f "${B[@]}")"

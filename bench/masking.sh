@@ -41,15 +41,9 @@ cat > "$WORK/bulwark/policies/bench-mask.json" <<'EOF2'
   ]
 }
 EOF2
-MASK_TOKEN=$("$BIN" token --secret-file "$WORK/bulwark/bench.hs256" --iss bench --aud bulwark \
-             --sub pgbench-mask --ttl 12h) || die "bulwark token failed"
+MASK_TOKEN=$(bench_token pgbench-mask)
 MASK_ROLES=$(( $(grep -c '"role"' "$WORK"/bulwark/policies/*.json | awk -F: '{ s += $2 } END { print s }') ))
-kill -HUP "$BULWARK_PID" 2>/dev/null || true
-for _ in $(seq 100); do
-    grep -q "event=reloaded roles=$MASK_ROLES" "$WORK/bulwark/bulwark.log" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q "event=reloaded roles=$MASK_ROLES" "$WORK/bulwark/bulwark.log" ||
+bench_reload "$BULWARK_PID" "$WORK/bulwark/bulwark.log" "$MASK_ROLES" ||
     say "masking: Bulwark did not load bench_mask: its results will be NA"
 
 # mask_read CASE: prints seconds, or NA
@@ -95,5 +89,5 @@ for t in "${MASK_CASES[@]}"; do
     MASK_RPS[$t]=$(awk -v s="$s" -v n="$ROWS" 'BEGIN { if (s == "NA" || s == 0) print "NA"; else printf "%.0f\n", n / s }')
 done
 line="RESULT mode=masking rows=$ROWS direct_rows_s=${MASK_RPS[direct]} bulwark_rows_s=${MASK_RPS[bulwark]} masked_rows_s=${MASK_RPS[masked]}"
-echo "$line"; RESULTS+=("$line")
+result "$line"
 TABLE+=("| SELECT * of $ROWS rows, 3 masked columns + detectors (rows/s): direct / unmasked / masked | ${MASK_RPS[direct]} | — | ${MASK_RPS[bulwark]} / ${MASK_RPS[masked]} | $(ratio "${MASK_RPS[bulwark]}" "${MASK_RPS[direct]}") | masked / unmasked $(ratio "${MASK_RPS[masked]}" "${MASK_RPS[bulwark]}") |")

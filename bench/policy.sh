@@ -50,30 +50,14 @@ cat > "$WORK/bulwark/policies/bench-policy.json" <<'EOF'
   }
 ]
 EOF
-POLICY_TOKEN=$("$BIN" token --secret-file "$WORK/bulwark/bench.hs256" --iss bench --aud bulwark \
-               --sub pgbench-policy --ttl 12h) || die "bulwark token failed"
-kill -HUP "$BULWARK_PID" 2>/dev/null || true
-for _ in $(seq 100); do
-    grep -q 'event=reloaded roles=3' "$WORK/bulwark/bulwark.log" 2>/dev/null && break
-    grep -q 'event=reload_failed' "$WORK/bulwark/bulwark.log" 2>/dev/null && break
-    sleep 0.1
-done
-grep -q 'event=reloaded roles=3' "$WORK/bulwark/bulwark.log" ||
-    { grep 'event=reload' "$WORK/bulwark/bulwark.log" | tail -n 5 >&2; say "Bulwark did not load bench_policy: its results will be NA"; }
+POLICY_TOKEN=$(bench_token pgbench-policy)
+bench_reload "$BULWARK_PID" "$WORK/bulwark/bulwark.log" 3 ||
+    say "Bulwark did not load bench_policy: its results will be NA"
 
-# From here on the bulwark target is the policy role (direct and PgBouncer are unchanged).
+# From here on the bulwark target is the policy role (direct and PgBouncer are unchanged;
+# run_pgbench of bench/lib.sh asks these two).
 target_user() { if [ "$1" = bulwark ]; then echo bench_policy; else echo bench; fi; }
 target_pass() { if [ "$1" = bulwark ]; then echo "$POLICY_TOKEN"; else echo "$PW"; fi; }
-run_pgbench() {
-    local jobs=$(( $3 < 2 ? $3 : 2 )) out
-    if out=$(PGPASSWORD=$(target_pass "$1") pgbench -n -S -M "$2" -c "$3" -j "$jobs" -T "$DURATION" \
-                 -h 127.0.0.1 -p "$(target_port "$1")" -U "$(target_user "$1")" bench 2>&1); then
-        awk '/^tps = / { printf "%.0f\n", $3; exit }' <<<"$out"
-    else
-        say "pgbench failed ($1, $2, $3 clients):"; tail -n 5 <<<"$out" >&2
-        echo NA
-    fi
-}
 
 # A refused statement would make pgbench fail (NA above); check that none was refused.
 POLICY_LOG_FROM=$(wc -l < "$WORK/bulwark/bulwark.log")
@@ -82,7 +66,7 @@ for mode in $MODES; do
         say "policy on: pgbench -S -M $mode -c $c, ${DURATION}s per run"
         run_case pgbench "$mode" "$c"
         line="RESULT mode=$mode clients=$c policy=on direct_tps=${MED[direct]} pgbouncer_tps=${MED[pgbouncer]} bulwark_tps=${MED[bulwark]}"
-        echo "$line"; RESULTS+=("$line")
+        result "$line"
         TABLE+=("| $mode -c $c, policy on (tps) | ${MED[direct]} | ${MED[pgbouncer]} | ${MED[bulwark]} | $(ratio "${MED[bulwark]}" "${MED[direct]}") | $(ratio "${MED[bulwark]}" "${MED[pgbouncer]}") |")
     done
 done

@@ -31,76 +31,32 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-say() { printf 'bench/profile: %s\n' "$*" >&2; }
-die() { say "$*"; exit 1; }
-for tool in valgrind callgrind_control callgrind_annotate pgbench psql; do
-    command -v "$tool" >/dev/null || die "$tool not found"
-done
-[ -x "$BIN" ] || die "$BIN not found: run \`make\` first"
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-profile.XXXXXX")
-chmod 711 "$WORK"
-GW=
-cleanup() {
-    local status=$?
-    trap - EXIT
-    set +e
-    if [ -n "$GW" ] && kill -0 "$GW" 2>/dev/null; then
-        kill -TERM "$GW"; for _ in $(seq 300); do kill -0 "$GW" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$GW" 2>/dev/null
-    fi
-    "$ROOT/scripts/pgtmp.sh" stop "$WORK/pg" >/dev/null 2>&1
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init bench/profile bulwark-profile
+bench_need valgrind callgrind_control callgrind_annotate pgbench psql
+BENCH_STOP_SIGNAL=TERM BENCH_STOP_SECONDS=30   # valgrind takes its time to write out
+bench_on_exit() {   # keep the callgrind files (the gateway has stopped; $WORK is still there)
     if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp "$WORK"/cg.out* "$KEEP"/ 2>/dev/null; fi
-    rm -rf "$WORK"
-    exit "$status"
+    return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 export PGSSLMODE=disable PGCONNECT_TIMEOUT=30
 
-PGPORT=$(free_port) PW=$(random_hex 16)
-say "starting PostgreSQL on 127.0.0.1:$PGPORT"
-"$ROOT/scripts/pgtmp.sh" start "$WORK/pg" "$PGPORT" >/dev/null || die "pgtmp.sh start failed"
-printf '%s\n' "CREATE ROLE bench LOGIN PASSWORD :'pw';" "CREATE DATABASE bench OWNER bench;" |
-    psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/pg" -p "$PGPORT" -U postgres -d postgres -v pw="$PW" >/dev/null
-PGPASSWORD=$PW pgbench -i -q -s 1 -h 127.0.0.1 -p "$PGPORT" -U bench bench >/dev/null 2>&1 || die "pgbench -i failed"
-
-(umask 077; printf '%s' "$PW" > "$WORK/bench.password"; random_hex 32 > "$WORK/bench.hs256")
-TOKEN=$("$BIN" token --secret-file "$WORK/bench.hs256" --iss bench --aud bulwark --sub pgbench --ttl 2h)
+bench_pg_start 1
+bench_secrets "$WORK"
+TOKEN=$("$BIN" token --secret-file "$BENCH_SECRET" --iss bench --aud bulwark --sub pgbench --ttl 2h)
 GWPORT=$(free_port)
-mkdir -p "$WORK/gw/policies"
-cat > "$WORK/gw/bulwark.json" <<EOF
-{
-  "listen": "127.0.0.1:$GWPORT",
-  "allow_plaintext_on_loopback": true,
-  "identity": { "issuers": [ { "issuer": "bench", "audience": "bulwark", "hs256_secret_file": "../bench.hs256" } ] },
-  "targets": { "bench": { "host": "127.0.0.1", "port": $PGPORT, "dbname": "bench", "sslmode": "disable" } },
-  "policy_files": ["policies/*.json"],
-  "audit": { "path": "audit", "map_size": "1GiB", "durability": "$DUR" },
-  "shutdown_grace": "1s"
-}
-EOF
-cat > "$WORK/gw/policies/bench.json" <<'EOF'
-{ "role": "bench", "identities": [ { "iss": "bench", "sub": "pgbench" } ],
-  "upstream": { "bench": { "user": "bench", "password_file": "../../bench.password" } },
-  "default": "allow", "read_only": false, "catalog_reads": true }
-EOF
+bench_gateway_config "$WORK/gw" "$GWPORT" "../" \
+    "{ \"path\": \"audit\", \"map_size\": \"1GiB\", \"durability\": \"$DUR\" }" \
+    "pgbench under callgrind"
 say "starting Bulwark under callgrind on 127.0.0.1:$GWPORT (durability $DUR)"
-valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/cg.out" \
-    "$BIN" serve -c "$WORK/gw/bulwark.json" 2>"$WORK/gw.log" &
-GW=$!
-for _ in $(seq 600); do grep -q 'event=listening' "$WORK/gw.log" 2>/dev/null && break; sleep 0.1; done
-grep -q 'event=listening' "$WORK/gw.log" || { tail "$WORK/gw.log" >&2; die "Bulwark did not start"; }
+bench_gateway_start "$WORK/gw" valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/cg.out"
+GW=$BENCH_LAST_PID
+bench_wait_listening "$WORK/gw/bulwark.log" "$GW" 600 || { tail "$WORK/gw/bulwark.log" >&2; die "Bulwark did not start"; }
 
 bench() { PGPASSWORD=$TOKEN pgbench -n -S -M "$PROTO" -c "$CLIENTS" -j 1 -t "$1" -h 127.0.0.1 -p "$GWPORT" -U bench bench; }
 say "warm-up"
-bench 50 >/dev/null 2>&1 || { tail "$WORK/gw.log" >&2; die "warm-up pgbench failed"; }
+bench 50 >/dev/null 2>&1 || { tail "$WORK/gw/bulwark.log" >&2; die "warm-up pgbench failed"; }
 sleep 1
 callgrind_control -z "$GW" >/dev/null
 say "pgbench -S -M $PROTO -c $CLIENTS -t $TX"

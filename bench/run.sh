@@ -5,6 +5,9 @@
 #
 #   bench/run.sh            full run  (scale 10, 10 s per pgbench run, 3 rounds)
 #   bench/run.sh --quick    short run (scale 1, 3 s per pgbench run, 1 round)
+#   bench/run.sh --smoke    checks that every part runs end to end (1 s runs, 2 clients,
+#                           simple mode, 1000 rows); its figures mean nothing and no
+#                           report file is written
 #   options: --rounds N --duration SECONDS --scale N --clients "1 8 32"
 #            --modes "simple extended prepared" --rows N (streaming SELECT)
 #
@@ -38,6 +41,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) set_quick ;;
+        --smoke) RUN_KIND=smoke SCALE=1 DURATION=1 ROUNDS=1 CLIENTS=2 MODES=simple ROWS=1000 ;;
         --rounds) ROUNDS=$2; shift ;;
         --duration) DURATION=$2; shift ;;
         --scale) SCALE=$2; shift ;;
@@ -53,73 +57,17 @@ for v in ROUNDS DURATION SCALE ROWS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "bench: --${v,,} must be a positive integer" >&2; exit 2; }
 done
 
-say() { printf 'bench: %s\n' "$*" >&2; }
-die() { say "$*"; exit 1; }
-
-[ -x "$BIN" ] || die "$BIN not found: run \`make\` first (or \`make bench\`)"
-for tool in pgbench psql pgbouncer; do
-    command -v "$tool" >/dev/null || die "$tool not found: run scripts/install-deps.sh"
-done
-
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-# wait_port PORT PID SECONDS: until something accepts on 127.0.0.1:PORT (and PID lives).
-wait_port() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        kill -0 "$2" 2>/dev/null || return 1
-        /usr/bin/python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" \
-            2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-random_hex() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-bench.XXXXXX")
-chmod 711 "$WORK"   # the cluster (and pgbouncer) may run as the postgres OS user
-PG_STARTED=0 PGB_PID='' BULWARK_PID='' WK_PIDS=()
-
-stop_pid() {   # stop_pid PID: SIGINT, then SIGKILL after 5 s
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -INT "$pid" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-}
-cleanup() {
-    local status=$?
-    trap - EXIT
-    trap "" INT TERM HUP   # finish cleaning up whatever else arrives (inherited by what we run here)
-    set +e
-    [ -n "$BULWARK_PID" ] && stop_pid "$BULWARK_PID"
-    for p in "${WK_PIDS[@]}"; do stop_pid "$p"; done   # bench/workers.sh
-    [ -n "$PGB_PID" ] && stop_pid "$PGB_PID"
-    [ "$PG_STARTED" = 1 ] && "$ROOT/scripts/pgtmp.sh" stop "$WORK/pg" >/dev/null 2>&1
-    rm -rf "$WORK"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init bench bulwark-bench
+bench_need pgbench psql pgbouncer
+PGB_PID='' BULWARK_PID=''
 
 export PGSSLMODE=disable   # all three targets in plaintext: compare like with like
 export PGCONNECT_TIMEOUT=10
 
 # --- PostgreSQL ---------------------------------------------------------------
-PGPORT=$(free_port)
-PW=$(random_hex 16)
-say "starting PostgreSQL on 127.0.0.1:$PGPORT"
-PG_STARTED=1   # before: an interrupted start may leave a server running
-"$ROOT/scripts/pgtmp.sh" start "$WORK/pg" "$PGPORT" >&2 || die "pgtmp.sh start failed"
-printf '%s\n' "CREATE ROLE bench LOGIN PASSWORD :'pw';" "CREATE DATABASE bench OWNER bench;" |
-    psql -X -q -v ON_ERROR_STOP=1 -h "$WORK/pg" -p "$PGPORT" -U postgres -d postgres -v pw="$PW" >/dev/null
-say "pgbench -i -s $SCALE"
-PGPASSWORD=$PW pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U bench bench >"$WORK/pgbench-init.log" 2>&1 ||
-    { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+bench_pg_start "$SCALE"
 
 # --- PgBouncer ----------------------------------------------------------------
 PGB_PORT=$(free_port)
@@ -152,56 +100,23 @@ chmod 600 "$WORK/pgbouncer/userlist.txt"
 say "starting PgBouncer on 127.0.0.1:$PGB_PORT"
 pgbouncer "$WORK/pgbouncer/pgbouncer.ini" 2>"$WORK/pgbouncer/stderr.log" &
 PGB_PID=$!
+BENCH_PIDS+=("$PGB_PID")
 wait_port "$PGB_PORT" "$PGB_PID" 10 ||
     { cat "$WORK/pgbouncer/stderr.log" "$WORK/pgbouncer/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
 
 # --- Bulwark ------------------------------------------------------------------
 GW_PORT=$(free_port)
-mkdir -p "$WORK/bulwark/policies"
-(umask 077
- printf '%s' "$PW" > "$WORK/bulwark/bench.password"
- random_hex 32 > "$WORK/bulwark/bench.hs256")
+bench_secrets "$WORK/bulwark"
 # Audit on, with the default durability (strict-writes), as a deployment runs it; retention
 # keeps the store within its map however many statements a full run records.
-cat > "$WORK/bulwark/bulwark.json" <<EOF
-{
-  "listen": "127.0.0.1:$GW_PORT",
-  "allow_plaintext_on_loopback": true,
-  "identity": {
-    "issuers": [ { "issuer": "bench", "audience": "bulwark", "hs256_secret_file": "bench.hs256" } ],
-    "max_token_lifetime": "24h"
-  },
-  "targets": {
-    "bench": { "host": "127.0.0.1", "port": $PGPORT, "dbname": "bench", "sslmode": "disable" }
-  },
-  "policy_files": ["policies/*.json"],
-  "audit": { "path": "audit", "map_size": "2GiB", "retention": { "max_size": "1536MiB" } },
-  "max_client_conn": 200,
-  "shutdown_grace": "1s"
-}
-EOF
-cat > "$WORK/bulwark/policies/bench.json" <<'EOF'
-{
-  "role": "bench",
-  "description": "pgbench through the gateway: pass-through",
-  "identities": [ { "iss": "bench", "sub": "pgbench" } ],
-  "upstream": { "bench": { "user": "bench", "password_file": "../bench.password" } },
-  "default": "allow",
-  "read_only": false,
-  "catalog_reads": true
-}
-EOF
-TOKEN=$("$BIN" token --secret-file "$WORK/bulwark/bench.hs256" --iss bench --aud bulwark \
-        --sub pgbench --ttl 12h) || die "bulwark token failed"
+bench_gateway_config "$WORK/bulwark" "$GW_PORT" "" \
+    '{ "path": "audit", "map_size": "2GiB", "retention": { "max_size": "1536MiB" } }' \
+    "pgbench through the gateway: pass-through"
+TOKEN=$(bench_token pgbench)
 say "starting Bulwark on 127.0.0.1:$GW_PORT"
-"$BIN" serve -c "$WORK/bulwark/bulwark.json" 2>"$WORK/bulwark/bulwark.log" &
-BULWARK_PID=$!
-for _ in $(seq 200); do
-    grep -q 'event=listening' "$WORK/bulwark/bulwark.log" 2>/dev/null && break
-    kill -0 "$BULWARK_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if ! grep -q 'event=listening' "$WORK/bulwark/bulwark.log"; then
+bench_gateway_start "$WORK/bulwark"
+BULWARK_PID=$BENCH_LAST_PID
+if ! bench_wait_listening "$WORK/bulwark/bulwark.log" "$BULWARK_PID"; then
     tail -n 20 "$WORK/bulwark/bulwark.log" >&2
     say "Bulwark did not start: its results will be NA"
 fi
@@ -212,17 +127,6 @@ target_port() { case "$1" in direct) echo "$PGPORT" ;; pgbouncer) echo "$PGB_POR
 target_pass() { if [ "$1" = bulwark ]; then echo "$TOKEN"; else echo "$PW"; fi; }
 FAILED=0
 
-# run_pgbench TARGET MODE CLIENTS: prints tps, or NA
-run_pgbench() {
-    local jobs=$(( $3 < 2 ? $3 : 2 )) out
-    if out=$(PGPASSWORD=$(target_pass "$1") pgbench -n -S -M "$2" -c "$3" -j "$jobs" -T "$DURATION" \
-                 -h 127.0.0.1 -p "$(target_port "$1")" -U bench bench 2>&1); then
-        awk '/^tps = / { printf "%.0f\n", $3; exit }' <<<"$out"
-    else
-        say "pgbench failed ($1, $2, $3 clients):"; tail -n 5 <<<"$out" >&2
-        echo NA
-    fi
-}
 # run_stream TARGET: prints seconds, or NA
 run_stream() {
     local t0 t1
@@ -235,12 +139,6 @@ run_stream() {
         say "streaming SELECT failed ($1):"; tail -n 5 "$WORK/stream.err" >&2
         echo NA
     fi
-}
-median() {   # median FORMAT VALUE...: median of the numeric values, printed with FORMAT; NA if none
-    local fmt=$1; shift
-    printf '%s\n' "$@" | { grep -E '^[0-9.]+$' || true; } | sort -g |
-        awk -v fmt="$fmt\n" '{ v[NR] = $1 } END { if (!NR) print "NA"; else if (NR % 2) printf fmt, v[(NR + 1) / 2];
-                                                  else printf fmt, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 # run_case KIND ARGS...: rounds of all three targets, rotated; sets MED[target]
 declare -A MED
@@ -262,11 +160,9 @@ run_case() {
         MED[$t]=$(median "$([ "$kind" = pgbench ] && echo %.0f || echo %.2f)" ${vals[$t]})
     done
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f\n", a / b }'; }
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
-RESULTS=()
 TABLE=("| case | direct | pgbouncer | bulwark | bulwark / direct | bulwark / pgbouncer |"
        "| --- | ---: | ---: | ---: | ---: | ---: |")
 for mode in $MODES; do
@@ -274,27 +170,40 @@ for mode in $MODES; do
         say "pgbench -S -M $mode -c $c, ${DURATION}s per run"
         run_case pgbench "$mode" "$c"
         line="RESULT mode=$mode clients=$c direct_tps=${MED[direct]} pgbouncer_tps=${MED[pgbouncer]} bulwark_tps=${MED[bulwark]}"
-        echo "$line"; RESULTS+=("$line")
+        result "$line"
         TABLE+=("| $mode -c $c (tps) | ${MED[direct]} | ${MED[pgbouncer]} | ${MED[bulwark]} | $(ratio "${MED[bulwark]}" "${MED[direct]}") | $(ratio "${MED[bulwark]}" "${MED[pgbouncer]}") |")
     done
 done
 say "streaming SELECT of $ROWS rows through psql"
 run_case stream
 line="RESULT mode=stream rows=$ROWS direct_s=${MED[direct]} pgbouncer_s=${MED[pgbouncer]} bulwark_s=${MED[bulwark]}"
-echo "$line"; RESULTS+=("$line")
+result "$line"
 # For time, lower is better: the ratios read as "how many times the direct time".
 TABLE+=("| stream $ROWS rows (s) | ${MED[direct]} | ${MED[pgbouncer]} | ${MED[bulwark]} | $(ratio "${MED[bulwark]}" "${MED[direct]}") | $(ratio "${MED[bulwark]}" "${MED[pgbouncer]}") |")
 . "$ROOT/bench/policy.sh"   # the same pgbench cases with a realistic policy (policy=on lines)
 . "$ROOT/bench/masking.sh"  # a large SELECT unmasked and masked (mode=masking line)
 . "$ROOT/bench/workers.sh"  # workers 1 and 2 side by side (workers=1,2 lines)
-while IFS= read -r line; do echo "$line"; RESULTS+=("$line"); if [[ $line == *=NA* ]]; then FAILED=1; fi; done < <(BULWARK_BIN=$BIN BENCH_PGPORT=$PGPORT BENCH_PGPASSWORD=$PW "$ROOT/bench/audit.sh" --duration "$DURATION" --rounds "$ROUNDS" --clients "$CLIENTS" || echo "RESULT audit=failed status=NA")
+# results_of FAILURE-LINE CMD...: CMD's RESULT lines as ours (FAILURE-LINE if it fails)
+results_of() {
+    local line fail=$1
+    shift
+    while IFS= read -r line; do result "$line"; if [[ $line == *=NA* ]]; then FAILED=1; fi; done < <("$@" || echo "$fail")
+}
+results_of "RESULT audit=failed status=NA" env BULWARK_BIN="$BIN" BENCH_PGPORT="$PGPORT" BENCH_PGPASSWORD="$PW" \
+    "$ROOT/bench/audit.sh" --duration "$DURATION" --rounds "$ROUNDS" --clients "$CLIENTS"
 # login cost: new TLS connections per second, RS256 token vs direct SCRAM (bench/login.sh)
-while IFS= read -r line; do echo "$line"; RESULTS+=("$line"); if [[ $line == *=NA* ]]; then FAILED=1; fi; done < <(BULWARK_BIN=$BIN "$ROOT/bench/login.sh" --duration "$DURATION" --rounds "$ROUNDS" --clients "$CLIENTS" || echo "RESULT mode=login status=NA")
+results_of "RESULT mode=login status=NA" env BULWARK_BIN="$BIN" \
+    "$ROOT/bench/login.sh" --duration "$DURATION" --rounds "$ROUNDS" --clients "$CLIENTS"
 
 echo
 printf '%s\n' "${TABLE[@]}"
 
 # --- report file --------------------------------------------------------------
+if [ "$RUN_KIND" = smoke ]; then
+    [ "$FAILED" = 0 ] || die "some measurements failed (NA above)"
+    say "smoke run: every part ran (no report written)"
+    exit 0
+fi
 REPORT=$ROOT/bench/results/$(date -u +%F)-$RUN_KIND.md
 if ! mkdir -p "$ROOT/bench/results" 2>/dev/null || [ ! -w "$ROOT/bench/results" ]; then
     die "cannot write to $ROOT/bench/results (the results above are not saved)"

@@ -33,12 +33,9 @@ cfg["workers"] = int(sys.argv[4])
 json.dump(cfg, open(sys.argv[2], "w"), indent=2)
 EOF
     say "starting Bulwark with workers=$n on 127.0.0.1:$port"
-    "$BIN" serve -c "$dir/bulwark.json" 2>"$dir/bulwark.log" &
-    WK_PIDS+=($!)
-    for _ in $(seq 200); do
-        grep -q 'event=listening' "$dir/bulwark.log" 2>/dev/null && break
-        sleep 0.1
-    done
+    bench_gateway_start "$dir"
+    WK_PIDS+=("$BENCH_LAST_PID")
+    bench_wait_listening "$dir/bulwark.log" "$BENCH_LAST_PID" || true
     grep -q "event=listening.* workers=$n" "$dir/bulwark.log" ||
         { tail -n 20 "$dir/bulwark.log" >&2; say "Bulwark workers=$n did not start: its results will be NA"; }
     WK_PORT[$n]=$port
@@ -50,16 +47,6 @@ TARGETS=(direct bulwark1 bulwark2)
 target_port() { case "$1" in direct) echo "$PGPORT" ;; bulwark1) echo "${WK_PORT[1]}" ;; bulwark2) echo "${WK_PORT[2]}" ;; esac; }
 target_user() { echo bench; }
 target_pass() { if [ "$1" = direct ]; then echo "$PW"; else echo "$TOKEN"; fi; }
-run_pgbench() {
-    local jobs=$(( $3 < 2 ? $3 : 2 )) out
-    if out=$(PGPASSWORD=$(target_pass "$1") pgbench -n -S -M "$2" -c "$3" -j "$jobs" -T "$DURATION" \
-                 -h 127.0.0.1 -p "$(target_port "$1")" -U "$(target_user "$1")" bench 2>&1); then
-        awk '/^tps = / { printf "%.0f\n", $3; exit }' <<<"$out"
-    else
-        say "pgbench failed ($1, $2, $3 clients):"; tail -n 5 <<<"$out" >&2
-        echo NA
-    fi
-}
 
 WK_TABLE=("| case | direct | workers 1 | workers 2 | workers 2 / workers 1 | workers 2 / direct |"
           "| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -68,7 +55,7 @@ for mode in $MODES; do
         say "workers 1 vs 2: pgbench -S -M $mode -c $c, ${DURATION}s per run"
         run_case pgbench "$mode" "$c"
         line="RESULT mode=$mode clients=$c workers=1,2 direct_tps=${MED[direct]} workers1_tps=${MED[bulwark1]} workers2_tps=${MED[bulwark2]}"
-        echo "$line"; RESULTS+=("$line")
+        result "$line"
         WK_TABLE+=("| $mode -c $c (tps) | ${MED[direct]} | ${MED[bulwark1]} | ${MED[bulwark2]} | $(ratio "${MED[bulwark2]}" "${MED[bulwark1]}") | $(ratio "${MED[bulwark2]}" "${MED[direct]}") |")
     done
 done

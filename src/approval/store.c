@@ -212,36 +212,33 @@ appr_store_t *appr_attach(struct MDB_env *env, char *err, size_t errsz)
     return st;
 }
 
+/* Opens the audit store's environment itself (another process than the gateway),
+ * then attaches to it like the gateway does; appr_close closes what it opened. */
 appr_store_t *appr_open(const char *path, char *err, size_t errsz)
 {
-    appr_store_t *st = calloc(1, sizeof(*st));
+    MDB_env *env = NULL;
+    int rc = mdb_env_create(&env);
+    if (!rc)
+        rc = mdb_env_set_maxdbs(env, APPR_MAX_DBS);
+    /* No map size set: LMDB uses the one the gateway gave the environment. */
+    if (!rc) {
+        rc = mdb_env_open(env, path, MDB_NOTLS, 0600);
+        if (rc)
+            snprintf(err, errsz,
+                     rc == ENOENT
+                         ? "%s: no audit store here (the gateway creates it when it starts)"
+                         : "%s: cannot open the audit store: %s",
+                     path, mdb_strerror(rc));
+    } else {
+        snprintf(err, errsz, "%s: %s", path, mdb_strerror(rc));
+    }
+    appr_store_t *st = rc ? NULL : appr_attach(env, err, errsz);
     if (!st) {
-        snprintf(err, errsz, "out of memory");
+        if (env)
+            mdb_env_close(env);
         return NULL;
     }
     st->own_env = true;
-    int rc = mdb_env_create(&st->env);
-    if (!rc)
-        rc = mdb_env_set_maxdbs(st->env, APPR_MAX_DBS);
-    if (rc) {
-        snprintf(err, errsz, "%s: %s", path, mdb_strerror(rc));
-        appr_close(st);
-        return NULL;
-    }
-    /* No map size set: LMDB uses the one the gateway gave the environment. */
-    rc = mdb_env_open(st->env, path, MDB_NOTLS, 0600);
-    if (rc) {
-        snprintf(err, errsz,
-                 rc == ENOENT ? "%s: no audit store here (the gateway creates it when it starts)"
-                              : "%s: cannot open the audit store: %s",
-                 path, mdb_strerror(rc));
-        appr_close(st);
-        return NULL;
-    }
-    if (open_dbs(st, err, errsz)) {
-        appr_close(st);
-        return NULL;
-    }
     return st;
 }
 
@@ -511,14 +508,19 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-/* Load id for a change in a write transaction. */
-static appr_rc_t load_for_write(appr_store_t *st, uint64_t id, MDB_txn **txn, appr_req_t *r)
+/* Load id for a change in a write transaction (left open only on APPR_OK). An
+ * APPR_ERR is described in err, if given. */
+static appr_rc_t load_for_write(appr_store_t *st, uint64_t id, MDB_txn **txn, appr_req_t *r,
+                                char *err, size_t errsz)
 {
-    if (txn_begin(st, true, txn))
-        return APPR_ERR;
-    appr_rc_t rc = get_in(*txn, st, id, r);
-    if (rc != APPR_OK)
-        txn_abort(st, *txn);
+    appr_rc_t rc = APPR_ERR;
+    if (txn_begin(st, true, txn) == 0) {
+        rc = get_in(*txn, st, id, r);
+        if (rc != APPR_OK)
+            txn_abort(st, *txn);
+    }
+    if (rc == APPR_ERR && err)
+        snprintf(err, errsz, "cannot read the approvals database");
     return rc;
 }
 
@@ -529,12 +531,9 @@ appr_rc_t appr_decide(appr_store_t *st, uint64_t id, const appr_decision_t *d, a
         return apg_decide(st->pg, id, d, out, err, errsz);
     MDB_txn *txn;
     appr_req_t r;
-    appr_rc_t rc = load_for_write(st, id, &txn, &r);
-    if (rc != APPR_OK) {
-        if (rc == APPR_ERR)
-            snprintf(err, errsz, "cannot read the approvals database");
+    appr_rc_t rc = load_for_write(st, id, &txn, &r, err, errsz);
+    if (rc != APPR_OK)
         return rc;
-    }
     if (r.state != APPR_PENDING || r.expires_us <= d->now_us) {
         rc = r.state != APPR_PENDING ? APPR_NOT_PENDING : APPR_EXPIRED;
         txn_abort(st, txn);
@@ -570,7 +569,7 @@ appr_rc_t appr_close_pending(appr_store_t *st, uint64_t id, appr_state_t to, int
         return apg_close_pending(st->pg, id, to, now_us);
     MDB_txn *txn;
     appr_req_t r;
-    appr_rc_t rc = load_for_write(st, id, &txn, &r);
+    appr_rc_t rc = load_for_write(st, id, &txn, &r, NULL, 0);
     if (rc != APPR_OK)
         return rc;
     if (r.state != APPR_PENDING) {
@@ -593,12 +592,9 @@ appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now
         return apg_revoke(st->pg, id, by, now_us, err, errsz);
     MDB_txn *txn;
     appr_req_t r;
-    appr_rc_t rc = load_for_write(st, id, &txn, &r);
-    if (rc != APPR_OK) {
-        if (rc == APPR_ERR)
-            snprintf(err, errsz, "cannot read the approvals database");
+    appr_rc_t rc = load_for_write(st, id, &txn, &r, err, errsz);
+    if (rc != APPR_OK)
         return rc;
-    }
     if (!grant_usable(&r, now_us)) {
         txn_abort(st, txn);
         appr_req_free(&r);
@@ -620,7 +616,7 @@ appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
         return apg_consume(st->pg, id);
     MDB_txn *txn;
     appr_req_t r;
-    appr_rc_t rc = load_for_write(st, id, &txn, &r);
+    appr_rc_t rc = load_for_write(st, id, &txn, &r, NULL, 0);
     if (rc != APPR_OK)
         return rc;
     int w = 0;

@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <cjson/cJSON.h>
 #include <lmdb.h>
@@ -163,6 +164,32 @@ audit_reader_t *reader_borrow(MDB_env *env, const audit_dbs_t *dbs, _Atomic int 
 void reader_fill(audit_record_t *rec, const MDB_val *k, const MDB_val *v, cJSON **json);
 
 /* ---- retire.c: retention ---- */
+
+/* ---- presentation without the store (present.c) ----
+ * audit_print_replay, audit_print_sessions and audit_export are a walk over the
+ * store feeding these; tests/fuzz/fuzz_present.c feeds them decoded values
+ * directly. The _add functions are callbacks for audit_reader_* (-1: out of
+ * memory, and _print then fails or prints nothing). Output for a terminal
+ * escapes every control and bidi character an agent could have put in a value. */
+typedef struct present_replay present_replay_t;
+present_replay_t *present_replay_new(void);
+int present_replay_add(void *replay, const audit_record_t *rec);
+size_t present_replay_count(const present_replay_t *l);
+void present_replay_print(const present_replay_t *l, const char *sid, bool json, FILE *out);
+void present_replay_free(present_replay_t *l);
+
+typedef struct present_sessions present_sessions_t;
+present_sessions_t *present_sessions_new(bool json);
+int present_sessions_add(void *sessions, const audit_session_t *s);
+int present_sessions_print(const present_sessions_t *l, FILE *out); /* -1: out of memory */
+void present_sessions_free(present_sessions_t *l);
+
+/* One line of `bulwark audit export` for a stored record / checkpoint value. */
+void present_export_record(FILE *out, uint64_t seq, const void *val, size_t len);
+void present_export_checkpoint(FILE *out, const void *val, size_t len);
+
+/* A session row from its sessions-db value (parsed JSON; strings point into j). */
+void reader_session(audit_session_t *s, const cJSON *j, const char *id);
 
 typedef struct retire_params {
     uint64_t head_seq; /* the writer's last committed seq */

@@ -6,7 +6,8 @@
  * controls statement texts and row values, and must not be able to move the
  * reviewer's cursor, recolour the screen or reverse the text direction, so
  * control characters (C0, C1, DEL) and bidirectional controls come out as
- * visible escapes, as psql prints them.
+ * visible escapes, as psql prints them, and so does every byte that is not
+ * part of well-formed UTF-8 (which a terminal might take for a C1 control).
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -20,17 +21,41 @@
 
 /* ---- display width and escaping ---- */
 
+#define CP_INVALID 0x110000u /* a byte that does not start valid UTF-8 */
+
+/* The code point at s[*i], advancing *i past it; CP_INVALID (advancing one byte)
+ * for a byte that does not begin a well-formed UTF-8 sequence (stray or missing
+ * continuation bytes, overlong forms, surrogates, past U+10FFFF): a store that
+ * was written by someone else than the gateway may hold anything. */
 static uint32_t next_cp(const unsigned char *s, size_t n, size_t *i)
 {
+    static const uint32_t min[] = {0, 0x80, 0x800, 0x10000};
     unsigned char c = s[*i];
-    size_t need = c < 0x80 ? 0 : c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
-    if (c >= 0x80 && (need == 0 || *i + need >= n)) { /* stored text is valid UTF-8; be safe */
+    size_t need = c < 0x80             ? 0
+                  : (c & 0xe0) == 0xc0 ? 1
+                  : (c & 0xf0) == 0xe0 ? 2
+                  : (c & 0xf8) == 0xf0 ? 3
+                                       : 4;
+    if (need == 0) {
         (*i)++;
-        return 0xfffd;
+        return c;
     }
-    uint32_t cp = need == 0 ? c : need == 1 ? (c & 0x1fu) : need == 2 ? (c & 0x0fu) : (c & 0x07u);
-    for (size_t k = 1; k <= need; k++)
+    if (need == 4 || *i + need >= n) {
+        (*i)++;
+        return CP_INVALID;
+    }
+    uint32_t cp = need == 1 ? (c & 0x1fu) : need == 2 ? (c & 0x0fu) : (c & 0x07u);
+    for (size_t k = 1; k <= need; k++) {
+        if ((s[*i + k] & 0xc0) != 0x80) {
+            (*i)++;
+            return CP_INVALID;
+        }
         cp = (cp << 6) | (s[*i + k] & 0x3fu);
+    }
+    if (cp < min[need] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        (*i)++;
+        return CP_INVALID;
+    }
     *i += need + 1;
     return cp;
 }
@@ -67,7 +92,8 @@ typedef struct line {
 
 /* A cell (or any text) made printable, split into lines at '\n'. Tabs become
  * spaces to the next multiple of 8, '\r' becomes "\r", other controls "\xNN"
- * (C0, DEL) or "\uNNNN" (C1, bidi), as psql's aligned format does. */
+ * (C0, DEL) or "\uNNNN" (C1, bidi), as psql's aligned format does; a byte that is
+ * not well-formed UTF-8 becomes "\xNN" too. */
 typedef struct cell {
     buf_t text;
     line_t *lines;
@@ -114,6 +140,10 @@ static void cell_build(cell_t *c, const char *s, bool keep_tabs)
         } else if (cp == '\r') {
             buf_append(&c->text, "\\r", 2);
             lw += 2;
+        } else if (cp == CP_INVALID) {
+            int k = snprintf(esc, sizeof(esc), "\\x%02X", (unsigned)u[at]);
+            buf_append(&c->text, esc, (size_t)k);
+            lw += (size_t)k;
         } else if (cp_escaped(cp)) {
             int k = cp < 0x80 ? snprintf(esc, sizeof(esc), "\\x%02X", (unsigned)cp)
                               : snprintf(esc, sizeof(esc), "\\u%04X", (unsigned)cp);
@@ -372,7 +402,7 @@ typedef struct srow {
     char *cells[9];
 } srow_t;
 
-typedef struct slist {
+typedef struct present_sessions {
     srow_t *rows;
     size_t n, cap;
     cJSON *json;
@@ -384,7 +414,7 @@ static void add_opt(cJSON *o, const char *name, const char *v)
     cJSON_AddItemToObject(o, name, v ? cJSON_CreateString(v) : cJSON_CreateNull());
 }
 
-static int collect_session(void *arg, const audit_session_t *s)
+int present_sessions_add(void *arg, const audit_session_t *s)
 {
     slist_t *l = arg;
     if (l->json) {
@@ -428,40 +458,65 @@ static int collect_session(void *arg, const audit_session_t *s)
     return 0;
 }
 
+present_sessions_t *present_sessions_new(bool json)
+{
+    slist_t *l = calloc(1, sizeof(*l));
+    if (l && json && !(l->json = cJSON_CreateArray())) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+int present_sessions_print(const present_sessions_t *l, FILE *out)
+{
+    if (l->failed)
+        return -1;
+    if (l->json) {
+        fputs("[", out);
+        size_t i = 0;
+        for (const cJSON *o = l->json->child; o; o = o->next, i++) {
+            fprintf(out, "%s\n", i ? "," : "");
+            print_canon(out, o);
+        }
+        fputs(i ? "\n]\n" : "]\n", out);
+        return 0;
+    }
+    static const char *const names[] = {"session", "started (UTC)", "duration", "role", "subject",
+                                        "target",  "client",        "records",  "end"};
+    const char **cells = calloc(l->n ? l->n * 9 : 1, sizeof(*cells));
+    if (!cells)
+        return -1;
+    for (size_t i = 0; i < l->n; i++)
+        for (int k = 0; k < 9; k++)
+            cells[i * 9 + k] = l->rows[i].cells[k];
+    audit_fmt_aligned(out, 9, names, "lllllllrl", l->n, cells);
+    free(cells);
+    return 0;
+}
+
+void present_sessions_free(present_sessions_t *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        for (int k = 0; k < 9; k++)
+            free(l->rows[i].cells[k]);
+    free(l->rows);
+    cJSON_Delete(l->json);
+    free(l);
+}
+
 int audit_print_sessions(audit_reader_t *r, const audit_session_filter_t *f, bool json, FILE *out)
 {
-    slist_t l = {0};
-    if (json)
-        l.json = cJSON_CreateArray();
-    int rc = audit_reader_sessions(r, f, collect_session, &l);
-    if (rc == 0 && !l.failed) {
-        if (json) {
-            fputs("[", out);
-            size_t i = 0;
-            for (const cJSON *o = l.json->child; o; o = o->next, i++) {
-                fprintf(out, "%s\n", i ? "," : "");
-                print_canon(out, o);
-            }
-            fputs(i ? "\n]\n" : "]\n", out);
-        } else {
-            static const char *const names[] = {"session", "started (UTC)", "duration",
-                                                "role",    "subject",       "target",
-                                                "client",  "records",       "end"};
-            const char **cells = calloc(l.n ? l.n * 9 : 1, sizeof(*cells));
-            for (size_t i = 0; cells && i < l.n; i++)
-                for (int k = 0; k < 9; k++)
-                    cells[i * 9 + k] = l.rows[i].cells[k];
-            if (cells)
-                audit_fmt_aligned(out, 9, names, "lllllllrl", l.n, cells);
-            free(cells);
-        }
-    }
-    for (size_t i = 0; i < l.n; i++)
-        for (int k = 0; k < 9; k++)
-            free(l.rows[i].cells[k]);
-    free(l.rows);
-    cJSON_Delete(l.json);
-    return rc == 0 && !l.failed ? 0 : -1;
+    present_sessions_t *l = present_sessions_new(json);
+    if (!l)
+        return -1;
+    int rc = audit_reader_sessions(r, f, present_sessions_add, l);
+    if (rc == 0)
+        rc = present_sessions_print(l, out);
+    present_sessions_free(l);
+    return rc == 0 ? 0 : -1;
 }
 
 /* ---- bulwark replay ---- */
@@ -475,13 +530,13 @@ typedef struct rrec {
     bool hash_ok, parsed;
 } rrec_t;
 
-typedef struct rlist {
+typedef struct present_replay {
     rrec_t *v;
     size_t n, cap;
     bool failed;
 } rlist_t;
 
-static int collect_record(void *arg, const audit_record_t *rec)
+int present_replay_add(void *arg, const audit_record_t *rec)
 {
     rlist_t *l = arg;
     if (l->n == l->cap) {
@@ -510,10 +565,14 @@ static const char *dstr(const cJSON *d, const char *name)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A number of the record's data, if it is one within +-2^53 (what a double holds
+ * exactly; times and sequence numbers are never larger, and differences of two
+ * such values cannot overflow). */
 static bool dint(const cJSON *d, const char *name, int64_t *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(d, name);
-    if (!cJSON_IsNumber(v))
+    if (!cJSON_IsNumber(v) ||
+        !(v->valuedouble >= -9007199254740992.0 && v->valuedouble <= 9007199254740992.0))
         return false;
     *out = (int64_t)v->valuedouble;
     return true;
@@ -633,7 +692,7 @@ static void print_capture(FILE *out, const cJSON *d)
         const cJSON *n = cJSON_GetArrayItem(cols, i);
         names[i] = cJSON_IsString(n) ? n->valuestring : "?";
         const cJSON *t = cJSON_IsArray(types) ? cJSON_GetArrayItem(types, i) : NULL;
-        int oid = cJSON_IsNumber(t) ? (int)t->valuedouble : 0;
+        double oid = cJSON_IsNumber(t) ? t->valuedouble : 0; /* compared, never converted */
         /* psql's column_type_alignment: int2 int4 int8 float4 float8 numeric oid xid
          * xid8 cid money */
         bool num = oid == 20 || oid == 21 || oid == 23 || oid == 700 || oid == 701 || oid == 1700 ||
@@ -670,7 +729,8 @@ static void print_result(FILE *out, const rrec_t *res, int64_t t0, int64_t start
     fprintf(out, "%s  ", fmt_offset(ob, sizeof(ob), end - t0));
     const char *state = dstr(d, "sqlstate"), *tag = dstr(d, "tag"), *err = dstr(d, "error");
     if (state || err) {
-        fprintf(out, "ERROR %s", state ? state : "");
+        fputs("ERROR ", out);
+        put_text(out, state ? state : "", "    ");
         if (err) {
             fputs("  ", out);
             put_text(out, err, "    ");
@@ -745,8 +805,8 @@ static void print_statement(FILE *out, const ridx_t *ix, size_t nix, const rrec_
 static void print_other(FILE *out, const rrec_t *x, int64_t t0)
 {
     char ob[32];
-    fprintf(out, "\n%s  #%" PRIu64 "  %s", fmt_offset(ob, sizeof(ob), x->ts - t0), x->seq,
-            x->type_name ? x->type_name : "(unreadable record)");
+    fprintf(out, "\n%s  #%" PRIu64 "  ", fmt_offset(ob, sizeof(ob), x->ts - t0), x->seq);
+    put_text(out, x->type_name ? x->type_name : "(unreadable record)", "    ");
     if (x->data) {
         fputs("  ", out);
         put_json_inline(out, x->data);
@@ -777,58 +837,83 @@ static void replay_json(FILE *out, const char *sid, const rlist_t *l, int64_t t0
     cJSON_Delete(o);
 }
 
+present_replay_t *present_replay_new(void)
+{
+    return calloc(1, sizeof(present_replay_t));
+}
+
+size_t present_replay_count(const present_replay_t *l)
+{
+    return l->n;
+}
+
+void present_replay_print(const present_replay_t *l, const char *sid, bool json, FILE *out)
+{
+    if (l->n == 0)
+        return;
+    int64_t t0 = l->v[0].ts;
+    if (json) {
+        replay_json(out, sid, l, t0);
+        return;
+    }
+    print_header(out, sid, l, t0);
+    size_t bad = 0, nix;
+    ridx_t *ix = index_results(l, &nix);
+    for (size_t i = 0; i < l->n; i++) {
+        const rrec_t *x = &l->v[i];
+        bad += !x->hash_ok;
+        if (x->type == AUDIT_REC_STATEMENT)
+            print_statement(out, ix, nix, x, t0);
+        else if (x->type != AUDIT_REC_SESSION_START && x->type != AUDIT_REC_SESSION_END &&
+                 x->type != AUDIT_REC_RESULT)
+            print_other(out, x, t0);
+    }
+    free(ix);
+    if (bad)
+        fprintf(out,
+                "\nWARNING: %zu of these records do not match their hash; run "
+                "`bulwark audit verify`\n",
+                bad);
+}
+
+void present_replay_free(present_replay_t *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].type_name);
+        cJSON_Delete(l->v[i].data);
+    }
+    free(l->v);
+    free(l);
+}
+
 int audit_print_replay(audit_reader_t *r, const char *sid, bool json, FILE *out, char *err,
                        size_t errsz)
 {
-    rlist_t l = {0};
-    int rc = audit_reader_session_records(r, sid, collect_record, &l);
+    present_replay_t *l = present_replay_new();
+    int rc = l ? audit_reader_session_records(r, sid, present_replay_add, l) : -1;
     int ret = 0;
-    if (rc != 0 || l.failed) {
+    if (rc != 0 || l->failed) {
         snprintf(err, errsz, "cannot read the audit store");
         ret = -1;
-    } else if (l.n == 0) {
+    } else if (l->n == 0) {
         snprintf(err, errsz, "no session \"%.*s\" in the audit store", 200, sid);
         ret = 1;
     } else {
-        int64_t t0 = l.v[0].ts;
-        if (json) {
-            replay_json(out, sid, &l, t0);
-        } else {
-            print_header(out, sid, &l, t0);
-            size_t bad = 0, nix;
-            ridx_t *ix = index_results(&l, &nix);
-            for (size_t i = 0; i < l.n; i++) {
-                const rrec_t *x = &l.v[i];
-                bad += !x->hash_ok;
-                if (x->type == AUDIT_REC_STATEMENT)
-                    print_statement(out, ix, nix, x, t0);
-                else if (x->type != AUDIT_REC_SESSION_START && x->type != AUDIT_REC_SESSION_END &&
-                         x->type != AUDIT_REC_RESULT)
-                    print_other(out, x, t0);
-            }
-            free(ix);
-            if (bad)
-                fprintf(out,
-                        "\nWARNING: %zu of these records do not match their hash; run "
-                        "`bulwark audit verify`\n",
-                        bad);
-        }
+        present_replay_print(l, sid, json, out);
     }
-    for (size_t i = 0; i < l.n; i++) {
-        free(l.v[i].type_name);
-        cJSON_Delete(l.v[i].data);
-    }
-    free(l.v);
+    present_replay_free(l);
     return ret;
 }
 
 /* ---- bulwark audit export ---- */
 
-static int put_checkpoint_line(FILE *out, const MDB_val *v)
+void present_export_checkpoint(FILE *out, const void *val, size_t len)
 {
     cp_view_t cv;
-    if (!cp_view(v->mv_data, v->mv_size, &cv))
-        return 0; /* damaged: verify reports it; the export carries what is there */
+    if (!cp_view(val, len, &cv))
+        return; /* damaged: verify reports it; the export carries what is there */
     fputs("{\"checkpoint\":", out);
     fwrite(cv.canon, 1, cv.canon_len, out);
     if (cv.sig) {
@@ -838,7 +923,21 @@ static int put_checkpoint_line(FILE *out, const MDB_val *v)
     } else {
         fputs(",\"sig\":null}\n", out);
     }
-    return 0;
+}
+
+void present_export_record(FILE *out, uint64_t seq, const void *val, size_t len)
+{
+    rec_view_t rv;
+    if (rec_view(val, len, &rv)) {
+        char ph[2 * AUDIT_HASH_LEN + 1], h[2 * AUDIT_HASH_LEN + 1];
+        hex_encode(ph, rv.prev, AUDIT_HASH_LEN);
+        hex_encode(h, rv.hash, AUDIT_HASH_LEN);
+        fprintf(out, "{\"hash\":\"%s\",\"prev_hash\":\"%s\",\"record\":", h, ph);
+        fwrite(rv.canon, 1, rv.canon_len, out);
+        fprintf(out, ",\"seq\":%" PRIu64 "}\n", seq);
+    } else {
+        fprintf(out, "{\"damaged\":true,\"seq\":%" PRIu64 "}\n", seq);
+    }
 }
 
 static int export_pass(audit_reader_t *r, uint64_t *from, bool *anchored, FILE *out,
@@ -869,24 +968,14 @@ static int export_pass(audit_reader_t *r, uint64_t *from, bool *anchored, FILE *
             be64_put(pb, seq - 1);
             MDB_val pk = {8, pb}, pv;
             if (mdb_get(txn, dbs.checkpoints, &pk, &pv) == 0)
-                put_checkpoint_line(out, &pv);
+                present_export_checkpoint(out, pv.mv_data, pv.mv_size);
         }
         first = false;
         *anchored = true;
-        rec_view_t rv;
-        if (rec_view(v.mv_data, v.mv_size, &rv)) {
-            char ph[2 * AUDIT_HASH_LEN + 1], h[2 * AUDIT_HASH_LEN + 1];
-            hex_encode(ph, rv.prev, AUDIT_HASH_LEN);
-            hex_encode(h, rv.hash, AUDIT_HASH_LEN);
-            fprintf(out, "{\"hash\":\"%s\",\"prev_hash\":\"%s\",\"record\":", h, ph);
-            fwrite(rv.canon, 1, rv.canon_len, out);
-            fprintf(out, ",\"seq\":%" PRIu64 "}\n", seq);
-        } else {
-            fprintf(out, "{\"damaged\":true,\"seq\":%" PRIu64 "}\n", seq);
-        }
+        present_export_record(out, seq, v.mv_data, v.mv_size);
         MDB_val cv;
         if (mdb_get(txn, dbs.checkpoints, &k, &cv) == 0)
-            put_checkpoint_line(out, &cv);
+            present_export_checkpoint(out, cv.mv_data, cv.mv_size);
         *from = seq + 1;
         if (ferror(out))
             goto out;

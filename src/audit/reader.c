@@ -85,45 +85,59 @@ void reader_fill(audit_record_t *rec, const MDB_val *k, const MDB_val *v, cJSON 
     rec->parsed = true;
 }
 
+/* A read transaction with a cursor on dbi; 0, or -1 with nothing left open. */
+static int cursor_begin(audit_reader_t *r, MDB_dbi dbi, MDB_txn **txn, MDB_cursor **c)
+{
+    if (store_read_txn(r->env, txn))
+        return -1;
+    if (mdb_cursor_open(*txn, dbi, c)) {
+        mdb_txn_abort(*txn);
+        return -1;
+    }
+    return 0;
+}
+
+/* Ends a walk that stopped with LMDB status rc and callback status ret. */
+static int cursor_end(MDB_txn *txn, MDB_cursor *c, int rc, int ret)
+{
+    mdb_cursor_close(c);
+    mdb_txn_abort(txn);
+    return rc && rc != MDB_NOTFOUND && ret == 0 ? -1 : ret;
+}
+
+/* One stored record to fn, decoded. */
+static int visit_record(const MDB_val *k, const MDB_val *v, audit_record_fn fn, void *arg)
+{
+    audit_record_t rec;
+    cJSON *json;
+    reader_fill(&rec, k, v, &json);
+    int ret = fn(arg, &rec);
+    cJSON_Delete(json);
+    return ret;
+}
+
 int audit_reader_records(audit_reader_t *r, uint64_t from_seq, audit_record_fn fn, void *arg)
 {
     MDB_txn *txn;
     MDB_cursor *c;
-    if (store_read_txn(r->env, &txn))
+    if (cursor_begin(r, r->dbs.records, &txn, &c))
         return -1;
-    if (mdb_cursor_open(txn, r->dbs.records, &c)) {
-        mdb_txn_abort(txn);
-        return -1;
-    }
     uint8_t kb[8];
     be64_put(kb, from_seq);
     MDB_val k = {8, kb}, v;
     int ret = 0, rc;
     for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && ret == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        audit_record_t rec;
-        cJSON *json;
-        reader_fill(&rec, &k, &v, &json);
-        ret = fn(arg, &rec);
-        cJSON_Delete(json);
-    }
-    if (rc && rc != MDB_NOTFOUND && ret == 0)
-        ret = -1;
-    mdb_cursor_close(c);
-    mdb_txn_abort(txn);
-    return ret;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+        ret = visit_record(&k, &v, fn, arg);
+    return cursor_end(txn, c, rc, ret);
 }
 
 int audit_reader_session_records(audit_reader_t *r, const char *sid, audit_record_fn fn, void *arg)
 {
     MDB_txn *txn;
     MDB_cursor *c;
-    if (store_read_txn(r->env, &txn))
+    if (cursor_begin(r, r->dbs.session_recs, &txn, &c))
         return -1;
-    if (mdb_cursor_open(txn, r->dbs.session_recs, &c)) {
-        mdb_txn_abort(txn);
-        return -1;
-    }
     MDB_val k = {strlen(sid), (void *)sid}, sv;
     int ret = 0, rc;
     for (rc = mdb_cursor_get(c, &k, &sv, MDB_SET_KEY); rc == 0 && ret == 0;
@@ -133,17 +147,9 @@ int audit_reader_session_records(audit_reader_t *r, const char *sid, audit_recor
         MDB_val rk = {8, sv.mv_data}, rv;
         if (mdb_get(txn, r->dbs.records, &rk, &rv) != 0)
             continue; /* retired, or removed: verify reports the latter */
-        audit_record_t rec;
-        cJSON *json;
-        reader_fill(&rec, &rk, &rv, &json);
-        ret = fn(arg, &rec);
-        cJSON_Delete(json);
+        ret = visit_record(&rk, &rv, fn, arg);
     }
-    if (rc && rc != MDB_NOTFOUND && ret == 0)
-        ret = -1;
-    mdb_cursor_close(c);
-    mdb_txn_abort(txn);
-    return ret;
+    return cursor_end(txn, c, rc, ret);
 }
 
 uint64_t audit_reader_seq_at(audit_reader_t *r, int64_t ts_us)
@@ -162,10 +168,31 @@ static const char *jstr(const cJSON *o, const char *name)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A number of the row, 0 if it is none or beyond +-2^53 (see present.c's dint). */
 static int64_t jint(const cJSON *o, const char *name)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : 0;
+    return cJSON_IsNumber(v) && v->valuedouble >= -9007199254740992.0 &&
+                   v->valuedouble <= 9007199254740992.0
+               ? (int64_t)v->valuedouble
+               : 0;
+}
+
+void reader_session(audit_session_t *s, const cJSON *j, const char *id)
+{
+    *s = (audit_session_t){
+        .id = id,
+        .sub = jstr(j, "sub"),
+        .iss = jstr(j, "iss"),
+        .role = jstr(j, "role"),
+        .target = jstr(j, "target"),
+        .client = jstr(j, "client"),
+        .application_name = jstr(j, "app"),
+        .end_reason = jstr(j, "reason"),
+        .start_us = jint(j, "start"),
+        .end_us = jint(j, "end"),
+        .first_seq = (uint64_t)jint(j, "first"),
+    };
 }
 
 /* Look up one session and hand it to fn if it passes the filter; 0 = go on. */
@@ -184,19 +211,8 @@ static int visit_session(audit_reader_t *r, MDB_txn *txn, MDB_cursor *recs, cons
     char id[AUDIT_SID_MAX + 1];
     memcpy(id, sid, sl < sizeof(id) ? sl : sizeof(id) - 1);
     id[sl < sizeof(id) ? sl : sizeof(id) - 1] = 0;
-    audit_session_t s = {
-        .id = id,
-        .sub = jstr(j, "sub"),
-        .iss = jstr(j, "iss"),
-        .role = jstr(j, "role"),
-        .target = jstr(j, "target"),
-        .client = jstr(j, "client"),
-        .application_name = jstr(j, "app"),
-        .end_reason = jstr(j, "reason"),
-        .start_us = jint(j, "start"),
-        .end_us = jint(j, "end"),
-        .first_seq = (uint64_t)jint(j, "first"),
-    };
+    audit_session_t s;
+    reader_session(&s, j, id);
     int ret = 0;
     bool ok = s.start_us >= f->since_us && (!f->role || (s.role && !strcmp(s.role, f->role))) &&
               (!f->sub || (s.sub && !strcmp(s.sub, f->sub)));

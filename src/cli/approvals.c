@@ -104,17 +104,9 @@ static int parse_args(const char *cmd, int argc, char **argv, opts_t *o)
 
 static cfg_t *load(const char *cmd, const char *config, appr_store_t **st)
 {
-    cfg_errors_t errs = {0};
-    cfg_t *c = cfg_load(config, &errs);
-    if (!c) {
-        for (size_t i = 0; i < errs.n; i++)
-            fprintf(stderr, "%s\n", errs.msgs[i] ? errs.msgs[i] : "(out of memory)");
-        if (errs.n == 0)
-            fprintf(stderr, "%s: could not be loaded\n", config);
-        cfg_errors_free(&errs);
+    cfg_t *c = cli_load_config(config);
+    if (!c)
         return NULL;
-    }
-    cfg_errors_free(&errs);
     char err[512];
     *st = appr_open_cfg(c, err, sizeof(err)); /* LMDB, or state.backend "postgres" */
     if (!*st) {

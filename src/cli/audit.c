@@ -35,19 +35,23 @@ int cli_audit_opt(const char *cmd, int argc, char **argv, int *i, const char *na
     return 0;
 }
 
-audit_reader_t *cli_audit_reader(const char *cmd, const char *config, cfg_t **cfg_out)
+cfg_t *cli_load_config(const char *path)
 {
     cfg_errors_t errs = {0};
-    cfg_t *c = cfg_load(config, &errs);
-    if (!c) {
-        for (size_t i = 0; i < errs.n; i++)
-            fprintf(stderr, "%s\n", errs.msgs[i] ? errs.msgs[i] : "(out of memory)");
-        if (errs.n == 0)
-            fprintf(stderr, "%s: could not be loaded\n", config);
-        cfg_errors_free(&errs);
-        return NULL;
-    }
+    cfg_t *c = cfg_load(path, &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        fprintf(stderr, "%s\n", errs.msgs[i] ? errs.msgs[i] : "(out of memory)");
+    if (!c && errs.n == 0)
+        fprintf(stderr, "%s: could not be loaded\n", path);
     cfg_errors_free(&errs);
+    return c;
+}
+
+audit_reader_t *cli_audit_reader(const char *cmd, const char *config, cfg_t **cfg_out)
+{
+    cfg_t *c = cli_load_config(config);
+    if (!c)
+        return NULL;
     char err[512];
     audit_reader_t *r = audit_reader_open(c->audit.path, err, sizeof(err));
     if (!r) {

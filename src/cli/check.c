@@ -49,18 +49,10 @@ int cli_check(int argc, char **argv)
         fprintf(stderr, "bulwark check: -c FILE is required (try `bulwark check --help`)\n");
         return 2;
     }
-    cfg_errors_t errs = {0};
-    cfg_t *c = cfg_load(path, &errs);
-    for (size_t i = 0; i < errs.n; i++)
-        fprintf(stderr, "%s\n", errs.msgs[i] ? errs.msgs[i] : "(out of memory)");
-    if (!c) {
-        if (errs.n == 0)
-            fprintf(stderr, "%s: could not be loaded\n", path);
-        cfg_errors_free(&errs);
+    cfg_t *c = cli_load_config(path);
+    if (!c)
         return 1;
-    }
     printf("ok: %zu roles, %zu targets\n", c->n_roles, c->n_targets);
-    cfg_errors_free(&errs);
     cfg_release(c);
     return 0;
 }

@@ -30,6 +30,9 @@ extern const char bulwark_help_text[];
  * (NULL after printing why; *cfg_out, if given, to be released); the clock. */
 struct audit_reader;
 struct cfg;
+/* Every command's config loading: the config at path, or NULL after printing every
+ * error (src/cli/audit.c). */
+struct cfg *cli_load_config(const char *path);
 int cli_audit_opt(const char *cmd, int argc, char **argv, int *i, const char *name,
                   const char **out);
 struct audit_reader *cli_audit_reader(const char *cmd, const char *config, struct cfg **cfg_out);

@@ -259,11 +259,7 @@ int cli_explain(int argc, char **argv)
         }
         sql = input;
     }
-    cfg_errors_t errs = {0};
-    cfg_t *c = cfg_load(path, &errs);
-    for (size_t i = 0; i < errs.n; i++)
-        fprintf(stderr, "%s\n", errs.msgs[i] ? errs.msgs[i] : "(out of memory)");
-    cfg_errors_free(&errs);
+    cfg_t *c = cli_load_config(path);
     if (!c) {
         free(input);
         return 1;

@@ -1,5 +1,8 @@
 /*
- * Shared by the libFuzzer targets in tests/fuzz/ (see tests/fuzz/README.md).
+ * Shared by the libFuzzer targets in tests/fuzz/ (see tests/fuzz/README.md):
+ * fixture paths and the configuration they load, a checked requirement, a
+ * cursor over the input, exact copies (so that ASan sees a read past the end
+ * of what a parser was given), and walking typed protocol messages.
  *
  * Fixtures are found relative to the repository root: $BULWARK_TEST_ROOT if
  * set, else the current directory (`make fuzz` runs from the root). A target
@@ -13,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "config.h"
+#include "pgwire/pgwire.h"
 
 static inline const char *fuzz_fixture(const char *rel)
 {
@@ -31,6 +37,46 @@ static inline const char *fuzz_fixture(const char *rel)
             abort();                                                                               \
         }                                                                                          \
     } while (0)
+
+/* The configuration fixture rel (e.g. "policy/bulwark.json"); aborts if it does not load. */
+static inline cfg_t *fuzz_load_config(const char *rel)
+{
+    cfg_errors_t errs = {0};
+    cfg_t *cfg = cfg_load(fuzz_fixture(rel), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        fprintf(stderr, "config: %s\n", errs.msgs[i]);
+    cfg_errors_free(&errs);
+    FUZZ_REQUIRE(cfg, rel);
+    return cfg;
+}
+
+/* A malloc'd copy of exactly n bytes (never NULL, even for n == 0). */
+static inline uint8_t *fuzz_copy_of(const uint8_t *p, size_t n)
+{
+    uint8_t *c = malloc(n ? n : 1);
+    FUZZ_REQUIRE(c, "memory");
+    if (n)
+        memcpy(c, p, n);
+    return c;
+}
+
+/* Calls fn with each whole typed message (type byte, length, body) of data from
+ * off on, each body a copy of exactly its bytes; stops at the first that does not
+ * frame or is cut short. */
+static inline void fuzz_each_message(const uint8_t *data, size_t size, size_t off,
+                                     uint32_t max_body, void (*fn)(char, const uint8_t *, size_t))
+{
+    while (off < size) {
+        pgw_hdr_t h;
+        int r = pgw_frame(data + off, size - off, max_body, &h);
+        if (r != 1 || 5 + (size_t)h.len > size - off)
+            break;
+        uint8_t *body = fuzz_copy_of(data + off + 5, h.len);
+        fn(h.type, body, h.len);
+        free(body);
+        off += 5 + h.len;
+    }
+}
 
 /* A cursor over the fuzz input, for targets that take several values from it. */
 typedef struct fuzz_in {

@@ -1,9 +1,10 @@
 # libFuzzer targets (tests/fuzz/README.md). Included by the Makefile.
-#   make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="fuzz_jwt fuzz_intent"]
+#   make fuzz [FUZZ_SECONDS=60 | FUZZ_TIME=60] [FUZZ_TARGETS="fuzz_jwt fuzz_intent"]
 # builds every tests/fuzz/fuzz_*.c with clang, ASan and UBSan against a library
 # built the same way (build/fuzz/), replays the seed corpora and kept crash
 # inputs, then fuzzes each target for FUZZ_SECONDS and prints its executions.
-FUZZ_SECONDS ?= 60
+# FUZZ_TIME is another name for FUZZ_SECONDS.
+FUZZ_SECONDS ?= $(or $(FUZZ_TIME),60)
 FUZZ_CC      ?= clang
 FUZZ_BUILD   := build/fuzz
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer

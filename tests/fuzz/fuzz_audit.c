@@ -13,7 +13,6 @@
 #include "audit/internal.h"
 #include "fuzz.h"
 
-
 static void canon_fixed_point(const char *s, size_t n)
 {
     cJSON *j = cJSON_ParseWithLength(s, n);
@@ -39,8 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1 || size > 1 << 20)
         return 0;
     size_t n = size - 1;
-    uint8_t *v = malloc(n ? n : 1);
-    memcpy(v, data + 1, n);
+    uint8_t *v = fuzz_copy_of(data + 1, n);
     switch (data[0] % 3) {
     case 0: {
         uint8_t key[8];

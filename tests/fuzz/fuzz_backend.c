@@ -119,17 +119,6 @@ static void one_message(char type, const uint8_t *b, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    size_t off = 0;
-    while (off < size) {
-        pgw_hdr_t h;
-        int r = pgw_frame(data + off, size - off, MAX_BODY, &h);
-        if (r != 1 || 5 + (size_t)h.len > size - off)
-            break;
-        uint8_t *body = malloc(h.len ? h.len : 1);
-        memcpy(body, data + off + 5, h.len);
-        one_message(h.type, body, h.len);
-        free(body);
-        off += 5 + h.len;
-    }
+    fuzz_each_message(data, size, 0, MAX_BODY, one_message);
     return 0;
 }

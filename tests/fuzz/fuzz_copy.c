@@ -21,18 +21,11 @@ static const struct {
      "NULL 'NULL')",
      0, 3},
     {"COPY (SELECT k, v, b FROM kv) TO STDOUT (FORMAT binary)", 1, 3},
-    {"COPY (SELECT name, email FROM customers) TO STDOUT WITH (FORMAT text, DELIMITER '|')", 0,
-     2},
+    {"COPY (SELECT name, email FROM customers) TO STDOUT WITH (FORMAT text, DELIMITER '|')", 0, 2},
     {"COPY kv TO STDOUT (FORMAT csv, FORCE_QUOTE *)", 0, 5},
     {"COPY customers TO STDOUT (FORMAT text, NULL '')", 0, 6},
 };
 #define NPLANS (sizeof(plans) / sizeof(plans[0]))
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    fx_masks_init();
-    return 0;
-}
 
 static void check_out(const buf_t *out, size_t from)
 {
@@ -69,8 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         while (in.n && rc >= 0) {
             const uint8_t *p0;
             size_t n = fuzz_take(&in, fuzz_u8(&in), &p0);
-            uint8_t *p = malloc(n ? n : 1);
-            memcpy(p, p0, n);
+            uint8_t *p = fuzz_copy_of(p0, n);
             size_t before = out.len;
             rc = mask_copy_data(c, fx_scratch, p, n, &out);
             if (rc == 1 && !out.failed)

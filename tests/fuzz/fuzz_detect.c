@@ -6,20 +6,13 @@
  */
 #include "masks.h"
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    fx_masks_init();
-    return 0;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1 || size > 256 * 1024)
         return 0;
     const mask_rules_t *r = fx_rules[data[0] & 3];
     size_t n = size - 1;
-    uint8_t *v = malloc(n ? n : 1);
-    memcpy(v, data + 1, n);
+    uint8_t *v = fuzz_copy_of(data + 1, n);
     int k = mask_detect_value(r, fx_scratch, v, n);
     FUZZ_REQUIRE(k >= 0, "detect does not fail on any input");
     FUZZ_REQUIRE((size_t)k == fx_scratch->nspans, "count matches spans");

@@ -103,17 +103,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         off = len;
     }
-    while (off < size) {
-        pgw_hdr_t h;
-        int r = pgw_frame(data + off, size - off, MAX_BODY, &h);
-        if (r != 1 || 5 + (size_t)h.len > size - off)
-            break;
-        /* a copy of exactly the body, so that ASan sees any read past its end */
-        uint8_t *body = malloc(h.len ? h.len : 1);
-        memcpy(body, data + off + 5, h.len);
-        one_message(h.type, body, h.len);
-        free(body);
-        off += 5 + h.len;
-    }
+    fuzz_each_message(data, size, off, MAX_BODY, one_message);
     return 0;
 }

@@ -17,12 +17,7 @@ static policy_cache_t *cache;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    cfg_errors_t errs = {0};
-    cfg = cfg_load(fuzz_fixture("policy/bulwark.json"), &errs);
-    for (size_t i = 0; i < errs.n; i++)
-        fprintf(stderr, "config: %s\n", errs.msgs[i]);
-    cfg_errors_free(&errs);
-    FUZZ_REQUIRE(cfg, "policy/bulwark.json");
+    cfg = fuzz_load_config("policy/bulwark.json");
     set = policy_set_new(cfg);
     FUZZ_REQUIRE(set, "policy set");
     role = policy_set_role(set, "agent");

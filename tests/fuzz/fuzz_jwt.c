@@ -24,12 +24,7 @@ static size_t secret_len;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    cfg_errors_t errs = {0};
-    cfg = cfg_load(fuzz_fixture("tokens/bulwark.json"), &errs);
-    for (size_t i = 0; i < errs.n; i++)
-        fprintf(stderr, "config: %s\n", errs.msgs[i]);
-    cfg_errors_free(&errs);
-    FUZZ_REQUIRE(cfg, "tokens/bulwark.json");
+    cfg = fuzz_load_config("tokens/bulwark.json");
     FILE *f = fopen(fuzz_fixture("keys/dev.secret"), "rb");
     FUZZ_REQUIRE(f, "keys/dev.secret");
     secret_len = fread(secret, 1, sizeof(secret), f);
@@ -61,13 +56,14 @@ static void check(const char *tok, size_t len)
     ident_t id;
     for (size_t r = 0; r <= cfg->n_roles && r < 3; r++) {
         const cfg_role_t *role = r ? &cfg->roles[r - 1] : NULL;
-        ident_status_t st = ident_login(cfg, NULL, role, tok, len, NOW_S, &id, reason,
-                                        sizeof(reason));
+        ident_status_t st =
+            ident_login(cfg, NULL, role, tok, len, NOW_S, &id, reason, sizeof(reason));
         FUZZ_REQUIRE(memchr(reason, 0, sizeof(reason)), "reason is NUL-terminated");
         (void)ident_status_name(st);
         (void)ident_status_sqlstate(st);
         if (st == IDENT_OK) {
-            FUZZ_REQUIRE(id.subject && id.issuer && id.exp > 0, "an accepted token has sub, iss, exp");
+            FUZZ_REQUIRE(id.subject && id.issuer && id.exp > 0,
+                         "an accepted token has sub, iss, exp");
             ident_free(&id);
         }
     }

@@ -2,7 +2,8 @@
  * Masking fixtures shared by the mask fuzz targets: a customers(id, name,
  * email, card_number, ssn, notes) and kv(k, v, j, b, n) catalog, and four rule
  * sets that mask those columns with different methods, with and without
- * detectors. Compiled once per process (Vectorscan compilation is slow).
+ * detectors. Compiled once per process (Vectorscan compilation is slow), by the
+ * LLVMFuzzerInitialize this header defines for the target that includes it.
  */
 #ifndef BULWARK_TESTS_FUZZ_MASKS_H
 #define BULWARK_TESTS_FUZZ_MASKS_H
@@ -14,7 +15,8 @@ static const char *const fx_customers[] = {"id", "name", "email", "card_number",
 static const char *const fx_kv[] = {"k", "v", "j", "b", "n"};
 static const char *const fx_path[] = {"public", NULL};
 
-__attribute__((unused)) static int fx_resolve(void *arg, const char *schema, const char *name, mask_relation_t *out)
+__attribute__((unused)) static int fx_resolve(void *arg, const char *schema, const char *name,
+                                              mask_relation_t *out)
 {
     (void)arg;
     if (strcmp(schema, "public"))
@@ -81,6 +83,12 @@ static void fx_masks_init(void)
     }
     fx_scratch = mask_scratch_new();
     FUZZ_REQUIRE(fx_scratch, "mask scratch");
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    fx_masks_init();
+    return 0;
 }
 
 #endif

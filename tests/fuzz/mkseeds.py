@@ -204,9 +204,54 @@ def audit():
     write("fuzz_audit", "canon", b"\x02" + '{"b":[1,2.5,-0,1e21,"\\u00e9\\ud83d\\ude00"],"a":{"z":null,"\\u0000":true}}'.encode())
 
 
+def present():
+    """fuzz_present: chunks [kind][u16 length][bytes] (see fuzz_present.c)."""
+    def chunk(kind, b):
+        b = b.encode() if isinstance(b, str) else b
+        return bytes([kind]) + struct.pack("!H", len(b)) + b
+
+    def rec(seq, ts, typ, data, sid="s-0001"):
+        return json.dumps({"data": data, "seq": seq, "session": sid, "ts": ts, "type": typ,
+                           "v": 1}, sort_keys=True, separators=(",", ":"))
+
+    t0 = 1714564800000000
+    start = rec(1, t0, "session_start", {
+        "sub": "svc-agent-1", "iss": "dev", "role": "analyst", "target": "shop",
+        "client": "127.0.0.1:50312", "tls": "TLSv1.3", "application_name": "langchain",
+        "claims": {"sub": "svc-agent-1", "groups": ["analytics-agents"]}})
+    stmt = rec(2, t0 + 12000, "statement", {
+        "sql": "SELECT id, email FROM customers\n LIMIT 2", "decision": "allow",
+        "rule": "read-public", "intent": {"select": ["public.customers"]},
+        "params": ["a", None], "approval": 17, "start": t0 + 12000})
+    res = rec(3, t0 + 15000, "result", {
+        "stmt": 2, "end": t0 + 15250, "tag": "SELECT 2", "rows": 9,
+        "columns": ["id", "email"], "types": [23, 25],
+        "values": [["1", "a***@example.com"], ["22", "\u001b[31m\u202eevil\tx\ny"]],
+        "truncated": True})
+    deny = rec(4, t0 + 20000, "statement", {"sql": "DROP TABLE customers", "decision": "deny",
+                                            "rule": "no-ddl", "message": "denied"})
+    err = rec(5, t0 + 20100, "result", {"stmt": 4, "sqlstate": "42501", "error": "denied \u009b"})
+    note = rec(6, t0 + 30000, "note", {"what": "reload", "roles": 3})
+    end = rec(7, t0 + 52100, "session_end", {"reason": "client closed the connection"})
+    h = hashlib.sha256(bytes(32) + start.encode()).hexdigest()
+    cp = json.dumps({"hash": h, "key": None, "seq": 1, "ts": t0, "v": 1}, sort_keys=True,
+                    separators=(",", ":"))
+    session = bytes([7, 6]) + b"s-0001" + json.dumps({
+        "sub": "svc-agent-1", "iss": "dev", "role": "analyst", "target": "shop",
+        "client": "127.0.0.1:50312", "app": "psql\u0007", "reason": "closed",
+        "start": t0, "end": t0 + 52100, "first": 1}).encode()
+    write("fuzz_present", "session", b"".join(chunk(0, r) for r in (start, stmt, res, deny, err,
+                                                                     note, end))
+          + chunk(3, struct.pack("!H", 0) + cp.encode()) + chunk(4, session))
+    write("fuzz_present", "tampered-and-damaged",
+          chunk(1, stmt) + chunk(2, b"\x01" + bytes(10)) + chunk(0, "{}") + chunk(1, end))
+    write("fuzz_present", "open-session-row",
+          chunk(4, bytes([0, 3]) + b"s-2" + b'{"sub":"x\\u202ey","start":1,"first":2}'))
+
+
 if __name__ == "__main__":
     shutil.rmtree(OUT, ignore_errors=True)
-    for f in (frontend, backend, jwt, intent, rewrite, detect, copy, audit):
+    for f in (frontend, backend, jwt, intent, rewrite, detect, copy, audit, present):
         f()
     for d in sorted(OUT.iterdir()):
         print(d.name, len(list(d.iterdir())))

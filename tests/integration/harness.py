@@ -790,11 +790,18 @@ def raw_login(ep: Endpoint, timeout=10.0, **params) -> RawPg:
 
 
 class TcpForwarder:
-    def __init__(self, target_host: str, target_port: int):
+    """A TCP relay on a loopback port (listen_port, or a free one) to target. With
+    record=True it also keeps every byte relayed back from the target (what a client saw:
+    received())."""
+
+    def __init__(self, target_host: str, target_port: int, record: bool = False,
+                 listen_port: int = 0):
         self.target = (target_host, target_port)
+        self.record = record
+        self.data = bytearray()
         self.lsock = socket.socket()
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind(("127.0.0.1", listen_port))
         self.lsock.listen(64)
         self.port = self.lsock.getsockname()[1]
         self.lock = threading.Lock()
@@ -818,16 +825,18 @@ class TcpForwarder:
             with self.lock:
                 self.socks += [c, u]
                 self.accepted += 1
-            threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
-            threading.Thread(target=self._pump, args=(u, c), daemon=True).start()
+            threading.Thread(target=self._pump, args=(c, u, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c, self.record), daemon=True).start()
 
-    @staticmethod
-    def _pump(src, dst):
+    def _pump(self, src, dst, record):
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if record:  # before it is sent on: whatever the client got is kept
+                    with self.lock:
+                        self.data += data
                 dst.sendall(data)
         except OSError:
             pass
@@ -836,6 +845,11 @@ class TcpForwarder:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def received(self) -> bytes:
+        """Every byte relayed from the target so far (record=True)."""
+        with self.lock:
+            return bytes(self.data)
 
     def kill_connections(self):
         """Cut every relayed connection at once, as if the upstream host died."""
@@ -856,6 +870,26 @@ class TcpForwarder:
         except OSError:
             pass
         self.kill_connections()
+
+
+# ---------------------------------------------------------------------------------------
+# leak checks: did a value that must stay hidden reach a client?
+
+
+def leaked_values(seen, values) -> list:
+    """The values (str) that occur in seen (str, or bytes: the values UTF-8 encoded), sorted."""
+    if isinstance(seen, (bytes, bytearray)):
+        return sorted({v for v in values if v and v.encode() in seen})
+    return sorted({v for v in values if v and v in seen})
+
+
+def assert_no_leaks(seen, values, who: str = "the client", context=None):
+    """Fails naming every value of values found in seen (what who saw); context, if given,
+    is printed with the failure (the text or rows that held them)."""
+    leaked = leaked_values(seen, values)
+    if leaked:
+        raise AssertionError(f"values reached {who}: {leaked}"
+                             + ("" if context is None else f"\n{context}"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import PG_BIN, run, wait_for
+from harness import PG_BIN, assert_no_leaks, run, wait_for
 from test_policy_e2e import create_database, drop_database, start_policy_gateway, \
     stop_policy_gateway
 
@@ -68,6 +68,7 @@ REAL = [
     dict(name="Carol Chen", email="carol.chen@example.net", card="340000000000009",
          ssn="222-33-4444"),
 ]
+REAL_VALUES = [v for c in REAL for v in c.values()]
 
 
 def masked(c: dict) -> dict:
@@ -253,36 +254,31 @@ def py_run(g, sub: str, answer: str) -> Run:
 
 # Each run starts from a fresh shop (an approved DELETE removes ticket 4). Module fixtures
 # run in the order the tests first use them; each loads its own copy first.
-@pytest.fixture(scope="module")
-def js_approved(agw, pg):
+def fresh_run(agw, pg, run, sub: str, answer: str) -> Run:
     load_shop(pg)
-    r = js_run(agw, "svc-agent-js", "approve")
+    r = run(agw, sub, answer)
     r.tickets_after = tickets(pg)
     return r
+
+
+@pytest.fixture(scope="module")
+def js_approved(agw, pg):
+    return fresh_run(agw, pg, js_run, "svc-agent-js", "approve")
 
 
 @pytest.fixture(scope="module")
 def js_denied(agw, pg):
-    load_shop(pg)
-    r = js_run(agw, "svc-agent-js-deny", "deny")
-    r.tickets_after = tickets(pg)
-    return r
+    return fresh_run(agw, pg, js_run, "svc-agent-js-deny", "deny")
 
 
 @pytest.fixture(scope="module")
 def py_approved(agw, pg):
-    load_shop(pg)
-    r = py_run(agw, "svc-agent-py", "approve")
-    r.tickets_after = tickets(pg)
-    return r
+    return fresh_run(agw, pg, py_run, "svc-agent-py", "approve")
 
 
 @pytest.fixture(scope="module")
 def py_denied(agw, pg):
-    load_shop(pg)
-    r = py_run(agw, "svc-agent-py-deny", "deny")
-    r.tickets_after = tickets(pg)
-    return r
+    return fresh_run(agw, pg, py_run, "svc-agent-py-deny", "deny")
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,9 +323,7 @@ def test_js_agent_sees_masked_customers_never_the_real_values(js_approved):
     info = js_obs(js_approved, "info-sql", "customers")
     rows = json.loads(js_obs(js_approved, "query-sql", "SELECT"))
     seen = info + json.dumps(rows) + json.dumps(js_approved.result["steps"])
-    for c in REAL:
-        for v in c.values():
-            assert v not in seen, f"the agent saw the real value {v!r}"
+    assert_no_leaks(seen, REAL_VALUES, "the agent")
     assert [{k: r[k] for k in ("name", "email", "card_number", "ssn")} for r in rows] == \
         [{"name": m["name"], "email": m["email"], "card_number": m["card"], "ssn": m["ssn"]}
          for m in map(masked, REAL)]
@@ -426,9 +420,7 @@ def test_py_sqldatabase_table_info_has_create_table_and_sample_rows(py_approved)
 
 def test_py_sqldatabase_sees_masked_customers_never_the_real_values(py_approved):
     seen = json.dumps(py_approved.result["steps"])
-    for c in REAL:
-        for v in c.values():
-            assert v not in seen, f"SQLDatabase saw the real value {v!r}"
+    assert_no_leaks(seen, REAL_VALUES, "SQLDatabase")
     run_result = py_step(py_approved, "run('SELECT")["result"]
     for i, m in enumerate(map(masked, REAL), 1):
         assert str((i, m["name"], m["email"], m["card"], m["ssn"])) in run_result, run_result

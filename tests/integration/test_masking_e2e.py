@@ -21,16 +21,14 @@ import io
 import json
 import re
 import secrets
-import socket
 import struct
-import threading
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 import harness
-from harness import PG_BIN, node_script, psql, raw_login, run
+from harness import PG_BIN, assert_no_leaks, node_script, psql, raw_login, run
 from test_policy_e2e import (create_database, drop_database, load_schema_sql,
                              start_policy_gateway, stop_policy_gateway)
 
@@ -146,10 +144,6 @@ def connect(g, **kw):
     return c
 
 
-def leaks(text: str, values) -> list:
-    return [v for v in values if v and v in text]
-
-
 def test_smoke_select_star_is_masked(env):
     c = connect(env)
     try:
@@ -160,7 +154,7 @@ def test_smoke_select_star_is_masked(env):
     finally:
         c.close()
     text = repr(rows)
-    assert not leaks(text, SECRETS), text
+    assert_no_leaks(text, SECRETS, context=text)
     assert rows[0][0] == 1 and rows[0][1] == "Alice Archer"
     assert rows[0][2] == "a***@example.com"
     assert rows[0][3] == "************1111"
@@ -207,60 +201,9 @@ def test_masked_values_are_counted_by_column_and_detector(env):
 # What the client receives: every byte from the gateway, through a recording forwarder
 
 
-class Capture:
-    """A TCP forwarder in front of the gateway that keeps every byte sent to the client."""
-
-    def __init__(self, port: int):
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.target = ("127.0.0.1", port)
-        self.lock = threading.Lock()
-        self.data = bytearray()
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            u = socket.create_connection(self.target, timeout=10)
-            u.settimeout(None)
-            threading.Thread(target=self._pump, args=(c, u, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(u, c, True), daemon=True).start()
-
-    def _pump(self, src, dst, record):
-        try:
-            while True:
-                b = src.recv(65536)
-                if not b:
-                    break
-                if record:
-                    with self.lock:
-                        self.data += b
-                dst.sendall(b)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def received(self) -> bytes:
-        with self.lock:
-            return bytes(self.data)
-
-    def close(self):
-        self.closed = True
-        self.lsock.close()
-
-
-def byte_leaks(data: bytes, values) -> list:
-    return sorted({v for v in values if v and v.encode() in data})
+def Capture(port: int) -> harness.TcpForwarder:
+    """A forwarder in front of the gateway that keeps every byte sent to the client."""
+    return harness.TcpForwarder("127.0.0.1", port, record=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,8 +338,7 @@ def test_corpus_through_psycopg2_simple_protocol(env, pg):
         conn.close()
     finally:
         cap.close()
-    leaked = byte_leaks(cap.received(), ALL_VALUES)
-    assert not leaked, f"values reached the client: {leaked}"
+    assert_no_leaks(cap.received(), ALL_VALUES)
     assert not failures, "\n".join([f"{len(failures)} problems:"] + failures)
 
 
@@ -441,8 +383,7 @@ def test_corpus_through_node_pg_extended_protocol_binary_results(env, pg, tmp_pa
             assert row[1].endswith("@example.com") or row[1].endswith("@example.org") or \
                 row[1].endswith("@example.net"), row
             assert row[1][1:4] == "***" and row[2] == "****", row
-    leaked = byte_leaks(cap.received(), ALL_VALUES)
-    assert not leaked, f"values reached the client: {leaked}"
+    assert_no_leaks(cap.received(), ALL_VALUES)
     assert not failures, "\n".join([f"{len(failures)} problems:"] + failures)
 
 
@@ -476,8 +417,7 @@ def test_corpus_as_copy_to_stdout(env, fmt):
         conn.close()
     finally:
         cap.close()
-    leaked = byte_leaks(cap.received(), ALL_VALUES)
-    assert not leaked, f"values reached the client: {leaked}"
+    assert_no_leaks(cap.received(), ALL_VALUES)
     assert not failures, "\n".join([f"{len(failures)} problems:"] + failures)
 
 
@@ -569,8 +509,7 @@ def test_named_statement_described_once_then_executed_without_describe(env):
         c.close()
     finally:
         cap.close()
-    leaked = byte_leaks(cap.received(), ALL_VALUES)
-    assert not leaked, f"values reached the client: {leaked}"
+    assert_no_leaks(cap.received(), ALL_VALUES)
 
 
 def test_sql_cursors_and_prepared_statements_follow_their_plans(env):
@@ -606,8 +545,7 @@ def test_sql_cursors_and_prepared_statements_follow_their_plans(env):
         conn.close()
     finally:
         cap.close()
-    leaked = byte_leaks(cap.received(), ALL_VALUES)
-    assert not leaked, f"values reached the client: {leaked}"
+    assert_no_leaks(cap.received(), ALL_VALUES)
 
 
 def test_errors_and_notices_that_echo_values_are_scrubbed(env):
@@ -632,8 +570,7 @@ def test_errors_and_notices_that_echo_values_are_scrubbed(env):
     finally:
         cap.close()
     assert len(msgs) >= 6, msgs
-    leaked = byte_leaks(cap.received(), ALL_VALUES)
-    assert not leaked, f"values reached the client: {leaked} in {msgs}"
+    assert_no_leaks(cap.received(), ALL_VALUES, context=msgs)
 
 
 def test_psql_copy_to_stdout_is_masked(env, tmp_path):
@@ -641,13 +578,13 @@ def test_psql_copy_to_stdout_is_masked(env, tmp_path):
     r = psql(env.ep, "-c", f"\\copy customers TO '{out}' WITH (FORMAT csv, HEADER)")
     assert r.returncode == 0, r.stderr
     text = out.read_text()
-    assert not leaks(text, ALL_VALUES), text
+    assert_no_leaks(text, ALL_VALUES, context=text)
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == ["id", "name", "email", "card_number", "ssn", "notes"], rows
     assert rows[1][:5] == ["1", "Alice Archer", "a***@example.com", "************1111", "****"]
     r = psql(env.ep, "-c", "COPY (SELECT email, name FROM customers ORDER BY id) TO STDOUT")
     assert r.returncode == 0 and "Alice Archer" in r.stdout, r.stderr
-    assert not leaks(r.stdout, ALL_VALUES), r.stdout
+    assert_no_leaks(r.stdout, ALL_VALUES, context=r.stdout)
 
 
 def test_catalog_changes_during_a_session_are_masked_afterwards(env, pg):
@@ -683,8 +620,7 @@ def test_catalog_changes_during_a_session_are_masked_afterwards(env, pg):
         conn.close()
     finally:
         cap.close()
-    leaked = byte_leaks(cap.received(), ALL_VALUES)
-    assert not leaked, f"values reached the client: {leaked}"
+    assert_no_leaks(cap.received(), ALL_VALUES)
 
 
 def test_large_rows_are_masked_and_oversized_rows_end_the_session(env, pg):
@@ -714,7 +650,7 @@ def test_audit_records_hold_masked_rows_only(env):
     captured = json.dumps([{k: d.get(k) for k in ("values", "error", "columns")}
                            for d in results])
     assert "a***@example.com" in captured and "************1111" in captured
-    assert not leaks(captured, ALL_VALUES), leaks(captured, ALL_VALUES)
+    assert_no_leaks(captured, ALL_VALUES)
     sid = None
     for ln in env.log_text().splitlines():
         if "event=session_start" in ln and "bwit-mask-audit" in ln:
@@ -722,7 +658,8 @@ def test_audit_records_hold_masked_rows_only(env):
     assert sid
     rp = run([str(env.binary), "replay", sid, "-c", str(env.config_path)])
     assert rp.returncode == 0, rp.stderr
-    assert "a***@example.com" in rp.stdout and not leaks(rp.stdout, ALL_VALUES), rp.stdout
+    assert "a***@example.com" in rp.stdout, rp.stdout
+    assert_no_leaks(rp.stdout, ALL_VALUES, context=rp.stdout)
 
 
 def test_explain_shows_the_masks_of_each_statement(env, pg, tmp_path):
@@ -786,7 +723,7 @@ def test_a_refused_redeclaration_does_not_replace_the_cursors_plan(env):
         cap.close()
     assert rows == [("[hidden]",)] * 4, rows
     assert rows2 == [("[hidden]",)] * 4, rows2
-    assert not byte_leaks(cap.received(), NAMES)
+    assert_no_leaks(cap.received(), NAMES)
 
 
 def test_a_refused_second_parse_of_a_name_does_not_replace_its_plan(env):
@@ -810,7 +747,7 @@ def test_a_refused_second_parse_of_a_name_does_not_replace_its_plan(env):
         cap.close()
     assert first == [["[hidden]"]] * 4, first
     assert second in ([["[hidden]"]] * 4, [["****"]] * 4), second
-    assert not byte_leaks(cap.received(), NAMES)
+    assert_no_leaks(cap.received(), NAMES)
 
 
 def test_a_parse_of_several_statements_is_refused_by_the_server_and_the_session_goes_on(env):
@@ -846,7 +783,7 @@ def test_hash_is_deterministic_across_sessions_and_keeps_joins(env):
     hashes = [e for _, e in got[0]]
     assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), hashes
     assert len(set(hashes)) == len(hashes)
-    assert not leaks(repr(got), ALL_VALUES)
+    assert_no_leaks(repr(got), ALL_VALUES)
 
 
 def test_rows_larger_than_max_row_bytes_end_the_session(env):
@@ -902,14 +839,14 @@ def test_sqlalchemy_reflection_and_psql_describe_work_through_a_masking_role(env
     finally:
         eng.dispose()
     assert sample["customers"][0][2] == "a***@example.com", sample
-    assert not leaks(repr(sample), ALL_VALUES)
+    assert_no_leaks(repr(sample), ALL_VALUES)
     masking_refusals = [ln for ln in env.refusals_since(off) if "builtin:masking" in ln]
     assert not masking_refusals, masking_refusals
     r = psql(env.ep, "-v", "ON_ERROR_STOP=1", "-c", r"\d customers", "-c", r"\dt", "-c",
              r"\d+ customer_contacts", "-c", r"\dn")
     assert r.returncode == 0, r.stderr
     assert "card_number" in r.stdout and "customer_contacts" in r.stdout, r.stdout
-    assert not leaks(r.stdout, ALL_VALUES), r.stdout
+    assert_no_leaks(r.stdout, ALL_VALUES, context=r.stdout)
 
 
 def test_columns_renamed_or_added_during_a_session_are_masked_afterwards(env):

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import threading
 import time
 
 import psycopg2
@@ -221,17 +220,7 @@ class Forwarder(TcpForwarder):
     """TcpForwarder on a fixed port, so that it can stop and come back at the same address."""
 
     def __init__(self, target_host, target_port, port):
-        self.target = (target_host, target_port)
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", port))
-        self.lsock.listen(64)
-        self.port = port
-        self.lock = threading.Lock()
-        self.socks = []
-        self.closed = False
-        self.accepted = 0
-        threading.Thread(target=self._accept_loop, daemon=True).start()
+        super().__init__(target_host, target_port, listen_port=port)
 
 
 DENY_RULE = "no-order-deletes"

@@ -15,21 +15,17 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include "approval/approval.h"
 
 #define T0 1700000000000000LL /* µs */
 
-static char dir[64];
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    return remove(p);
-}
+static char dir[TEST_DIR_MAX];
 
 static int setup(void **state)
 {
-    snprintf(dir, sizeof(dir), "/tmp/bw-appr-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    test_mkdtemp(dir, sizeof(dir), "bw-appr");
     char err[256];
     appr_store_t *st = appr_open(dir, err, sizeof(err));
     assert_non_null(st);
@@ -40,7 +36,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     appr_close(*state);
-    nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(dir);
     return 0;
 }
 

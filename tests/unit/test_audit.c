@@ -3,9 +3,9 @@
  * commit, durability, reopen, failure and recovery, retention, concurrency),
  * and verify against an attacker who edits the LMDB file directly.
  *
- * Every test works in its own directory under /tmp. Some tests re-run this
- * binary as a second process (LMDB forbids opening one environment twice in
- * a process): `test_audit --child CMD DIR`.
+ * Every test works in its own directory under $TMPDIR (tests/unit/helpers.h). Some tests re-run
+ * this binary as a second process (LMDB forbids opening one environment twice in a process):
+ * `test_audit --child CMD DIR`.
  */
 #include <fcntl.h>
 #include <ftw.h>
@@ -24,6 +24,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "helpers.h"
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
@@ -34,16 +36,11 @@
 /* ---- fixtures ---- */
 
 typedef struct fx {
-    char dir[64];
-    char store[96], key[96], pub[96], other_key[96];
+    char dir[TEST_DIR_MAX];
+    char store[TEST_DIR_MAX + 32], key[TEST_DIR_MAX + 32], pub[TEST_DIR_MAX + 32],
+        other_key[TEST_DIR_MAX + 32];
     cfg_t cfg;
 } fx_t;
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
 
 static void write_key(const char *path, bool pub_only, EVP_PKEY *k)
 {
@@ -60,8 +57,7 @@ static fx_t *fx_new(uint64_t map_size, bool sign)
 {
     fx_t *f = calloc(1, sizeof(*f));
     assert_non_null(f);
-    strcpy(f->dir, "/tmp/bulwark-audit-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    test_mkdtemp(f->dir, sizeof(f->dir), "bulwark-audit");
     snprintf(f->store, sizeof(f->store), "%s/store", f->dir);
     snprintf(f->key, sizeof(f->key), "%s/audit.pem", f->dir);
     snprintf(f->pub, sizeof(f->pub), "%s/audit.pub.pem", f->dir);
@@ -86,7 +82,7 @@ static fx_t *fx_new(uint64_t map_size, bool sign)
 
 static void fx_free(fx_t *f)
 {
-    nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(f->dir);
     free(f);
 }
 

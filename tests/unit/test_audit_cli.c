@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "helpers.h"
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
@@ -26,19 +28,9 @@
 #include "audit/internal.h"
 #include "cli/cli.h"
 
-static char dir[64], config[128], store[128];
+static char dir[TEST_DIR_MAX], config[TEST_DIR_MAX + 32], store[TEST_DIR_MAX + 32];
 
 /* ---- helpers ---- */
-
-static void write_file(const char *name, const char *text)
-{
-    char p[256];
-    snprintf(p, sizeof(p), "%s/%s", dir, name);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
 
 /* Run a CLI function with stdout and stderr captured. */
 typedef struct run {
@@ -99,14 +91,14 @@ static void run_free(run_t *r)
 static void expect_text(const char *what, const char *got, const char *want)
 {
     if (strcmp(got, want)) {
-        FILE *f = fopen("/tmp/bulwark-audit-cli-got.txt", "w");
+        char path[TEST_PATH_MAX];
+        snprintf(path, sizeof(path), "%s/bulwark-audit-cli-got.txt", test_tmp_base());
+        FILE *f = fopen(path, "w");
         if (f) {
             fputs(got, f);
             fclose(f);
         }
-        print_message(
-            "---- %s differs: got (whole text in /tmp/bulwark-audit-cli-got.txt) ----\n%s\n", what,
-            got);
+        print_message("---- %s differs: got (whole text in %s) ----\n%s\n", what, path, got);
         fail_msg("%s differs", what);
     }
 }
@@ -222,12 +214,11 @@ static void write_store(void)
 static int setup(void **state)
 {
     (void)state;
-    strcpy(dir, "/tmp/bulwark-audit-cli-XXXXXX");
-    assert_non_null(mkdtemp(dir));
+    test_mkdtemp(dir, sizeof(dir), "bulwark-audit-cli");
     snprintf(config, sizeof(config), "%s/bulwark.json", dir);
     snprintf(store, sizeof(store), "%s/var/audit", dir);
-    write_file("dev.secret", "0123456789abcdef0123456789abcdef0123456789\n");
-    char p[256];
+    test_write_file(dir, "dev.secret", "0123456789abcdef0123456789abcdef0123456789\n");
+    char p[TEST_DIR_MAX + 16];
     snprintf(p, sizeof(p), "%s/audit.pem", dir);
     EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
     FILE *f = fopen(p, "w");
@@ -235,30 +226,25 @@ static int setup(void **state)
     PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
     fclose(f);
     EVP_PKEY_free(k);
-    write_file("bulwark.json",
-               "{\n"
-               "  \"listen\": \"127.0.0.1:6432\",\n"
-               "  \"allow_plaintext_on_loopback\": true,\n"
-               "  \"identity\": {\"issuers\": [{\"issuer\": \"dev\", \"audience\": \"bulwark\",\n"
-               "                                \"hs256_secret_file\": \"dev.secret\"}]},\n"
-               "  \"targets\": {\"shop\": {\"host\": \"127.0.0.1\"}},\n"
-               "  \"audit\": {\"path\": \"var/audit\", \"signing_key_file\": \"audit.pem\",\n"
-               "            \"retention\": {\"max_age\": \"3650d\", \"max_size\": \"512MiB\"}}\n"
-               "}\n");
+    test_write_file(
+        dir, "bulwark.json",
+        "{\n"
+        "  \"listen\": \"127.0.0.1:6432\",\n"
+        "  \"allow_plaintext_on_loopback\": true,\n"
+        "  \"identity\": {\"issuers\": [{\"issuer\": \"dev\", \"audience\": \"bulwark\",\n"
+        "                                \"hs256_secret_file\": \"dev.secret\"}]},\n"
+        "  \"targets\": {\"shop\": {\"host\": \"127.0.0.1\"}},\n"
+        "  \"audit\": {\"path\": \"var/audit\", \"signing_key_file\": \"audit.pem\",\n"
+        "            \"retention\": {\"max_age\": \"3650d\", \"max_size\": \"512MiB\"}}\n"
+        "}\n");
     write_store();
     return 0;
-}
-
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(dir);
     return 0;
 }
 
@@ -529,9 +515,9 @@ static void export_streams_records_an_outside_verifier_accepts(void **state)
     char py[256], exp[256], cmd[1024];
     snprintf(py, sizeof(py), "%s/verify.py", dir);
     snprintf(exp, sizeof(exp), "%s/export.jsonl", dir);
-    write_file("verify.py", py_verifier);
+    test_write_file(dir, "verify.py", py_verifier);
     r = run(cli_audit, "audit", "export", "-c", config, NULL);
-    write_file("export.jsonl", r.out);
+    test_write_file(dir, "export.jsonl", r.out);
     run_free(&r);
     snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s < %s", py, exp);
     FILE *p = popen(cmd, "r");
@@ -562,7 +548,7 @@ static void verify_and_pubkey(void **state)
     r = run(cli_audit, "audit", "pubkey", "-c", config, NULL);
     assert_int_equal(r.rc, 0);
     assert_non_null(strstr(r.out, "-----BEGIN PUBLIC KEY-----"));
-    write_file("audit.pub", r.out);
+    test_write_file(dir, "audit.pub", r.out);
     run_free(&r);
     char pub[256];
     snprintf(pub, sizeof(pub), "%s/audit.pub", dir);
@@ -629,11 +615,53 @@ static void verify_fails_with_exit_1_naming_the_record(void **state)
     run_free(&r);
 }
 
+/* A store written by someone else may hold any bytes: what is not UTF-8 and a
+ * record type the gateway never writes come out escaped like controls do. */
+static void replay_escapes_bytes_that_are_not_utf8(void **state)
+{
+    (void)state;
+    present_replay_t *l = present_replay_new();
+    assert_non_null(l);
+    cJSON *d1 = cJSON_CreateObject(), *d2 = cJSON_CreateObject();
+    cJSON_AddStringToObject(d1, "sql", "SELECT '\x9b" "31m', '\xc3(', '\xe2\x80\xae'");
+    cJSON_AddStringToObject(d1, "decision", "allow");
+    cJSON_AddNumberToObject(d1, "start", 1e300); /* beyond int64: ignored, not converted */
+    cJSON_AddStringToObject(d2, "x", "y");
+    audit_record_t r1 = {.key = 1, .seq = 1, .ts = 1714564800000000, .type = AUDIT_REC_STATEMENT,
+                         .type_name = "statement", .session = "s-1", .data = d1,
+                         .parsed = true, .hash_ok = true};
+    audit_record_t r2 = {.key = 2, .seq = 2, .ts = 1714564800001000, .type_name = "no\x9bte",
+                         .session = "s-1", .data = d2, .parsed = true, .hash_ok = true};
+    assert_int_equal(present_replay_add(l, &r1), 0);
+    assert_int_equal(present_replay_add(l, &r2), 0);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    present_replay_print(l, "s-1", false, f);
+    assert_int_equal(fclose(f), 0);
+    expect_text("replay of foreign bytes", text,
+                "session s-1\n"
+                "  (the session start was not recorded or has been retired)\n"
+                "  started     2024-05-01 12:00:00.000 UTC\n"
+                "\n"
+                "+0.000s  #1  allow\n"
+                "    SELECT '\\x9B31m', '\\xC3(', '\\u202E'\n"
+                "    (no result recorded)\n"
+                "\n"
+                "+0.001s  #2  no\\x9Bte  {\"x\":\"y\"}\n");
+    free(text);
+    present_replay_free(l);
+    cJSON_Delete(d1);
+    cJSON_Delete(d2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(aligned_format_matches_psql),
         cmocka_unit_test(replay_prints_a_transcript),
+        cmocka_unit_test(replay_escapes_bytes_that_are_not_utf8),
         cmocka_unit_test(sessions_lists_and_filters),
         cmocka_unit_test(export_streams_records_an_outside_verifier_accepts),
         cmocka_unit_test(verify_and_pubkey),

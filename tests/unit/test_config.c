@@ -19,22 +19,9 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include "config.h"
-
-static char fx_buf[4][1024];
-static int fx_next;
-
-/* Path of a fixture under tests/fixtures/config/, as the loader will print it. */
-static const char *fx(const char *rel)
-{
-    const char *root = getenv("BULWARK_TEST_ROOT");
-    char *b = fx_buf[fx_next++ % 4];
-    if (root && *root && strcmp(root, "."))
-        snprintf(b, sizeof(fx_buf[0]), "%s/tests/fixtures/config/%s", root, rel);
-    else
-        snprintf(b, sizeof(fx_buf[0]), "tests/fixtures/config/%s", rel);
-    return b;
-}
 
 static void print_errors(const cfg_errors_t *e)
 {
@@ -58,13 +45,13 @@ static cfg_t *load_ok(const char *path)
 static void loads_spec_example_with_defaults(void **state)
 {
     (void)state;
-    cfg_t *c = load_ok(fx("valid/bulwark.json"));
-    assert_string_equal(c->path, fx("valid/bulwark.json"));
+    cfg_t *c = load_ok(test_fixture("config/valid/bulwark.json"));
+    assert_string_equal(c->path, test_fixture("config/valid/bulwark.json"));
     assert_int_equal(c->refcount, 1);
     assert_string_equal(c->listen_host, "0.0.0.0");
     assert_int_equal(c->listen_port, 6432);
-    assert_string_equal(c->tls_cert_file, fx("valid/certs/server.crt"));
-    assert_string_equal(c->tls_key_file, fx("valid/certs/server.key"));
+    assert_string_equal(c->tls_cert_file, test_fixture("config/valid/certs/server.crt"));
+    assert_string_equal(c->tls_key_file, test_fixture("config/valid/certs/server.key"));
     assert_false(c->allow_plaintext_on_loopback);
 
     /* identity */
@@ -72,7 +59,7 @@ static void loads_spec_example_with_defaults(void **state)
     const cfg_issuer_t *idp = &c->issuers[0];
     assert_string_equal(idp->issuer, "https://idp.example.com");
     assert_string_equal(idp->audience, "bulwark");
-    assert_string_equal(idp->jwks_file, fx("valid/keys/idp-jwks.json"));
+    assert_string_equal(idp->jwks_file, test_fixture("config/valid/keys/idp-jwks.json"));
     assert_null(idp->jwks_url);
     assert_null(idp->hs256_secret_file);
     assert_int_equal(idp->n_algorithms, 2);
@@ -84,7 +71,7 @@ static void loads_spec_example_with_defaults(void **state)
     assert_int_equal(acc->n_algorithms, 2); /* default RS256, ES256 */
     const cfg_issuer_t *dev = cfg_find_issuer(c, "dev");
     assert_ptr_equal(dev, &c->issuers[2]);
-    assert_string_equal(dev->hs256_secret_file, fx("valid/keys/dev.secret"));
+    assert_string_equal(dev->hs256_secret_file, test_fixture("config/valid/keys/dev.secret"));
     const char *secret = "dev-secret-for-tests-only-0123456789abcdef"; /* newline stripped */
     assert_int_equal(dev->hs256_secret_len, strlen(secret));
     assert_memory_equal(dev->hs256_secret, secret, strlen(secret));
@@ -108,16 +95,17 @@ static void loads_spec_example_with_defaults(void **state)
     assert_int_equal(ledger->port, 5432);
     assert_string_equal(ledger->dbname, "ledger");
     assert_int_equal(ledger->sslmode, CFG_SSL_VERIFY_FULL);
-    assert_string_equal(ledger->sslrootcert, fx("valid/certs/ca.crt"));
+    assert_string_equal(ledger->sslrootcert, test_fixture("config/valid/certs/ca.crt"));
     assert_null(cfg_find_target(c, "bulwark"));
 
     /* audit, approvals, knobs: SPEC section 3 defaults */
-    assert_string_equal(c->audit.path, fx("valid/var/audit"));
+    assert_string_equal(c->audit.path, test_fixture("config/valid/var/audit"));
     assert_int_equal(c->audit.map_size, 1ULL << 30);
     assert_int_equal(c->audit.durability, CFG_DUR_STRICT_WRITES);
     assert_int_equal(c->audit.capture_rows, 50);
     assert_int_equal(c->audit.capture_bytes, 65536);
-    assert_string_equal(c->audit.signing_key_file, fx("valid/keys/audit-ed25519.pem"));
+    assert_string_equal(c->audit.signing_key_file,
+                        test_fixture("config/valid/keys/audit-ed25519.pem"));
     assert_false(c->audit.on_failure_allow);
     assert_null(c->approvals.webhook_url);
     assert_int_equal(c->approvals.poll_interval_ms, 200);
@@ -136,7 +124,7 @@ static void loads_spec_example_with_defaults(void **state)
     assert_int_equal(c->n_roles, 3);
     const cfg_role_t *an = cfg_find_role(c, "analyst");
     assert_ptr_equal(an, &c->roles[0]);
-    assert_string_equal(an->source_file, fx("valid/policies/analyst.json"));
+    assert_string_equal(an->source_file, test_fixture("config/valid/policies/analyst.json"));
     assert_string_equal(an->description, "LangChain SQL agent: read-only analytics, PII masked");
     assert_int_equal(an->n_identities, 2);
     assert_string_equal(an->identities[0].iss, "dev");
@@ -155,7 +143,8 @@ static void loads_spec_example_with_defaults(void **state)
     assert_non_null(u);
     assert_string_equal(u->user, "agent_ro");
     assert_string_equal(u->password, "agent-ro-password");
-    assert_string_equal(u->password_file, fx("valid/policies/../secrets/agent_ro"));
+    assert_string_equal(u->password_file,
+                        test_fixture("config/valid/policies/../secrets/agent_ro"));
     assert_null(u->password_env);
     assert_null(cfg_role_upstream(an, "ledger"));
     assert_int_equal(cJSON_GetArraySize(an->rules), 4);
@@ -165,7 +154,7 @@ static void loads_spec_example_with_defaults(void **state)
 
     const cfg_role_t *dba = cfg_find_role(c, "dba");
     assert_non_null(dba);
-    assert_string_equal(dba->source_file, fx("valid/policies/ops.json"));
+    assert_string_equal(dba->source_file, test_fixture("config/valid/policies/ops.json"));
     assert_true(dba->admin);
     assert_true(dba->end_session_at_token_expiry);
     assert_int_equal(dba->default_action, CFG_ALLOW);
@@ -191,7 +180,7 @@ static void loads_every_key_set_explicitly(void **state)
 {
     (void)state;
     setenv("BULWARK_TEST_SVC_PASSWORD", "from-the-environment", 1);
-    cfg_t *c = load_ok(fx("valid/explicit.json"));
+    cfg_t *c = load_ok(test_fixture("config/valid/explicit.json"));
     unsetenv("BULWARK_TEST_SVC_PASSWORD");
     assert_string_equal(c->listen_host, "::1");
     assert_int_equal(c->listen_port, 7432);
@@ -309,7 +298,7 @@ static void refuses_each_invalid_fixture_with_exact_errors(void **state)
 {
     (void)state;
     unsetenv("BULWARK_TEST_UNSET_VARIABLE");
-    const char *dir = fx("invalid");
+    const char *dir = test_fixture("config/invalid");
     struct dirent **names;
     int n = scandir(dir, &names, only_dirs, alphasort);
     assert_true(n >= 20);
@@ -332,7 +321,7 @@ static void reports_unreadable_config_file(void **state)
     assert_string_equal(errs.msgs[0],
                         "no/such/bulwark.json: cannot read: No such file or directory");
     cfg_errors_free(&errs);
-    assert_null(cfg_load(fx("valid"), &errs));
+    assert_null(cfg_load(test_fixture("config/valid"), &errs));
     assert_int_equal(errs.n, 1);
     assert_non_null(strstr(errs.msgs[0], ": cannot read: is a directory"));
     cfg_errors_free(&errs);
@@ -393,16 +382,19 @@ static void reads_secret_files_stripping_one_newline(void **state)
     uint8_t *s;
     size_t len;
     char why[128];
-    assert_int_equal(cfg_read_secret_file(fx("valid/secrets/dba"), &s, &len, why, sizeof(why)), 0);
+    assert_int_equal(
+        cfg_read_secret_file(test_fixture("config/valid/secrets/dba"), &s, &len, why, sizeof(why)),
+        0);
     assert_int_equal(len, strlen("dba pass with spaces"));
     assert_memory_equal(s, "dba pass with spaces", len);
     assert_int_equal(s[len], 0);
     free(s);
-    assert_int_equal(
-        cfg_read_secret_file(fx("invalid/issuer-errors/empty.secret"), &s, &len, why, sizeof(why)),
-        -1);
+    assert_int_equal(cfg_read_secret_file(test_fixture("config/invalid/issuer-errors/empty.secret"),
+                                          &s, &len, why, sizeof(why)),
+                     -1);
     assert_string_equal(why, "file is empty");
-    assert_int_equal(cfg_read_secret_file(fx("nope"), &s, &len, why, sizeof(why)), -1);
+    assert_int_equal(cfg_read_secret_file(test_fixture("config/nope"), &s, &len, why, sizeof(why)),
+                     -1);
     assert_string_equal(why, "No such file or directory");
 }
 

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -73,26 +75,14 @@ static cfg_t cfg = {
     .n_roles = 1,
 };
 
-/* ---- this test's own token builder ---- */
-
-static char *b64url(const void *p, size_t n)
-{
-    char *out = malloc(4 * ((n + 2) / 3) + 1);
-    int len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = 0;
-    for (char *c = out; *c; c++)
-        *c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
-    return out;
-}
+/* ---- this test's own token builder (test_b64url: helpers.h) ---- */
 
 enum { K_DEV, K_OTHER, K_EMPTY };
 
 /* header.payload.signature; sig overrides the computed signature segment */
 static char *make_token(const char *header, const char *payload, int key, const char *sig)
 {
-    char *h = b64url(header, strlen(header)), *p = b64url(payload, strlen(payload));
+    char *h = test_b64url(header, strlen(header)), *p = test_b64url(payload, strlen(payload));
     size_t in_len = strlen(h) + 1 + strlen(p);
     char *signing_input = malloc(in_len + 1);
     snprintf(signing_input, in_len + 1, "%s.%s", h, p);
@@ -101,7 +91,7 @@ static char *make_token(const char *header, const char *payload, int key, const 
     unsigned int mac_len = 0;
     HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)signing_input, in_len, mac,
          &mac_len);
-    char *s = sig ? strdup(sig) : b64url(mac, mac_len);
+    char *s = sig ? strdup(sig) : test_b64url(mac, mac_len);
     char *tok = malloc(in_len + 1 + strlen(s) + 1);
     sprintf(tok, "%s.%s", signing_input, s);
     free(h);
@@ -455,7 +445,7 @@ static void signs_tokens_that_verify(void **state)
     char *tok = ident_sign_hs256((const uint8_t *)dev_secret, strlen(dev_secret), claims);
     assert_non_null(tok);
     /* header as the module writes it, compared with this file's own encoding */
-    char *h = b64url(HDR, strlen(HDR));
+    char *h = test_b64url(HDR, strlen(HDR));
     assert_memory_equal(tok, h, strlen(h));
     free(h);
     ident_t id;

@@ -22,40 +22,12 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include "identity/ident.h"
 #include "util/log.h"
 
 #define NOW_WALL ((int64_t)time(NULL))
-
-static char fx_buf[4][1024];
-static int fx_next;
-
-static const char *fx(const char *rel)
-{
-    const char *root = getenv("BULWARK_TEST_ROOT");
-    char *b = fx_buf[fx_next++ % 4];
-    if (root && *root && strcmp(root, "."))
-        snprintf(b, sizeof(fx_buf[0]), "%s/tests/fixtures/%s", root, rel);
-    else
-        snprintf(b, sizeof(fx_buf[0]), "tests/fixtures/%s", rel);
-    return b;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = 0;
-    fclose(f);
-    if (len)
-        *len = (size_t)n;
-    return s;
-}
 
 /* ---- a one-thread HTTP/1.0 server ---- */
 
@@ -203,7 +175,7 @@ static bool wait_notify(int seen, int timeout_ms)
 static char *jwks_of(const char *const *kids)
 {
     /* the fixture set holds rsa1, ec256, ec384, ed1; keep the named ones */
-    char *text = slurp(fx("keys/jwks.json"), NULL);
+    char *text = test_slurp(test_fixture("keys/jwks.json"), NULL);
     cJSON *j = cJSON_Parse(text), *keys = cJSON_GetObjectItem(j, "keys");
     free(text);
     cJSON *out = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(out, "keys"), *k;
@@ -225,7 +197,7 @@ static char *token(const char *keyfile, const char *kid, const char *alg)
     char rel[64], why[256];
     size_t len;
     snprintf(rel, sizeof(rel), "keys/%s.pem", keyfile);
-    char *pem = slurp(fx(rel), &len);
+    char *pem = test_slurp(test_fixture("%s", rel), &len);
     cJSON *claims = cJSON_CreateObject();
     cJSON_AddStringToObject(claims, "iss", "https://idp.url");
     cJSON_AddStringToObject(claims, "sub", "svc-1");

@@ -20,6 +20,8 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -35,40 +37,10 @@
 
 /* ---- fixtures ---- */
 
-static char fx_buf[8][1024];
-static int fx_next;
-
-static const char *fx(const char *rel)
-{
-    const char *root = getenv("BULWARK_TEST_ROOT");
-    char *b = fx_buf[fx_next++ % 8];
-    if (root && *root && strcmp(root, "."))
-        snprintf(b, sizeof(fx_buf[0]), "%s/tests/fixtures/%s", root, rel);
-    else
-        snprintf(b, sizeof(fx_buf[0]), "tests/fixtures/%s", rel);
-    return b;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = 0;
-    fclose(f);
-    if (len)
-        *len = (size_t)n;
-    return s;
-}
-
 static cfg_t *load_cfg(void)
 {
     cfg_errors_t errs = {0};
-    cfg_t *c = cfg_load(fx("tokens/bulwark.json"), &errs);
+    cfg_t *c = cfg_load(test_fixture("tokens/bulwark.json"), &errs);
     for (size_t i = 0; i < errs.n; i++)
         print_message("config: %s\n", errs.msgs[i]);
     cfg_errors_free(&errs);
@@ -76,19 +48,7 @@ static cfg_t *load_cfg(void)
     return c;
 }
 
-/* ---- this test's own token builder ---- */
-
-static char *b64url(const void *p, size_t n)
-{
-    char *out = malloc(4 * ((n + 2) / 3) + 1);
-    int len = EVP_EncodeBlock((unsigned char *)out, p, (int)n);
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = 0;
-    for (char *c = out; *c; c++)
-        *c = *c == '+' ? '-' : *c == '/' ? '_' : *c;
-    return out;
-}
+/* ---- this test's own token builder (test_b64url: helpers.h) ---- */
 
 static uint8_t *unb64url(const char *s, size_t *n)
 {
@@ -135,7 +95,7 @@ static EVP_PKEY *load_key(const char *name)
 {
     char rel[64];
     snprintf(rel, sizeof(rel), "keys/%s.pem", !strcmp(name, "ed1") ? "ed25519" : name);
-    FILE *f = fopen(fx(rel), "r");
+    FILE *f = fopen(test_fixture("%s", rel), "r");
     assert_non_null(f);
     EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
     fclose(f);
@@ -162,14 +122,14 @@ static char *sign_input(const char *sign, const char *alg, const char *input)
         char rel[64];
         size_t klen;
         snprintf(rel, sizeof(rel), "keys/%s", !strcmp(sign, "dev") ? "dev.secret" : sign + 5);
-        char *key = slurp(fx(rel), &klen);
+        char *key = test_slurp(test_fixture("%s", rel), &klen);
         if (!strcmp(sign, "dev") && klen && key[klen - 1] == '\n')
             klen--;
         unsigned char mac[32];
         unsigned int mlen = 0;
         HMAC(EVP_sha256(), key, (int)klen, (unsigned char *)input, in_len, mac, &mlen);
         free(key);
-        return b64url(mac, mlen);
+        return test_b64url(mac, mlen);
     }
     EVP_PKEY *k = load_key(sign);
     const EVP_MD *md = NULL;
@@ -209,7 +169,7 @@ static char *sign_input(const char *sign, const char *alg, const char *input)
         memcpy(sig, raw, 2 * es_half);
         n = 2 * es_half;
     }
-    char *out = b64url(sig, n);
+    char *out = test_b64url(sig, n);
     free(sig);
     return out;
 }
@@ -263,7 +223,7 @@ static char *build_case(const cJSON *doc, const cJSON *c, long long now)
     else if (h && str(h, "alg"))
         alg = strdup(str(h, "alg"));
     cJSON_Delete(h);
-    char *hb = b64url(header, strlen(header)), *pb = b64url(payload, strlen(payload));
+    char *hb = test_b64url(header, strlen(header)), *pb = test_b64url(payload, strlen(payload));
     size_t in_len = strlen(hb) + 1 + strlen(pb);
     char *input = malloc(in_len + 1);
     snprintf(input, in_len + 1, "%s.%s", hb, pb);
@@ -272,13 +232,13 @@ static char *build_case(const cJSON *doc, const cJSON *c, long long now)
         size_t n;
         uint8_t *raw = unb64url(sig, &n);
         free(sig);
-        sig = b64url(raw, n - 1);
+        sig = test_b64url(raw, n - 1);
         free(raw);
     }
     if (edit && !strcmp(edit, "swap_payload")) {
         char *evil = replace_all(payload, "svc-agent-1", "svc-admin-1");
         free(pb);
-        pb = b64url(evil, strlen(evil));
+        pb = test_b64url(evil, strlen(evil));
         free(evil);
         snprintf(input, in_len + 1, "%s.%s", hb, pb);
     }
@@ -304,7 +264,7 @@ static void validates_token_case_table(void **state)
 {
     (void)state;
     cfg_t *cfg = load_cfg();
-    char *text = slurp(fx("tokens/cases.json"), NULL);
+    char *text = test_slurp(test_fixture("tokens/cases.json"), NULL);
     cJSON *doc = cJSON_Parse(text);
     free(text);
     assert_non_null(doc);
@@ -381,7 +341,7 @@ static void mints_tokens_that_verify(void **state)
         char rel[64], why[256];
         size_t len;
         snprintf(rel, sizeof(rel), "keys/%s.pem", mint[i].key);
-        char *pem = slurp(fx(rel), &len);
+        char *pem = test_slurp(test_fixture("%s", rel), &len);
         char *tok = ident_sign_pem(pem, len, mint[i].alg, mint[i].kid, claims, why, sizeof(why));
         if (!tok)
             fail_msg("%s %s: %s", mint[i].key, mint[i].alg ? mint[i].alg : "(default)", why);
@@ -401,16 +361,16 @@ static void mints_tokens_that_verify(void **state)
     /* the algorithm must fit the key */
     char why[256];
     size_t len;
-    char *pem = slurp(fx("keys/ec384.pem"), &len);
+    char *pem = test_slurp(test_fixture("keys/ec384.pem"), &len);
     assert_null(ident_sign_pem(pem, len, "ES256", "ec384", claims, why, sizeof(why)));
     assert_non_null(strstr(why, "P-384 key signs ES384, not ES256"));
     assert_null(ident_sign_pem(pem, len, "RS256", NULL, claims, why, sizeof(why)));
     free(pem);
-    pem = slurp(fx("keys/rsa1024.pem"), &len);
+    pem = test_slurp(test_fixture("keys/rsa1024.pem"), &len);
     assert_null(ident_sign_pem(pem, len, "RS256", NULL, claims, why, sizeof(why)));
     assert_non_null(strstr(why, "1024 bits"));
     free(pem);
-    pem = slurp(fx("keys/rsa1.pub.pem"), &len);
+    pem = test_slurp(test_fixture("keys/rsa1.pub.pem"), &len);
     assert_null(ident_sign_pem(pem, len, "RS256", NULL, claims, why, sizeof(why)));
     free(pem);
     cJSON_Delete(claims);
@@ -424,7 +384,7 @@ static void parses_and_refuses_jwks(void **state)
 {
     (void)state;
     /* real key material from the fixture set, to build variants from */
-    char *text = slurp(fx("keys/jwks.json"), NULL);
+    char *text = test_slurp(test_fixture("keys/jwks.json"), NULL);
     cJSON *fixture = cJSON_Parse(text);
     free(text);
     const cJSON *keys = cJSON_GetObjectItemCaseSensitive(fixture, "keys");
@@ -524,7 +484,7 @@ static void parses_and_refuses_jwks(void **state)
 static void pins_algorithms_by_key(void **state)
 {
     (void)state;
-    char *text = slurp(fx("keys/jwks.json"), NULL);
+    char *text = test_slurp(test_fixture("keys/jwks.json"), NULL);
     cJSON *j = cJSON_Parse(text);
     free(text);
     char why[256];
@@ -572,16 +532,6 @@ static void pins_algorithms_by_key(void **state)
 
 /* ---- config ---- */
 
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char p[512];
-    snprintf(p, sizeof(p), "%s/%s", dir, name);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 static void config_parses_jwks_files_and_lists_watch_files(void **state)
 {
     (void)state;
@@ -597,32 +547,32 @@ static void config_parses_jwks_files_and_lists_watch_files(void **state)
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         bool found = false;
         for (size_t k = 0; k < n; k++)
-            found |= !strcmp(files[k], fx(want[i]));
+            found |= !strcmp(files[k], test_fixture("%s", want[i]));
         if (!found)
-            fail_msg("watch files lack %s", fx(want[i]));
+            fail_msg("watch files lack %s", test_fixture("%s", want[i]));
     }
     cfg_release(cfg);
 
     /* a broken JWKS file, a jwks_ca_file without jwks_url: errors naming the key */
-    char dir[] = "/tmp/bulwark-test-ident-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char *jwks = slurp(fx("keys/jwks-rsa1024.json"), NULL);
-    write_file(dir, "small.json", jwks);
+    char dir[TEST_DIR_MAX];
+    test_mkdtemp(dir, sizeof(dir), "bulwark-test-ident");
+    char *jwks = test_slurp(test_fixture("keys/jwks-rsa1024.json"), NULL);
+    test_write_file(dir, "small.json", jwks);
     free(jwks);
-    write_file(dir, "ca.pem", "not read at load time\n");
-    write_file(dir, "p.json",
-               "{\"role\":\"r\",\"identities\":[{\"iss\":\"u\",\"sub\":\"*\"}],"
-               "\"upstream\":{\"shop\":{\"user\":\"u\"}}}");
-    write_file(dir, "bulwark.json",
-               "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
-               "\"identity\":{\"issuers\":["
-               "{\"issuer\":\"f\",\"audience\":\"b\",\"jwks_file\":\"small.json\"},"
-               "{\"issuer\":\"g\",\"audience\":\"b\",\"jwks_file\":\"small.json\","
-               "\"jwks_ca_file\":\"ca.pem\"},"
-               "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
-               "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
-               "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
-               "\"policy_files\":[\"p.json\"]}");
+    test_write_file(dir, "ca.pem", "not read at load time\n");
+    test_write_file(dir, "p.json",
+                    "{\"role\":\"r\",\"identities\":[{\"iss\":\"u\",\"sub\":\"*\"}],"
+                    "\"upstream\":{\"shop\":{\"user\":\"u\"}}}");
+    test_write_file(dir, "bulwark.json",
+                    "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
+                    "\"identity\":{\"issuers\":["
+                    "{\"issuer\":\"f\",\"audience\":\"b\",\"jwks_file\":\"small.json\"},"
+                    "{\"issuer\":\"g\",\"audience\":\"b\",\"jwks_file\":\"small.json\","
+                    "\"jwks_ca_file\":\"ca.pem\"},"
+                    "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
+                    "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
+                    "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
+                    "\"policy_files\":[\"p.json\"]}");
     char cfgpath[512];
     snprintf(cfgpath, sizeof(cfgpath), "%s/bulwark.json", dir);
     cfg_errors_t errs = {0};
@@ -641,13 +591,13 @@ static void config_parses_jwks_files_and_lists_watch_files(void **state)
     assert_int_equal(saw_ca, 1);
 
     /* the URL issuer alone loads, with its CA file resolved and watched */
-    write_file(dir, "bulwark.json",
-               "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
-               "\"identity\":{\"issuers\":["
-               "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
-               "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
-               "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
-               "\"policy_files\":[\"p.json\"]}");
+    test_write_file(dir, "bulwark.json",
+                    "{\"listen\":\"127.0.0.1:1\",\"allow_plaintext_on_loopback\":true,"
+                    "\"identity\":{\"issuers\":["
+                    "{\"issuer\":\"u\",\"audience\":\"b\",\"jwks_url\":\"https://idp.example/k\","
+                    "\"jwks_ca_file\":\"ca.pem\",\"refresh\":\"1m\"}]},"
+                    "\"targets\":{\"shop\":{\"host\":\"h\"}},\"audit\":{\"path\":\"a\"},"
+                    "\"policy_files\":[\"p.json\"]}");
     cfg = cfg_load(cfgpath, NULL);
     assert_non_null(cfg);
     char want_ca[600];

@@ -14,39 +14,11 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include "mask/internal.h"
 
 /* ---- fixtures ---- */
-
-static const char *fx(const char *rel, char *buf, size_t n)
-{
-    const char *root = getenv("BULWARK_TEST_ROOT");
-    if (root && *root && strcmp(root, "."))
-        snprintf(buf, n, "%s/tests/fixtures/mask/%s", root, rel);
-    else
-        snprintf(buf, n, "tests/fixtures/mask/%s", rel);
-    return buf;
-}
-
-static char *slurp(const char *rel)
-{
-    char path[1024];
-    FILE *f = fopen(fx(rel, path, sizeof(path)), "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    if (s)
-        s[n] = 0;
-    fclose(f);
-    return s;
-}
 
 static mask_rules_t *rules_from(const char *json, const uint8_t *key, size_t keylen)
 {
@@ -61,7 +33,7 @@ static mask_rules_t *rules_from(const char *json, const uint8_t *key, size_t key
 
 static mask_rules_t *agent_rules(void)
 {
-    char *json = slurp("agent-masks.json");
+    char *json = test_slurp(test_fixture("mask/agent-masks.json"), NULL);
     assert_non_null(json);
     mask_rules_t *r = rules_from(json, NULL, 0);
     free(json);
@@ -170,7 +142,7 @@ static void corpus_columns_and_denials_match(void **state)
 {
     (void)state;
     mask_rules_t *r = agent_rules();
-    char *tsv = slurp("masking.tsv");
+    char *tsv = test_slurp(test_fixture("mask/masking.tsv"), NULL);
     assert_non_null(tsv);
     int n = 0, failed = 0;
     for (char *save = NULL, *line = strtok_r(tsv, "\n", &save); line;

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include "mask/internal.h"
 
 static mask_rules_t *rules_from(const char *json, const char *key)
@@ -173,16 +175,6 @@ static void opaque_binary_values_get_text_methods_only(void **state)
 
 /* ---- detectors ---- */
 
-static const char *fx(const char *rel, char *buf, size_t n)
-{
-    const char *root = getenv("BULWARK_TEST_ROOT");
-    if (root && *root && strcmp(root, "."))
-        snprintf(buf, n, "%s/tests/fixtures/mask/%s", root, rel);
-    else
-        snprintf(buf, n, "tests/fixtures/mask/%s", rel);
-    return buf;
-}
-
 static char *unescape_nl(const char *s)
 {
     char *d = strdup(s), *o = d;
@@ -218,8 +210,7 @@ static char *detect_rewrite(const mask_rules_t *r, mask_scratch_t *s, const char
 static void detectors_match_the_table(void **state)
 {
     (void)state;
-    char path[1024];
-    FILE *f = fopen(fx("detectors.tsv", path, sizeof(path)), "r");
+    FILE *f = fopen(test_fixture("mask/detectors.tsv"), "r");
     assert_non_null(f);
     mask_rules_t *r = rules_from(ALL_DETECTORS, NULL);
     mask_scratch_t *s = mask_scratch_new();

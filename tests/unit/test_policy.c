@@ -27,6 +27,8 @@
 #include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include "config.h"
 #include "policy/internal.h"
 #include "policy/policy.h"
@@ -34,24 +36,11 @@
 static cfg_t *cfg;
 static policy_set_t *set;
 
-static const char *fx(const char *rel)
-{
-    static char b[4][1024];
-    static int k;
-    const char *root = getenv("BULWARK_TEST_ROOT");
-    char *o = b[k++ % 4];
-    if (root && *root && strcmp(root, "."))
-        snprintf(o, sizeof(b[0]), "%s/tests/fixtures/policy/%s", root, rel);
-    else
-        snprintf(o, sizeof(b[0]), "tests/fixtures/policy/%s", rel);
-    return o;
-}
-
 static int setup(void **state)
 {
     (void)state;
     cfg_errors_t errs = {0};
-    cfg = cfg_load(fx("bulwark.json"), &errs);
+    cfg = cfg_load(test_fixture("policy/bulwark.json"), &errs);
     for (size_t i = 0; i < errs.n; i++)
         print_message("config: %s\n", errs.msgs[i]);
     cfg_errors_free(&errs);
@@ -130,7 +119,7 @@ static void unescape_nl(char *s)
 
 static int run_corpus(const char *file, const char *default_role, size_t *n_out)
 {
-    FILE *f = fopen(fx(file), "r");
+    FILE *f = fopen(test_fixture("policy/%s", file), "r");
     assert_non_null(f);
     char *line = NULL;
     size_t cap = 0, n = 0;

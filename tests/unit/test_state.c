@@ -22,25 +22,12 @@
 
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include "approval/approval.h"
 #include "config.h"
 
-static char dir[64];
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    return remove(p);
-}
-
-static void put(const char *name, const char *text)
-{
-    char p[200];
-    snprintf(p, sizeof(p), "%s/%s", dir, name);
-    FILE *f = fopen(p, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
+static char dir[TEST_DIR_MAX];
 
 /* A port on loopback where nothing listens (bound, then closed). */
 static int dead_port(void)
@@ -64,8 +51,8 @@ static cfg_t *load_with_state(const char *state_json)
              " \"targets\": {\"shop\": {\"host\": \"127.0.0.1\"}},"
              " \"audit\": {\"path\": \"audit\"}%s%s}",
              state_json ? ", \"state\": " : "", state_json ? state_json : "");
-    put("bulwark.json", cfg);
-    char path[200];
+    test_write_file(dir, "bulwark.json", cfg);
+    char path[TEST_DIR_MAX + 16];
     snprintf(path, sizeof(path), "%s/bulwark.json", dir);
     cfg_errors_t errs = {0};
     cfg_t *c = cfg_load(path, &errs);
@@ -77,18 +64,17 @@ static cfg_t *load_with_state(const char *state_json)
 
 static int setup(void **state)
 {
-    snprintf(dir, sizeof(dir), "/tmp/bw-state-XXXXXX");
-    assert_non_null(mkdtemp(dir));
-    put("dev.secret", "0123456789abcdef0123456789abcdef0123456789\n");
+    test_mkdtemp(dir, sizeof(dir), "bw-state");
+    test_write_file(dir, "dev.secret", "0123456789abcdef0123456789abcdef0123456789\n");
     char dsn[200];
     snprintf(dsn, sizeof(dsn), "host=127.0.0.1 port=%d user=nobody dbname=nothing\n", dead_port());
-    put("state.dsn", dsn);
+    test_write_file(dir, "state.dsn", dsn);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+    test_rmtree(dir);
     return 0;
 }
 
@@ -112,7 +98,7 @@ static void postgres_section_loads(void **state)
         "{\"backend\": \"postgres\", \"dsn_file\": \"state.dsn\", \"channel\": \"team_a2\"}");
     assert_non_null(c);
     assert_true(c->state.postgres);
-    char want[200];
+    char want[TEST_DIR_MAX + 32];
     snprintf(want, sizeof(want), "%s/state.dsn", dir);
     assert_string_equal(c->state.dsn_file, want);
     assert_string_equal(c->state.channel, "team_a2");
