@@ -93,13 +93,19 @@ bool maskflow_resume_pending(struct session *s);
 /* ---- catalog.c ---- */
 typedef struct catalog catalog_t;
 catalog_t *catalog_new(void);
-void catalog_free(catalog_t *c);
+/* Snapshots are refcounted (atomically): shared by sessions on every loop. */
+catalog_t *catalog_retain(catalog_t *c);
+void catalog_free(catalog_t *c); /* drops one reference */
 /* The Query that reads it (search_path pinned to pg_catalog for view
  * definitions): outside a transaction, and inside the client's (a savepoint);
  * _undo restores the client's transaction when the latter failed. */
 extern const char catalog_query_idle[], catalog_query_in_tx[], catalog_query_undo[];
+/* The bare SELECT, for a connection whose search_path is pg_catalog (catsvc.c). */
+extern const char catalog_query_shared[];
 /* One DataRow of that query's result; -1 when out of memory or over the cap. */
 int catalog_add_row(catalog_t *c, const uint8_t *body, size_t len);
+/* The same from the row's one value (JSON text). */
+int catalog_add_json(catalog_t *c, const char *json, size_t len);
 /* mask_resolve_fn over a catalog; dirty: relations outside the system schemas count as unknown. */
 typedef struct catalog_view {
     const catalog_t *cat;
@@ -111,5 +117,6 @@ int catalog_attname(void *arg, uint32_t table_oid, int16_t attnum, char *out, si
 /* True when the table OID is known (0 counts as known: a computed column). */
 bool catalog_knows_oid(const catalog_t *c, uint32_t oid);
 size_t catalog_size(const catalog_t *c);
+size_t catalog_bytes(const catalog_t *c); /* memory held */
 
 #endif
