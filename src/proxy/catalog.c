@@ -73,6 +73,7 @@ struct catalog {
     atomic_int refs;
     mask_relset_t *rels;
     size_t json_bytes; /* JSON read so far (the cap) */
+    uint64_t digest;   /* FNV-1a over the rows read, in order */
     char *temp_schema; /* this session's pg_temp_N, or NULL */
 };
 
@@ -107,6 +108,12 @@ void catalog_free(catalog_t *c)
 size_t catalog_size(const catalog_t *c)
 {
     return c ? mask_relset_count(c->rels) : 0;
+}
+
+bool catalog_same(const catalog_t *a, const catalog_t *b)
+{
+    return a && b && a->digest == b->digest && a->json_bytes == b->json_bytes &&
+           catalog_size(a) == catalog_size(b);
 }
 
 size_t catalog_bytes(const catalog_t *c)
@@ -185,6 +192,10 @@ int catalog_add_json(catalog_t *c, const char *json, size_t len)
         catalog_bytes(c) > CATALOG_MAX_BYTES)
         return -1;
     c->json_bytes += len;
+    uint64_t h = c->digest ? c->digest : 14695981039346656037ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)json[i]) * 1099511628211ull;
+    c->digest = (h ^ 0x1e) * 1099511628211ull; /* a row separator */
     cJSON *o = cJSON_ParseWithLength(json, len);
     int rc = o ? add_rel(c, o) : -1;
     cJSON_Delete(o);

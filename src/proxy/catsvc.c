@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics/metrics.h"
 #include "proxy/catsvc.h"
 #include "proxy/internal.h"
 #include "util/log.h"
@@ -64,6 +65,7 @@ struct catsvc {
     bool stop;
     atomic_bool stopping; /* read by the thread without the lock while it polls */
     ctarget_t *targets;
+    metrics_t *mx; /* written by the thread only */
 };
 
 static int64_t mono_ms(void)
@@ -359,8 +361,25 @@ static void *thread_main(void *arg)
             catalog_free(c);
             continue;
         }
+        if (c && catalog_same(c, t->snap)) {
+            /* nothing changed: the sessions keep the snapshot (and their plans) */
+            catalog_free(c);
+            t->read_at = end;
+            t->backoff_ms = 0;
+            t->next_at = end + t->refresh_ms;
+            metrics_catalog_read(cs->mx, t->name, "unchanged");
+            log_event(LOG_INFO, "catalog_read",
+                      "target=%s relations=%zu bytes=%zu ms=%lld generation=%llu unchanged=true",
+                      t->name, catalog_size(t->snap), catalog_bytes(t->snap),
+                      (long long)(end - now), (unsigned long long)t->gen);
+            if (t->failing)
+                log_event(LOG_INFO, "catalog_recovered", "target=%s", t->name);
+            t->failing = false;
+            continue;
+        }
         if (c) {
             publish(t, c, end);
+            metrics_catalog_read(cs->mx, t->name, "ok");
             t->reads_ok++;
             t->backoff_ms = 0;
             t->next_at = end + t->refresh_ms;
@@ -374,6 +393,7 @@ static void *thread_main(void *arg)
             continue;
         }
         t->reads_failed++;
+        metrics_catalog_read(cs->mx, t->name, "error");
         if (cs->stop)
             break;
         t->backoff_ms = t->backoff_ms ? t->backoff_ms * 2 : BACKOFF_MIN_MS;
@@ -405,9 +425,11 @@ catsvc_t *catsvc_new(void)
     pthread_mutex_init(&cs->mu, NULL);
     pthread_cond_init(&cs->cv, NULL);
     atomic_init(&cs->stopping, false);
+    cs->mx = metrics_new();
     if (pthread_create(&cs->thread, NULL, thread_main, cs) != 0) {
         pthread_cond_destroy(&cs->cv);
         pthread_mutex_destroy(&cs->mu);
+        metrics_free(cs->mx);
         free(cs);
         return NULL;
     }
@@ -434,7 +456,13 @@ void catsvc_free(catsvc_t *cs)
     }
     pthread_cond_destroy(&cs->cv);
     pthread_mutex_destroy(&cs->mu);
+    metrics_free(cs->mx);
     free(cs);
+}
+
+metrics_t *catsvc_metrics(catsvc_t *cs)
+{
+    return cs ? cs->mx : NULL;
 }
 
 static const char *sslmode_name(cfg_sslmode_t m)

@@ -58,5 +58,8 @@ typedef enum {
 catsvc_state_t catsvc_get(catsvc_t *cs, const char *target, uint64_t *gen, catalog_t **out);
 /* Something may have changed the target's catalog: read it again soon. */
 void catsvc_changed(catsvc_t *cs, const char *target);
+/* The thread's metrics registry (bulwark_catalog_reads_total), for the
+ * scrape to sum with the loops'; NULL if none. */
+struct metrics *catsvc_metrics(catsvc_t *cs);
 
 #endif

@@ -118,5 +118,7 @@ int catalog_attname(void *arg, uint32_t table_oid, int16_t attnum, char *out, si
 bool catalog_knows_oid(const catalog_t *c, uint32_t oid);
 size_t catalog_size(const catalog_t *c);
 size_t catalog_bytes(const catalog_t *c); /* memory held */
+/* The same rows were read into both (a digest of the rows, their count and size). */
+bool catalog_same(const catalog_t *a, const catalog_t *b);
 
 #endif

@@ -76,12 +76,26 @@ def db(pg):
 
 def gateway(name, bulwark_bin, pg, certdir, secret_registry, tmp_path_factory, pw, refresh):
     target = {"host": "127.0.0.1", "port": pg.port, "sslmode": "disable", "dbname": DB}
-    return start_policy_gateway(name, bulwark_bin, pg, certdir, secret_registry,
-                                tmp_path_factory, targets={DB: target},
-                                policies=[policy("cat_a", "svc-cat-a"),
-                                          policy("cat_b", "svc-cat-b")],
-                                passwords={READER: pw},
-                                settings={"masking": {"catalog_refresh": refresh}})
+    metrics_port = harness.free_port()
+    g = start_policy_gateway(name, bulwark_bin, pg, certdir, secret_registry,
+                             tmp_path_factory, targets={DB: target},
+                             policies=[policy("cat_a", "svc-cat-a"),
+                                       policy("cat_b", "svc-cat-b")],
+                             passwords={READER: pw},
+                             settings={"masking": {"catalog_refresh": refresh},
+                                       "metrics_listen": f"127.0.0.1:{metrics_port}"})
+    g.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    return g
+
+
+def catalog_reads_metric(g) -> dict:
+    import urllib.request
+    text = urllib.request.urlopen(g.metrics_url, timeout=10).read().decode()
+    out = {}
+    for m in re.finditer(r'^bulwark_catalog_reads_total\{target="([^"]*)",result="([^"]*)"\} '
+                         r'(\d+)$', text, re.M):
+        out[(m.group(1), m.group(2))] = int(m.group(3))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +152,7 @@ def test_two_sessions_share_one_catalog_read(gw, pg):
     assert len(reads(gw)) == before, "a session made the gateway read the catalog again"
     assert not inband_reads(gw), inband_reads(gw)
     assert gateway_conns == [(READER,)], gateway_conns
+    assert catalog_reads_metric(gw) == {(DB, "ok"): before}, catalog_reads_metric(gw)
 
 
 def test_a_view_created_in_one_session_is_masked_in_another_after_the_refresh(gw, pg):
