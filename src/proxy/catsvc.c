@@ -32,6 +32,17 @@
 #define BACKOFF_MAX_MS 10000
 #define CHANGE_SPACING_MS 500 /* reads asked for by sessions: at most one per 500 ms */
 
+/* Row counts and the sum of row versions' xmin of every catalog the snapshot is
+ * made of: any DDL that changes a relation, a column, a view's rule, an
+ * inheritance link or a schema writes new row versions, hence changes it. */
+#define FP_MAX 400
+#define FP_SQL                                                                                     \
+    "SELECT concat_ws(',', (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_class),"      \
+    " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_attribute),"                       \
+    " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_rewrite),"                         \
+    " (SELECT count(*) || ':' || coalesce(sum(xmin::text::int8), 0) FROM pg_inherits),"           \
+    " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_namespace))"
+
 static const char *const param_keys[NPARAMS] = {"host",     "port",    "dbname",     "user",
                                                 "password", "sslmode", "sslrootcert"};
 
@@ -54,6 +65,11 @@ typedef struct ctarget {
     int64_t last_at;   /* monotonic ms the last read started */
     int64_t backoff_ms;
     uint64_t reads_ok, reads_failed;
+    /* freshness checks (catsvc_check): a fingerprint of the catalogs the
+     * snapshot comes from, compared before a full read */
+    uint64_t check_req, check_done;
+    int64_t checked_at; /* monotonic ms: the snapshot was last found current */
+    char fp[FP_MAX];    /* the snapshot's fingerprint ("" unknown) */
     /* the thread's own */
     PGconn *conn;
 } ctarget_t;
@@ -247,11 +263,53 @@ static catalog_t *read_catalog(catsvc_t *cs, PGconn *c, bool *broken, char *err,
     return cat;
 }
 
-/* Connects if needed, reads; one retry on a fresh connection when the old one
- * turned out broken (a terminated backend, a restarted server). */
-static catalog_t *attempt(catsvc_t *cs, ctarget_t *t, char **params, bool reconnect, char *err,
-                          size_t errsz)
+/* The fingerprint (FP_SQL) into out; -1 with err (*broken as read_catalog). */
+static int fingerprint(catsvc_t *cs, PGconn *c, char *out, size_t outsz, bool *broken, char *err,
+                       size_t errsz)
 {
+    *broken = false;
+    out[0] = 0;
+    if (!PQsendQuery(c, FP_SQL)) {
+        clean_err(PQerrorMessage(c), err, errsz);
+        *broken = true;
+        return -1;
+    }
+    int64_t deadline = mono_ms() + READ_TIMEOUT_MS;
+    bool ok = false;
+    for (;;) {
+        while (PQisBusy(c))
+            if (wait_sock(cs, c, POLLIN, deadline) < 0 || !PQconsumeInput(c)) {
+                clean_err(PQerrorMessage(c), err, errsz);
+                *broken = true;
+                return -1;
+            }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            break;
+        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 1 &&
+            !PQgetisnull(r, 0, 0)) {
+            snprintf(out, outsz, "%s", PQgetvalue(r, 0, 0));
+            ok = true;
+        } else if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            clean_err(PQresultErrorMessage(r), err, errsz);
+        }
+        PQclear(r);
+    }
+    if (PQstatus(c) != CONNECTION_OK)
+        *broken = true;
+    if (!ok && !err[0])
+        snprintf(err, errsz, "no fingerprint");
+    return ok ? 0 : -1;
+}
+
+/* Connects if needed, takes the fingerprint (into fp) and, unless it equals
+ * old_fp when only a check was asked for (*unchanged set), reads; one retry on
+ * a fresh connection when the old one turned out broken (a terminated
+ * backend, a restarted server, a database dropped and created again). */
+static catalog_t *attempt(catsvc_t *cs, ctarget_t *t, char **params, bool reconnect,
+                          const char *old_fp, char *fp, bool *unchanged, char *err, size_t errsz)
+{
+    *unchanged = false;
     if (reconnect && t->conn) {
         PQfinish(t->conn);
         t->conn = NULL;
@@ -261,7 +319,14 @@ static catalog_t *attempt(catsvc_t *cs, ctarget_t *t, char **params, bool reconn
         if (!t->conn && !(t->conn = connect_target(cs, params, err, errsz)))
             return NULL;
         bool broken;
-        catalog_t *c = read_catalog(cs, t->conn, &broken, err, errsz);
+        catalog_t *c = NULL;
+        if (fingerprint(cs, t->conn, fp, FP_MAX, &broken, err, errsz) == 0) {
+            if (old_fp && old_fp[0] && !strcmp(fp, old_fp)) {
+                *unchanged = true;
+                return NULL;
+            }
+            c = read_catalog(cs, t->conn, &broken, err, errsz);
+        }
         if (broken) {
             PQfinish(t->conn);
             t->conn = NULL;
@@ -299,6 +364,8 @@ static ctarget_t *next_due(catsvc_t *cs, int64_t now, int64_t *wait_ms)
         if (t->snap && t->read_at + stale_ms(t) + 1 < soonest)
             soonest = t->read_at + stale_ms(t) + 1;
         int64_t due = t->next_at;
+        if (t->check_req > t->check_done)
+            due = now; /* a session waits for it */
         if (t->want) {
             int64_t w = t->last_at + CHANGE_SPACING_MS;
             if (w < due)
@@ -342,21 +409,39 @@ static void *thread_main(void *arg)
             if (t->params[i] && !(params[i] = strdup(t->params[i])))
                 oom = true;
         bool reconnect = t->reconnect;
+        /* only a freshness check (not the timer, not a reported change): the
+         * fingerprint decides whether the catalog is read */
+        bool check_only = t->snap && !t->want && t->next_at > now;
+        uint64_t serving = t->check_req;
+        char old_fp[FP_MAX], fp[FP_MAX];
+        snprintf(old_fp, sizeof(old_fp), "%s", check_only ? t->fp : "");
         t->reconnect = t->want = false;
         t->last_at = now;
         pthread_mutex_unlock(&cs->mu);
 
         char err[400] = "";
         catalog_t *c = NULL;
+        bool unchanged = false;
+        fp[0] = 0;
         if (oom)
             snprintf(err, sizeof(err), "out of memory");
         else
-            c = attempt(cs, t, params, reconnect, err, sizeof(err));
+            c = attempt(cs, t, params, reconnect, old_fp, fp, &unchanged, err, sizeof(err));
         params_free(params);
         int64_t end = mono_ms();
 
         pthread_mutex_lock(&cs->mu);
         t->attempted = true;
+        if (t->check_done < serving)
+            t->check_done = serving; /* whatever the outcome: the waiting sessions go on */
+        if (unchanged) {
+            t->checked_at = end;
+            continue;
+        }
+        if (c && t->used) {
+            snprintf(t->fp, sizeof(t->fp), "%s", fp);
+            t->checked_at = end;
+        }
         if (!t->used) { /* dropped by a reload meanwhile */
             catalog_free(c);
             continue;
@@ -597,6 +682,36 @@ catsvc_state_t catsvc_get(catsvc_t *cs, const char *target, uint64_t *gen, catal
     }
     pthread_mutex_unlock(&cs->mu);
     return st;
+}
+
+uint64_t catsvc_check(catsvc_t *cs, const char *target, int64_t max_age_ms)
+{
+    if (!cs)
+        return 0;
+    uint64_t ticket = 0;
+    pthread_mutex_lock(&cs->mu);
+    ctarget_t *t = find(cs, target);
+    /* not while failing: the backoff decides; not before the first read */
+    if (t && t->used && t->snap && !t->failing && mono_ms() - t->checked_at > max_age_ms) {
+        if (t->check_req == t->check_done) {
+            t->check_req++;
+            pthread_cond_signal(&cs->cv);
+        }
+        ticket = t->check_req;
+    }
+    pthread_mutex_unlock(&cs->mu);
+    return ticket;
+}
+
+bool catsvc_checked(catsvc_t *cs, const char *target, uint64_t ticket)
+{
+    if (!cs)
+        return true;
+    pthread_mutex_lock(&cs->mu);
+    ctarget_t *t = find(cs, target);
+    bool done = !t || !t->used || t->check_done >= ticket;
+    pthread_mutex_unlock(&cs->mu);
+    return done;
 }
 
 void catsvc_changed(catsvc_t *cs, const char *target)

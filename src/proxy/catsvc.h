@@ -13,7 +13,9 @@
  * (catalog_retain) and swap only between statements.
  *
  * When: at once for every target when the service starts or a reload adds or
- * changes one; every masking.catalog_refresh; and promptly when a session
+ * changes one; every masking.catalog_refresh; when a fingerprint check asked
+ * for by a session (its first statement, or a result naming a table the
+ * snapshot does not know) finds the catalog changed; and promptly when a session
  * reports a change (catsvc_changed: DDL passed through the gateway and its
  * transaction ended, or a result named a table the snapshot does not know);
  * reports arriving while a read is waiting or running coalesce into one
@@ -56,6 +58,15 @@ typedef enum {
 } catsvc_state_t;
 /* The target's snapshot if its generation differs from *gen (updated). */
 catsvc_state_t catsvc_get(catsvc_t *cs, const char *target, uint64_t *gen, catalog_t **out);
+/* Ask for a check that the target's snapshot is current, unless one found it
+ * so within max_age_ms (or the target is failing, or not read yet): 0 = no
+ * need, else a ticket for catsvc_checked. The thread compares a fingerprint
+ * of the catalogs (row counts and row versions of pg_class, pg_attribute,
+ * pg_rewrite, pg_inherits, pg_namespace) and reads the catalog only if it
+ * changed. Requests coalesce. */
+uint64_t catsvc_check(catsvc_t *cs, const char *target, int64_t max_age_ms);
+/* That check has ended (whatever its outcome): catsvc_get has its result. */
+bool catsvc_checked(catsvc_t *cs, const char *target, uint64_t ticket);
 /* Something may have changed the target's catalog: read it again soon. */
 void catsvc_changed(catsvc_t *cs, const char *target);
 /* The thread's metrics registry (bulwark_catalog_reads_total), for the

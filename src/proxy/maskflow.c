@@ -40,6 +40,7 @@
 #define MF_BUCKETS 64
 #define SHARED_WAIT_POLL 0.02 /* s: polling for the target's first shared read */
 #define SHARED_WAIT_MAX 10.0  /* s: then the session goes on without (masked whole) */
+#define SHARED_FRESH_MS 1000  /* a session's first statement trusts a check this recent */
 
 static void shared_wait_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
@@ -144,6 +145,8 @@ struct maskflow {
     bool shared_wait;   /* waiting for the target's first shared read */
     bool shared_gave_up; /* waited SHARED_WAIT_MAX: go on without (masked whole) */
     uint64_t shared_gen; /* generation of the snapshot held (catsvc_get) */
+    bool shared_checked; /* the first statement's freshness check was asked for */
+    uint64_t check_ticket; /* a freshness check this session waits for (catsvc_check) */
     double wait_since;
     ev_timer wait_timer;
     /* the FIFO */
@@ -608,7 +611,24 @@ static bool shared_refresh(maskflow_t *mf)
 {
     session_t *s = mf->s;
     catalog_t *c = NULL;
-    catsvc_state_t st = catsvc_get(s->srv->catalogs, s->target_name, &mf->shared_gen, &c);
+    /* The session's first statement, or the first after a result named a table
+     * the snapshot does not know (DDL from outside the gateway): wait for a
+     * check that the snapshot is current (a fingerprint; a read if it changed). */
+    if (!mf->check_ticket && (!mf->shared_checked || mf->dirty)) {
+        mf->check_ticket = catsvc_check(s->srv->catalogs, s->target_name,
+                                        mf->shared_checked ? 0 : SHARED_FRESH_MS);
+        mf->shared_checked = true;
+        if (!mf->check_ticket)
+            mf->dirty = false; /* none to wait for: the next result decides again */
+    }
+    bool checking =
+        mf->check_ticket && !catsvc_checked(s->srv->catalogs, s->target_name, mf->check_ticket);
+    if (mf->check_ticket && !checking) {
+        mf->check_ticket = 0;
+        mf->dirty = false; /* the snapshot below is as current as the server's catalog */
+    }
+    catsvc_state_t st = checking ? CATSVC_PENDING
+                                 : catsvc_get(s->srv->catalogs, s->target_name, &mf->shared_gen, &c);
     if (st == CATSVC_PENDING) {
         double now = ev_now(s->srv->loop);
         if (mf->shared_gave_up)
@@ -618,8 +638,12 @@ static bool shared_refresh(maskflow_t *mf)
             mf->wait_since = now;
         } else if (now - mf->wait_since > SHARED_WAIT_MAX) {
             mf->shared_wait = false;
-            mf->shared_gave_up = true;
             mf->loaded = true;
+            if (checking) { /* go on with what it has (dirty: unknown relations masked whole) */
+                mf->check_ticket = 0;
+                return true;
+            }
+            mf->shared_gave_up = true;
             log_event(LOG_WARN, "mask_catalog_wait",
                       "session=%s target=%s detail=\"no catalog yet: every relation is masked "
                       "whole until the target's first catalog read ends\"",
@@ -1327,12 +1351,10 @@ static mf_verdict_t on_rowdesc(maskflow_t *mf, const uint8_t *body, size_t len, 
     mask_plan_t *unknown = NULL;
     bool known = rowdesc_known(mf, body, len);
     if (!plan || !known) {
-        if (!known && mf->cat) {
+        if (!known && mf->cat)
             mf->dirty = true; /* read the catalog again at the next idle point (without
                                * one, not before catalog_refresh: no retry storm); a
-                               * session on the shared snapshot waits for the next one */
-            catsvc_changed(mf->s->srv->catalogs, mf->s->target_name);
-        }
+                               * session on the shared snapshot waits there for a check */
         if (!(unknown = mask_plan_unknown(mf->rules)))
             return MF_FAIL;
         plan = unknown;

@@ -18,13 +18,18 @@
  *        NoticeResponse go through the detectors. All of this happens before
  *        the audit (record.c) observes the message.
  *
- * The catalog (catalog.c) is read on the session's own upstream connection,
- * between statements (nothing in flight; in the client's transaction within a
- * savepoint), by a Query whose replies are swallowed: before the first
- * statement, after DDL passed, and when older than masking.catalog_refresh.
- * Between a DDL statement and the next such point (a pipeline, an aborted
- * transaction), every relation outside pg_catalog/information_schema counts
- * as unknown (masked whole, filters on it denied).
+ * The catalog: the target's shared snapshot (catsvc.h), taken between
+ * statements (nothing in flight); a session waits for the target's first
+ * read. A session whose statement may change the catalog (DDL, DO, functions)
+ * reads its own copy from then on (catalog.c), on its own upstream
+ * connection, between statements (nothing in flight; in the client's
+ * transaction within a savepoint), by a Query whose replies are swallowed:
+ * after DDL passed, and when older than masking.catalog_refresh; and it tells
+ * catsvc once the DDL's transaction ended. Between a DDL statement and the
+ * next such point (a pipeline, an aborted transaction), and after a result
+ * named a table the catalog does not know, every relation outside
+ * pg_catalog/information_schema counts as unknown (masked whole, filters on
+ * it denied).
  *
  * A role with no column mask and no detector has no maskflow (s->mf NULL):
  * nothing here runs for it.

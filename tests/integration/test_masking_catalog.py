@@ -228,3 +228,23 @@ def test_catalog_connection_refused_masks_whole_then_recovers(db, pg, bulwark_bi
         if s is not None:
             s.close()
         stop_policy_gateway(g)
+
+
+def test_ddl_from_outside_the_gateway_is_seen_by_a_new_sessions_first_statement(gw, pg):
+    """A view made by a client that does not go through the gateway: a session that starts
+    afterwards has its first statement wait for a fingerprint check of the catalog, which
+    finds the change and reads the catalog once (catalog_refresh is an hour here)."""
+    pg.admin_query("create view scratch.outside_v as select id, ssn as x from public.customers",
+                   dbname=DB)
+    pg.admin_query(f"grant select on scratch.outside_v to {READER}", dbname=DB)
+    time.sleep(1.2)  # past the second within which a new session trusts the last check
+    n_reads = len(reads(gw))
+    s = connect(gw, "cat_b")
+    try:
+        rows = one(s, "SELECT id, x FROM scratch.outside_v")
+        again = one(s, "SELECT id, name FROM customers")
+    finally:
+        s.close()
+    assert rows and all(isinstance(r[0], int) and r[1] == "[ssn]" for r in rows), rows
+    assert again and all(r[1] != "****" for r in again), again
+    assert len(reads(gw)) == n_reads + 1, reads(gw)[n_reads:]
