@@ -81,7 +81,8 @@ struct catsvc {
     bool stop;
     atomic_bool stopping; /* read by the thread without the lock while it polls */
     ctarget_t *targets;
-    metrics_t *mx; /* written by the thread only */
+    metrics_t *mx;         /* written by the thread only */
+    _Atomic uint64_t epoch; /* bumped (under mu) whenever any target's state changes */
 };
 
 static int64_t mono_ms(void)
@@ -116,13 +117,14 @@ static void params_free(char **p)
 
 /* ---- publishing (under mu) ---------------------------------------------------------- */
 
-static void publish(ctarget_t *t, catalog_t *c, int64_t now)
+static void publish(catsvc_t *cs, ctarget_t *t, catalog_t *c, int64_t now)
 {
     catalog_free(t->snap);
     t->snap = c;
     t->gen++;
     if (c)
         t->read_at = now;
+    atomic_fetch_add_explicit(&cs->epoch, 1, memory_order_release);
 }
 
 /* ---- the read (the thread, without the lock) ---------------------------------------- */
@@ -355,7 +357,7 @@ static ctarget_t *next_due(catsvc_t *cs, int64_t now, int64_t *wait_ms)
             continue;
         }
         if (t->snap && now - t->read_at > stale_ms(t)) {
-            publish(t, NULL, now);
+            publish(cs, t, NULL, now);
             log_event(LOG_WARN, "catalog_dropped",
                       "target=%s detail=\"no catalog read for %lld ms: every relation of this "
                       "target is masked whole until a read succeeds\"",
@@ -432,8 +434,10 @@ static void *thread_main(void *arg)
 
         pthread_mutex_lock(&cs->mu);
         t->attempted = true;
-        if (t->check_done < serving)
+        if (t->check_done < serving) {
             t->check_done = serving; /* whatever the outcome: the waiting sessions go on */
+            atomic_fetch_add_explicit(&cs->epoch, 1, memory_order_release);
+        }
         if (unchanged) {
             t->checked_at = end;
             continue;
@@ -463,7 +467,7 @@ static void *thread_main(void *arg)
             continue;
         }
         if (c) {
-            publish(t, c, end);
+            publish(cs, t, c, end);
             metrics_catalog_read(cs->mx, t->name, "ok");
             t->reads_ok++;
             t->backoff_ms = 0;
@@ -486,8 +490,10 @@ static void *thread_main(void *arg)
         if (t->backoff_ms > cap)
             t->backoff_ms = cap;
         t->next_at = end + t->backoff_ms;
-        if (!t->snap)
+        if (!t->snap) {
             t->gen++; /* sessions waiting for the first read go on: masked whole */
+            atomic_fetch_add_explicit(&cs->epoch, 1, memory_order_release);
+        }
         if (!t->failing) {
             char q[500];
             log_event(LOG_WARN, "catalog_read_failed",
@@ -625,7 +631,7 @@ void catsvc_sync(catsvc_t *cs, const runtime_t *rt)
                 other_db = other_db || k < 3; /* host, port, dbname */
             }
         if (other_db && t->snap)
-            publish(t, NULL, 0); /* another database's catalog must not be used */
+            publish(cs, t, NULL, 0); /* another database's catalog must not be used */
         if (changed) {
             params_free(t->params);
             for (int k = 0; k < NPARAMS; k++)
@@ -647,13 +653,19 @@ void catsvc_sync(catsvc_t *cs, const runtime_t *rt)
     }
     for (ctarget_t *t = cs->targets; t; t = t->next)
         if (!t->used && t->was_used) {
-            publish(t, NULL, 0);
+            publish(cs, t, NULL, 0);
             params_free(t->params);
             t->attempted = false;
             t->failing = false;
         }
+    atomic_fetch_add_explicit(&cs->epoch, 1, memory_order_release);
     pthread_cond_signal(&cs->cv);
     pthread_mutex_unlock(&cs->mu);
+}
+
+uint64_t catsvc_epoch(catsvc_t *cs)
+{
+    return cs ? atomic_load_explicit(&cs->epoch, memory_order_acquire) : 0;
 }
 
 catsvc_state_t catsvc_get(catsvc_t *cs, const char *target, uint64_t *gen, catalog_t **out)

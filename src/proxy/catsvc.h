@@ -67,6 +67,10 @@ catsvc_state_t catsvc_get(catsvc_t *cs, const char *target, uint64_t *gen, catal
 uint64_t catsvc_check(catsvc_t *cs, const char *target, int64_t max_age_ms);
 /* That check has ended (whatever its outcome): catsvc_get has its result. */
 bool catsvc_checked(catsvc_t *cs, const char *target, uint64_t ticket);
+/* Changes whenever what catsvc_get or catsvc_checked would answer for any
+ * target may have changed (one atomic load, no lock): a session that saw
+ * this epoch and has nothing to ask need not take the lock. */
+uint64_t catsvc_epoch(catsvc_t *cs);
 /* Something may have changed the target's catalog: read it again soon. */
 void catsvc_changed(catsvc_t *cs, const char *target);
 /* The thread's metrics registry (bulwark_catalog_reads_total), for the

@@ -147,6 +147,7 @@ struct maskflow {
     uint64_t shared_gen; /* generation of the snapshot held (catsvc_get) */
     bool shared_checked; /* the first statement's freshness check was asked for */
     uint64_t check_ticket; /* a freshness check this session waits for (catsvc_check) */
+    uint64_t epoch;        /* catsvc_epoch when it last found nothing new (0: never) */
     double wait_since;
     ev_timer wait_timer;
     /* the FIFO */
@@ -611,6 +612,10 @@ static bool shared_refresh(maskflow_t *mf)
 {
     session_t *s = mf->s;
     catalog_t *c = NULL;
+    /* the common case, without the lock: nothing asked for, nothing new */
+    uint64_t epoch = catsvc_epoch(s->srv->catalogs);
+    if (mf->epoch && epoch == mf->epoch && !mf->check_ticket && !mf->dirty && !mf->shared_wait)
+        return true;
     /* The session's first statement, or the first after a result named a table
      * the snapshot does not know (DDL from outside the gateway): wait for a
      * check that the snapshot is current (a fingerprint; a read if it changed). */
@@ -662,6 +667,8 @@ static bool shared_refresh(maskflow_t *mf)
         mf->loaded = true;
         mf->dirty = false;
     }
+    if (!mf->check_ticket && mf->shared_checked)
+        mf->epoch = epoch; /* read before catsvc_get: a change since is seen next time */
     return true;
 }
 
