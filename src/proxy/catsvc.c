@@ -37,10 +37,10 @@
  * inheritance link or a schema writes new row versions, hence changes it. */
 #define FP_MAX 400
 #define FP_SQL                                                                                     \
-    "SELECT concat_ws(',', (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_class),"      \
-    " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_attribute),"                       \
-    " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_rewrite),"                         \
-    " (SELECT count(*) || ':' || coalesce(sum(xmin::text::int8), 0) FROM pg_inherits),"           \
+    "SELECT concat_ws(',', (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_class),"       \
+    " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_attribute),"                        \
+    " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_rewrite),"                          \
+    " (SELECT count(*) || ':' || coalesce(sum(xmin::text::int8), 0) FROM pg_inherits),"            \
     " (SELECT count(*) || ':' || sum(xmin::text::int8) FROM pg_namespace))"
 
 static const char *const param_keys[NPARAMS] = {"host",     "port",    "dbname",     "user",
@@ -52,17 +52,17 @@ typedef struct ctarget {
     /* under mu */
     char *params[NPARAMS]; /* NULL where not set */
     int64_t refresh_ms;
-    bool used;         /* in the current config */
-    bool was_used;     /* catsvc_sync: in the previous one */
-    bool reconnect;    /* the parameters changed: a new connection */
-    bool attempted;    /* a read ended (ok or not) since the target was set up */
-    bool want;         /* a session reported a change */
-    bool failing;      /* the last read failed (logged once) */
-    catalog_t *snap;   /* NULL: none (not read yet, or dropped) */
-    uint64_t gen;      /* bumped on each publish or drop */
-    int64_t read_at;   /* monotonic ms of the snapshot's read */
-    int64_t next_at;   /* monotonic ms of the next timed read */
-    int64_t last_at;   /* monotonic ms the last read started */
+    bool used;       /* in the current config */
+    bool was_used;   /* catsvc_sync: in the previous one */
+    bool reconnect;  /* the parameters changed: a new connection */
+    bool attempted;  /* a read ended (ok or not) since the target was set up */
+    bool want;       /* a session reported a change */
+    bool failing;    /* the last read failed (logged once) */
+    catalog_t *snap; /* NULL: none (not read yet, or dropped) */
+    uint64_t gen;    /* bumped on each publish or drop */
+    int64_t read_at; /* monotonic ms of the snapshot's read */
+    int64_t next_at; /* monotonic ms of the next timed read */
+    int64_t last_at; /* monotonic ms the last read started */
     int64_t backoff_ms;
     uint64_t reads_ok, reads_failed;
     /* freshness checks (catsvc_check): a fingerprint of the catalogs the
@@ -81,7 +81,7 @@ struct catsvc {
     bool stop;
     atomic_bool stopping; /* read by the thread without the lock while it polls */
     ctarget_t *targets;
-    metrics_t *mx;         /* written by the thread only */
+    metrics_t *mx;          /* written by the thread only */
     _Atomic uint64_t epoch; /* bumped (under mu) whenever any target's state changes */
 };
 
@@ -224,9 +224,10 @@ static catalog_t *read_catalog(catsvc_t *cs, PGconn *c, bool *broken, char *err,
         while (PQisBusy(c)) {
             if (wait_sock(cs, c, POLLIN, deadline) < 0 || !PQconsumeInput(c)) {
                 if (!err[0])
-                    snprintf(err, errsz, "%s", atomic_load(&cs->stopping) ? "stopping"
-                                               : mono_ms() >= deadline ? "timeout reading"
-                                                                       : PQerrorMessage(c));
+                    snprintf(err, errsz, "%s",
+                             atomic_load(&cs->stopping) ? "stopping"
+                             : mono_ms() >= deadline    ? "timeout reading"
+                                                        : PQerrorMessage(c));
                 clean_err(err, err, errsz);
                 *broken = true; /* a result half read: start afresh */
                 catalog_free(cat);
@@ -622,8 +623,9 @@ void catsvc_sync(catsvc_t *cs, const runtime_t *rt)
         const char *sslrootcert = NULL;
         if (tg->sslmode == CFG_SSL_VERIFY_FULL)
             sslrootcert = tg->sslrootcert ? tg->sslrootcert : X509_get_default_cert_file();
-        const char *want[NPARAMS] = {tg->host,     port, tg->dbname, u->user, u->password,
-                                     sslmode_name(tg->sslmode), sslrootcert};
+        const char *want[NPARAMS] = {tg->host,   port,        tg->dbname,
+                                     u->user,    u->password, sslmode_name(tg->sslmode),
+                                     sslrootcert};
         bool other_db = false, changed = !t->was_used;
         for (int k = 0; k < NPARAMS; k++)
             if (!same(t->params[k], want[k])) {
@@ -636,8 +638,8 @@ void catsvc_sync(catsvc_t *cs, const runtime_t *rt)
             params_free(t->params);
             for (int k = 0; k < NPARAMS; k++)
                 if (want[k] && !(t->params[k] = strdup(want[k])))
-                    log_event(LOG_ERROR, "catalog_unavailable",
-                              "target=%s error=\"out of memory\"", tg->name);
+                    log_event(LOG_ERROR, "catalog_unavailable", "target=%s error=\"out of memory\"",
+                              tg->name);
             /* a new connection, read at once; without a snapshot, sessions
              * wait for that read (CATSVC_PENDING) */
             t->reconnect = true;

@@ -140,12 +140,12 @@ struct maskflow {
     double loaded_at;
     uint64_t gen; /* catalog generation (plans cached under it) */
     /* the target's shared snapshot (catsvc.h) until the session's own DDL */
-    bool private_cat;   /* DDL passed here: in-band reads of its own from now on */
-    bool ddl_pending;   /* ... tell catsvc once its transaction has ended */
-    bool shared_wait;   /* waiting for the target's first shared read */
-    bool shared_gave_up; /* waited SHARED_WAIT_MAX: go on without (masked whole) */
-    uint64_t shared_gen; /* generation of the snapshot held (catsvc_get) */
-    bool shared_checked; /* the first statement's freshness check was asked for */
+    bool private_cat;      /* DDL passed here: in-band reads of its own from now on */
+    bool ddl_pending;      /* ... tell catsvc once its transaction has ended */
+    bool shared_wait;      /* waiting for the target's first shared read */
+    bool shared_gave_up;   /* waited SHARED_WAIT_MAX: go on without (masked whole) */
+    uint64_t shared_gen;   /* generation of the snapshot held (catsvc_get) */
+    bool shared_checked;   /* the first statement's freshness check was asked for */
     uint64_t check_ticket; /* a freshness check this session waits for (catsvc_check) */
     uint64_t epoch;        /* catsvc_epoch when it last found nothing new (0: never) */
     double wait_since;
@@ -632,8 +632,9 @@ static bool shared_refresh(maskflow_t *mf)
         mf->check_ticket = 0;
         mf->dirty = false; /* the snapshot below is as current as the server's catalog */
     }
-    catsvc_state_t st = checking ? CATSVC_PENDING
-                                 : catsvc_get(s->srv->catalogs, s->target_name, &mf->shared_gen, &c);
+    catsvc_state_t st = checking
+                            ? CATSVC_PENDING
+                            : catsvc_get(s->srv->catalogs, s->target_name, &mf->shared_gen, &c);
     if (st == CATSVC_PENDING) {
         double now = ev_now(s->srv->loop);
         if (mf->shared_gave_up)

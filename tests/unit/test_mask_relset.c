@@ -28,8 +28,12 @@ static void finds_every_relation_by_name_and_oid_after_growth(void **state)
         snprintf(col, sizeof(col), "c%u", i);
         const char *cols[] = {"id", col};
         const int16_t att[] = {1, 3};
-        mask_relspec_t sp = {.oid = 16000 + i, .schema = "public", .name = name,
-                             .kind = MASK_REL_TABLE, .columns = cols, .attnums = att,
+        mask_relspec_t sp = {.oid = 16000 + i,
+                             .schema = "public",
+                             .name = name,
+                             .kind = MASK_REL_TABLE,
+                             .columns = cols,
+                             .attnums = att,
                              .ncolumns = 2};
         assert_int_equal(mask_relset_add(rs, &sp), 1);
     }
@@ -60,9 +64,14 @@ static void keeps_the_first_of_two_names_and_copies_everything(void **state)
     char name[] = "v", sql[] = "SELECT a FROM public.t", parent[] = "public.base";
     const char *cols[] = {"a", NULL, "b"};
     const char *parents[] = {parent};
-    mask_relspec_t sp = {.schema = "public", .name = name, .kind = MASK_REL_VIEW,
-                         .columns = cols, .ncolumns = 3, .view_sql = sql,
-                         .parents = parents, .nparents = 1};
+    mask_relspec_t sp = {.schema = "public",
+                         .name = name,
+                         .kind = MASK_REL_VIEW,
+                         .columns = cols,
+                         .ncolumns = 3,
+                         .view_sql = sql,
+                         .parents = parents,
+                         .nparents = 1};
     assert_int_equal(mask_relset_add(rs, &sp), 1);
     sp.view_sql = "SELECT 1";
     assert_int_equal(mask_relset_add(rs, &sp), 0);
