@@ -74,7 +74,8 @@ def db(pg):
             print(f"teardown: role {READER} not dropped: {e}")
 
 
-def gateway(name, bulwark_bin, pg, certdir, secret_registry, tmp_path_factory, pw, refresh):
+def gateway(name, bulwark_bin, pg, certdir, secret_registry, tmp_path_factory, pw, refresh,
+            workers=1):
     target = {"host": "127.0.0.1", "port": pg.port, "sslmode": "disable", "dbname": DB}
     metrics_port = harness.free_port()
     g = start_policy_gateway(name, bulwark_bin, pg, certdir, secret_registry,
@@ -83,6 +84,7 @@ def gateway(name, bulwark_bin, pg, certdir, secret_registry, tmp_path_factory, p
                                        policy("cat_b", "svc-cat-b")],
                              passwords={READER: pw},
                              settings={"masking": {"catalog_refresh": refresh},
+                                       "workers": workers,
                                        "metrics_listen": f"127.0.0.1:{metrics_port}"})
     g.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     return g
@@ -101,7 +103,7 @@ def catalog_reads_metric(g) -> dict:
 @pytest.fixture(scope="module")
 def gw(db, pg, bulwark_bin, certdir, secret_registry, tmp_path_factory):
     g = gateway("gw-mask-catalog", bulwark_bin, pg, certdir, secret_registry,
-                tmp_path_factory, db, "1h")
+                tmp_path_factory, db, "1h", workers=2)
     try:
         yield g
     finally:
@@ -131,13 +133,17 @@ def one(conn, sql):
 
 
 def test_two_sessions_share_one_catalog_read(gw, pg):
+    """Sessions of two roles on two worker loops (`workers: 2`; the kernel spreads them)."""
     harness.wait_for(lambda: reads(gw), 15, "the target's first catalog read")
     before = len(reads(gw))
     a, b = connect(gw, "cat_a"), connect(gw, "cat_b")
+    more = [connect(gw, "cat_a" if i % 2 else "cat_b") for i in range(6)]
     try:
         ra = one(a, "SELECT id, name, ssn FROM customers ORDER BY id")
         rb = one(b, "SELECT id, name, ssn FROM customers ORDER BY id")
         assert ra == rb and ra, ra
+        for c in more:
+            assert one(c, "SELECT id, name, ssn FROM customers ORDER BY id") == ra
         assert all(r[2] == "[ssn]" and isinstance(r[0], int) and r[1] != "****"
                    for r in ra), ra
         line = reads(gw)[0]
@@ -147,8 +153,8 @@ def test_two_sessions_share_one_catalog_read(gw, pg):
             "select usename from pg_stat_activity where application_name = 'bulwark catalog' "
             "and datname = %s", (DB,))
     finally:
-        a.close()
-        b.close()
+        for c in [a, b] + more:
+            c.close()
     assert len(reads(gw)) == before, "a session made the gateway read the catalog again"
     assert not inband_reads(gw), inband_reads(gw)
     assert gateway_conns == [(READER,)], gateway_conns
