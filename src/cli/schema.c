@@ -4,7 +4,9 @@
  * VIEW / CREATE MATERIALIZED VIEW), e.g. `pg_dump --schema-only` output, which
  * qualifies every name as the gateway's catalog read does (docs/masking.md
  * "The resolver"). Offline and pure: the gateway itself reads the live catalog
- * (src/proxy/catalog.c). Other statements in the file are ignored.
+ * (src/proxy/catalog.c). Other statements in the file are ignored. Both
+ * store their relations in a mask_relset_t (src/mask/relset.h) and resolve
+ * through it.
  *
  * A view's columns are its column list, or the output names of its query as
  * planned against what the file defined before it.
@@ -19,23 +21,21 @@
 #include <pg_query.h>
 
 #include "cli/schema.h"
+#include "mask/relset.h"
 
 static xschema_t *load(const char *sql, const mask_rules_t *rules, char *err, size_t errsz);
 
+struct xschema {
+    mask_relset_t *rels;
+};
+
+/* A relation being built: names are owned until added to the set (copied). */
 typedef struct xrel {
-    char *schema, *name;
-    mask_relkind_t kind;
     char **cols;
     size_t ncols;
-    char *view_sql;
     char **parents;
     size_t nparents;
 } xrel_t;
-
-struct xschema {
-    xrel_t *v;
-    size_t n, cap;
-};
 
 static const cJSON *jget(const cJSON *o, const char *k)
 {
@@ -47,53 +47,38 @@ static const char *jstr(const cJSON *o, const char *k)
     return cJSON_GetStringValue(jget(o, k));
 }
 
-static xrel_t *find(const xschema_t *x, const char *schema, const char *name)
-{
-    for (size_t i = 0; i < x->n; i++)
-        if (!strcmp(x->v[i].schema, schema) && !strcmp(x->v[i].name, name))
-            return &x->v[i];
-    return NULL;
-}
-
 int xschema_resolve(void *arg, const char *schema, const char *name, mask_relation_t *out)
 {
-    const xrel_t *r = find(arg, schema, name);
-    if (!r)
-        return 0;
-    memset(out, 0, sizeof(*out));
-    out->kind = r->kind;
-    out->columns = (const char *const *)r->cols;
-    out->ncolumns = r->ncols;
-    out->view_sql = r->view_sql;
-    out->parents = (const char *const *)r->parents;
-    out->nparents = r->nparents;
-    return 1;
+    const xschema_t *x = arg;
+    return mask_relset_get(x->rels, schema, name, out);
 }
 
-static xrel_t *add(xschema_t *x, const cJSON *rv)
+static void xrel_clear(xrel_t *r)
+{
+    for (size_t i = 0; i < r->ncols; i++)
+        free(r->cols[i]);
+    free(r->cols);
+    for (size_t i = 0; i < r->nparents; i++)
+        free(r->parents[i]);
+    free(r->parents);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Into the set (names copied); the first definition of a name is kept. */
+static int add(xschema_t *x, const cJSON *rv, mask_relkind_t kind, xrel_t *r, const char *view_sql)
 {
     const char *schema = jstr(rv, "schemaname"), *name = jstr(rv, "relname");
     if (!name)
-        return NULL;
-    if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 16;
-        xrel_t *v = realloc(x->v, cap * sizeof(*v));
-        if (!v)
-            return NULL;
-        x->v = v;
-        x->cap = cap;
-    }
-    xrel_t *r = &x->v[x->n];
-    memset(r, 0, sizeof(*r));
-    r->schema = strdup(schema ? schema : "public");
-    r->name = strdup(name);
-    if (!r->schema || !r->name) {
-        free(r->schema);
-        free(r->name);
-        return NULL;
-    }
-    x->n++;
-    return r;
+        return 0;
+    mask_relspec_t sp = {.schema = schema ? schema : "public",
+                         .name = name,
+                         .kind = kind,
+                         .columns = (const char *const *)r->cols,
+                         .ncolumns = r->ncols,
+                         .view_sql = view_sql,
+                         .parents = (const char *const *)r->parents,
+                         .nparents = r->nparents};
+    return mask_relset_add(x->rels, &sp) < 0 ? -1 : 0;
 }
 
 static int push_col(xrel_t *r, const char *name)
@@ -122,21 +107,21 @@ static int inherit(xschema_t *x, xrel_t *r, const cJSON *parents)
     {
         const cJSON *rv = jget(p, "RangeVar");
         const char *ps = jstr(rv, "schemaname"), *pn = jstr(rv, "relname");
-        const xrel_t *pr = pn ? find(x, ps ? ps : "public", pn) : NULL;
-        if (!pr)
+        mask_relation_t pr;
+        if (!pn || mask_relset_get(x->rels, ps ? ps : "public", pn, &pr) != 1)
             continue;
         char q[512];
-        snprintf(q, sizeof(q), "%s.%s", pr->schema, pr->name);
+        snprintf(q, sizeof(q), "%s.%s", ps ? ps : "public", pn);
         if (push_parent(r, q) < 0)
             return -1;
-        for (size_t i = 0; i < pr->nparents; i++)
-            if (push_parent(r, pr->parents[i]) < 0)
+        for (size_t i = 0; i < pr.nparents; i++)
+            if (push_parent(r, pr.parents[i]) < 0)
                 return -1;
-        for (size_t i = 0; i < pr->ncols; i++) {
+        for (size_t i = 0; i < pr.ncolumns; i++) {
             bool have = false;
             for (size_t j = 0; j < r->ncols; j++)
-                have = have || !strcmp(r->cols[j], pr->cols[i]);
-            if (!have && push_col(r, pr->cols[i]) < 0)
+                have = have || !strcmp(r->cols[j], pr.columns[i]);
+            if (!have && push_col(r, pr.columns[i]) < 0)
                 return -1;
         }
     }
@@ -145,24 +130,25 @@ static int inherit(xschema_t *x, xrel_t *r, const cJSON *parents)
 
 static int create_table(xschema_t *x, const cJSON *b)
 {
-    xrel_t *r = add(x, jget(b, "relation"));
-    if (!r)
-        return -1;
-    r->kind = MASK_REL_TABLE;
+    xrel_t r = {0};
+    int rc = 0;
     const cJSON *parents = jget(b, "inhRelations");
-    if (parents && inherit(x, r, parents) < 0)
-        return -1;
+    if (parents && inherit(x, &r, parents) < 0)
+        rc = -1;
     const cJSON *e;
     cJSON_ArrayForEach(e, jget(b, "tableElts"))
     {
         const char *col = jstr(jget(e, "ColumnDef"), "colname");
         bool have = false;
-        for (size_t j = 0; col && j < r->ncols; j++)
-            have = have || !strcmp(r->cols[j], col);
-        if (col && !have && push_col(r, col) < 0)
-            return -1;
+        for (size_t j = 0; col && j < r.ncols; j++)
+            have = have || !strcmp(r.cols[j], col);
+        if (rc == 0 && col && !have && push_col(&r, col) < 0)
+            rc = -1;
     }
-    return 0;
+    if (rc == 0)
+        rc = add(x, jget(b, "relation"), MASK_REL_TABLE, &r, NULL);
+    xrel_clear(&r);
+    return rc;
 }
 
 /* The query of CREATE VIEW ... AS <query>: the text after the first AS that
@@ -197,29 +183,26 @@ static int create_view(xschema_t *x, const mask_rules_t *rules, const cJSON *rv,
         free(q);
         return 0; /* a view we cannot read stays unknown: masked whole */
     }
-    xrel_t *r = add(x, rv);
-    if (!r) {
-        free(q);
-        mask_plan_release(p);
-        return -1;
-    }
-    r->kind = MASK_REL_VIEW;
-    r->view_sql = q;
+    xrel_t r = {0};
     int rc = 0;
     if (aliases && cJSON_GetArraySize(aliases) > 0) {
         const cJSON *a;
         cJSON_ArrayForEach(a, aliases)
         {
             const char *s = jstr(jget(a, "String"), "sval");
-            if (s && push_col(r, s) < 0)
+            if (s && push_col(&r, s) < 0)
                 rc = -1;
         }
     } else {
         for (size_t i = 0; rc == 0 && i < mask_plan_ncols(p); i++)
-            if (push_col(r, mask_plan_col_name(p, i) ? mask_plan_col_name(p, i) : "?") < 0)
+            if (push_col(&r, mask_plan_col_name(p, i) ? mask_plan_col_name(p, i) : "?") < 0)
                 rc = -1;
     }
     mask_plan_release(p);
+    if (rc == 0)
+        rc = add(x, rv, MASK_REL_VIEW, &r, q);
+    xrel_clear(&r);
+    free(q);
     return rc;
 }
 
@@ -260,7 +243,7 @@ static xschema_t *load(const char *sql, const mask_rules_t *rules, char *err, si
     cJSON *root = cJSON_Parse(pr.parse_tree);
     pg_query_free_parse_result(pr);
     xschema_t *x = calloc(1, sizeof(*x));
-    if (!root || !x) {
+    if (!root || !x || !(x->rels = mask_relset_new())) {
         snprintf(err, errsz, "out of memory");
         cJSON_Delete(root);
         free(x);
@@ -298,25 +281,13 @@ static xschema_t *load(const char *sql, const mask_rules_t *rules, char *err, si
 
 size_t xschema_count(const xschema_t *x)
 {
-    return x ? x->n : 0;
+    return x ? mask_relset_count(x->rels) : 0;
 }
 
 void xschema_free(xschema_t *x)
 {
     if (!x)
         return;
-    for (size_t i = 0; i < x->n; i++) {
-        xrel_t *r = &x->v[i];
-        free(r->schema);
-        free(r->name);
-        for (size_t j = 0; j < r->ncols; j++)
-            free(r->cols[j]);
-        free(r->cols);
-        free(r->view_sql);
-        for (size_t j = 0; j < r->nparents; j++)
-            free(r->parents[j]);
-        free(r->parents);
-    }
-    free(x->v);
+    mask_relset_free(x->rels);
     free(x);
 }

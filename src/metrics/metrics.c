@@ -46,6 +46,7 @@ enum {
     F_GATE_SECONDS,
     F_UPSTREAM_FIRST_BYTE,
     F_UPSTREAM_READY,
+    F_CATALOG_READS,
     F_COUNT
 };
 
@@ -96,6 +97,12 @@ static const family_def_t families[F_COUNT] = {
                           K_HISTOGRAM,
                           1,
                           {"target"}},
+    [F_CATALOG_READS] = {"bulwark_catalog_reads_total",
+                         "Masking catalog reads on the gateway's own connection per target: "
+                         "ok, unchanged (same as the snapshot held), error.",
+                         K_COUNTER,
+                         2,
+                         {"target", "result"}},
 };
 
 typedef struct series {
@@ -283,6 +290,12 @@ void metrics_upstream_error(metrics_t *m, const char *target, const char *kind)
 {
     const char *v[] = {target, kind};
     add(m, F_UPSTREAM_ERRORS, v, 1);
+}
+
+void metrics_catalog_read(metrics_t *m, const char *target, const char *result)
+{
+    const char *v[] = {target, result};
+    add(m, F_CATALOG_READS, v, 1);
 }
 
 void metrics_approvals_pending(metrics_t *m, const char *role, int delta)

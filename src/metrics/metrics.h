@@ -69,6 +69,9 @@ void metrics_statement(metrics_t *m, const char *role, const char *decision, con
 void metrics_login_failed(metrics_t *m, const char *reason);
 /* kind: "connect", "login", "timeout", "lost". */
 void metrics_upstream_error(metrics_t *m, const char *target, const char *kind);
+/* A masking catalog read ended (result "ok", "unchanged", "error"); written by
+ * the catalog thread into a registry of its own (src/proxy/catsvc.c). */
+void metrics_catalog_read(metrics_t *m, const char *target, const char *result);
 /* Approval requests waiting for a decision, by role: +1 when one is created,
  * -1 when it is decided, times out or is withdrawn. */
 void metrics_approvals_pending(metrics_t *m, const char *role, int delta);

@@ -1,28 +1,36 @@
 /*
- * The catalog a session's masking resolves names with: every relation (tables,
- * partitions, foreign tables, sequences, views, materialized views) of the
- * database the session's upstream credential connects to, with its columns in
- * attnum order, a view's definition and a table's inheritance ancestors.
+ * The catalog masking resolves names with: every relation (tables,
+ * partitions, foreign tables, sequences, views, materialized views) of a
+ * target's database, with its columns in attnum order, a view's definition
+ * and a table's inheritance ancestors, stored in a mask_relset_t
+ * (src/mask/relset.h).
  *
- * Read by one Query on the session's own upstream connection (maskflow.c
- * sends it between statements and swallows the replies): each relation is one
- * DataRow holding one JSON object. View definitions are read with
- * search_path = pg_catalog (SET LOCAL inside the Query's own transaction) so
- * that every name in them is schema-qualified, as lineage needs
- * (docs/masking.md "The resolver"). Relations of pg_catalog and
- * information_schema are described as tables: their columns hold catalog
- * metadata, never data values, except the statistics catalogs, which lineage
- * treats as unknown by name.
+ * Two readers fill it from the same SELECT, one JSON object per relation:
+ *   - catsvc.c, the shared snapshot of a target: read on a gateway-owned
+ *     connection (catalog_query_shared, search_path pinned to pg_catalog by
+ *     the connection's options), then shared read-only by every session of
+ *     the target on every loop (refcounted: catalog_retain / catalog_free);
+ *   - maskflow.c, a session's private copy after its own DDL: read in-band on
+ *     the session's own upstream connection (catalog_query_idle / _in_tx;
+ *     replies swallowed), which sees its temporary relations and its
+ *     transaction's uncommitted DDL.
+ * View definitions are read with search_path = pg_catalog so that every name
+ * in them is schema-qualified, as lineage needs (docs/masking.md "The
+ * resolver"). Relations of pg_catalog and information_schema are described
+ * as tables: their columns hold catalog metadata, never data values, except
+ * the statistics catalogs, which lineage treats as unknown by name.
  *
  * Memory is bounded (CATALOG_MAX_BYTES); a bigger catalog fails the load and
- * the session then masks every relation whole.
+ * whoever reads it has no catalog: every relation is masked whole.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
+#include "mask/relset.h"
 #include "proxy/maskflow.h"
 
 #define CATALOG_MAX_BYTES (64u * 1024 * 1024)
@@ -57,107 +65,65 @@ const char catalog_query_in_tx[] = "SAVEPOINT bulwark_catalog; "
                                    "SET LOCAL search_path = pg_catalog; " CATALOG_SELECT
                                    "; ROLLBACK TO SAVEPOINT bulwark_catalog; "
                                    "RELEASE SAVEPOINT bulwark_catalog";
+const char catalog_query_shared[] = CATALOG_SELECT;
 const char catalog_query_undo[] =
     "ROLLBACK TO SAVEPOINT bulwark_catalog; RELEASE SAVEPOINT bulwark_catalog";
 
-typedef struct rel {
-    uint32_t oid;
-    char *schema, *name;
-    mask_relkind_t kind;
-    char **cols;
-    int16_t *attnums;
-    size_t ncols;
-    char *view_sql;
-    char **parents;
-    size_t nparents;
-    struct rel *next_name, *next_oid;
-} rel_t;
-
-#define CAT_BUCKETS 4096
-
 struct catalog {
-    rel_t *by_name[CAT_BUCKETS];
-    rel_t *by_oid[CAT_BUCKETS];
-    size_t nrels, bytes;
+    atomic_int refs;
+    mask_relset_t *rels;
+    size_t json_bytes; /* JSON read so far (the cap) */
+    uint64_t digest;   /* FNV-1a over the rows read, in order */
     char *temp_schema; /* this session's pg_temp_N, or NULL */
 };
 
 catalog_t *catalog_new(void)
 {
-    return calloc(1, sizeof(catalog_t));
+    catalog_t *c = calloc(1, sizeof(*c));
+    if (c && !(c->rels = mask_relset_new())) {
+        free(c);
+        return NULL;
+    }
+    if (c)
+        atomic_init(&c->refs, 1);
+    return c;
 }
 
-static void rel_free(rel_t *r)
+catalog_t *catalog_retain(catalog_t *c)
 {
-    free(r->schema);
-    free(r->name);
-    for (size_t i = 0; i < r->ncols; i++)
-        free(r->cols[i]);
-    free(r->cols);
-    free(r->attnums);
-    free(r->view_sql);
-    for (size_t i = 0; i < r->nparents; i++)
-        free(r->parents[i]);
-    free(r->parents);
-    free(r);
+    if (c)
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
 }
 
 void catalog_free(catalog_t *c)
 {
-    if (!c)
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
         return;
-    for (size_t b = 0; b < CAT_BUCKETS; b++)
-        for (rel_t *r = c->by_name[b], *n; r; r = n) {
-            n = r->next_name;
-            rel_free(r);
-        }
+    mask_relset_free(c->rels);
     free(c->temp_schema);
     free(c);
 }
 
 size_t catalog_size(const catalog_t *c)
 {
-    return c ? c->nrels : 0;
+    return c ? mask_relset_count(c->rels) : 0;
 }
 
-static uint32_t name_hash(const char *schema, const char *name)
+bool catalog_same(const catalog_t *a, const catalog_t *b)
 {
-    uint32_t h = 2166136261u;
-    for (const char *p = schema; *p; p++)
-        h = (h ^ (uint8_t)*p) * 16777619u;
-    h = (h ^ '.') * 16777619u;
-    for (const char *p = name; *p; p++)
-        h = (h ^ (uint8_t)*p) * 16777619u;
-    return h % CAT_BUCKETS;
+    return a && b && a->digest == b->digest && a->json_bytes == b->json_bytes &&
+           catalog_size(a) == catalog_size(b);
 }
 
-static const rel_t *find_name(const catalog_t *c, const char *schema, const char *name)
+size_t catalog_bytes(const catalog_t *c)
 {
-    for (const rel_t *r = c->by_name[name_hash(schema, name)]; r; r = r->next_name)
-        if (!strcmp(r->name, name) && !strcmp(r->schema, schema))
-            return r;
-    return NULL;
-}
-
-static const rel_t *find_oid(const catalog_t *c, uint32_t oid)
-{
-    for (const rel_t *r = c->by_oid[oid % CAT_BUCKETS]; r; r = r->next_oid)
-        if (r->oid == oid)
-            return r;
-    return NULL;
+    return c ? sizeof(*c) + mask_relset_bytes(c->rels) : 0;
 }
 
 bool catalog_knows_oid(const catalog_t *c, uint32_t oid)
 {
-    return oid == 0 || (c && find_oid(c, oid));
-}
-
-static char *dup_str(catalog_t *c, const char *s)
-{
-    if (!s)
-        return NULL;
-    c->bytes += strlen(s) + 1;
-    return strdup(s);
+    return oid == 0 || (c && mask_relset_has_oid(c->rels, oid));
 }
 
 static mask_relkind_t relkind(const char *k, const char *schema)
@@ -168,8 +134,10 @@ static mask_relkind_t relkind(const char *k, const char *schema)
     return MASK_REL_TABLE;
 }
 
+#define REL_MAX_COLS 1700 /* PostgreSQL's MaxHeapAttributeNumber is 1600 */
+
 /* {"o":oid,"s":schema,"n":name,"k":relkind,"c":[[attnum,name],...],"v":def,"p":[...],"t":bool} */
-static int fill_rel(catalog_t *c, rel_t *r, const cJSON *o)
+static int add_rel(catalog_t *c, const cJSON *o)
 {
     const cJSON *oid = cJSON_GetObjectItemCaseSensitive(o, "o");
     const char *schema = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "s"));
@@ -178,18 +146,18 @@ static int fill_rel(catalog_t *c, rel_t *r, const cJSON *o)
     if (!cJSON_IsNumber(oid) || oid->valuedouble < 1 || oid->valuedouble > 4294967295.0 ||
         !schema || !name)
         return -1;
-    r->oid = (uint32_t)oid->valuedouble;
-    r->schema = dup_str(c, schema);
-    r->name = dup_str(c, name);
-    r->kind = relkind(kind, schema);
-    if (!r->schema || !r->name)
-        return -1;
+    mask_relspec_t sp = {.oid = (uint32_t)oid->valuedouble,
+                         .schema = schema,
+                         .name = name,
+                         .kind = relkind(kind, schema)};
     const cJSON *cols = cJSON_GetObjectItemCaseSensitive(o, "c");
+    const cJSON *parents = cJSON_GetObjectItemCaseSensitive(o, "p");
     size_t n = cJSON_IsArray(cols) ? (size_t)cJSON_GetArraySize(cols) : 0;
-    r->cols = calloc(n ? n : 1, sizeof(char *));
-    r->attnums = calloc(n ? n : 1, sizeof(int16_t));
-    if (!r->cols || !r->attnums)
+    size_t np = cJSON_IsArray(parents) ? (size_t)cJSON_GetArraySize(parents) : 0;
+    if (n > REL_MAX_COLS || np > REL_MAX_COLS)
         return -1;
+    const char *colv[REL_MAX_COLS + 1], *parv[REL_MAX_COLS + 1];
+    int16_t attv[REL_MAX_COLS + 1];
     const cJSON *e;
     cJSON_ArrayForEach(e, cols)
     {
@@ -197,30 +165,41 @@ static int fill_rel(catalog_t *c, rel_t *r, const cJSON *o)
         const char *col = cJSON_GetStringValue(cJSON_GetArrayItem(e, 1));
         if (!cJSON_IsNumber(num) || !col)
             continue;
-        if (!(r->cols[r->ncols] = dup_str(c, col)))
-            return -1;
-        r->attnums[r->ncols++] = (int16_t)num->valuedouble;
+        colv[sp.ncolumns] = col;
+        attv[sp.ncolumns++] = (int16_t)num->valuedouble;
     }
+    cJSON_ArrayForEach(e, parents)
+    {
+        const char *p = cJSON_GetStringValue(e);
+        if (p)
+            parv[sp.nparents++] = p;
+    }
+    sp.columns = colv;
+    sp.attnums = attv;
+    sp.parents = parv;
     const char *view = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "v"));
-    if (view && r->kind == MASK_REL_VIEW && !(r->view_sql = dup_str(c, view)))
-        return -1;
-    const cJSON *parents = cJSON_GetObjectItemCaseSensitive(o, "p");
-    size_t np = cJSON_IsArray(parents) ? (size_t)cJSON_GetArraySize(parents) : 0;
-    if (np) {
-        if (!(r->parents = calloc(np, sizeof(char *))))
-            return -1;
-        cJSON_ArrayForEach(e, parents)
-        {
-            const char *p = cJSON_GetStringValue(e);
-            if (p && !(r->parents[r->nparents++] = dup_str(c, p)))
-                return -1;
-        }
-    }
+    if (sp.kind == MASK_REL_VIEW)
+        sp.view_sql = view;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "t")) && !c->temp_schema &&
-        !(c->temp_schema = dup_str(c, schema)))
+        !(c->temp_schema = strdup(schema)))
         return -1;
-    c->bytes += sizeof(*r) + n * (sizeof(char *) + sizeof(int16_t)) + np * sizeof(char *);
-    return 1;
+    return mask_relset_add(c->rels, &sp) < 0 ? -1 : 0; /* a duplicate name cannot happen */
+}
+
+int catalog_add_json(catalog_t *c, const char *json, size_t len)
+{
+    if (catalog_size(c) >= CATALOG_MAX_RELS || c->json_bytes + len > CATALOG_MAX_BYTES ||
+        catalog_bytes(c) > CATALOG_MAX_BYTES)
+        return -1;
+    c->json_bytes += len;
+    uint64_t h = c->digest ? c->digest : 14695981039346656037ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)json[i]) * 1099511628211ull;
+    c->digest = (h ^ 0x1e) * 1099511628211ull; /* a row separator */
+    cJSON *o = cJSON_ParseWithLength(json, len);
+    int rc = o ? add_rel(c, o) : -1;
+    cJSON_Delete(o);
+    return rc;
 }
 
 int catalog_add_row(catalog_t *c, const uint8_t *body, size_t len)
@@ -231,28 +210,7 @@ int catalog_add_row(catalog_t *c, const uint8_t *body, size_t len)
     if (pgw_read_datarow(body, len, &row) < 0 || pgw_values_next(&row.cols, &v, &vlen) != 1 ||
         vlen < 0)
         return -1;
-    if (c->nrels >= CATALOG_MAX_RELS || c->bytes + (size_t)vlen > CATALOG_MAX_BYTES)
-        return -1;
-    cJSON *o = cJSON_ParseWithLength((const char *)v, (size_t)vlen);
-    rel_t *r = calloc(1, sizeof(*r));
-    int rc = o && r ? fill_rel(c, r, o) : -1;
-    cJSON_Delete(o);
-    if (rc <= 0) {
-        if (r)
-            rel_free(r);
-        return rc;
-    }
-    if (find_name(c, r->schema, r->name)) { /* cannot happen in one snapshot */
-        rel_free(r);
-        return 0;
-    }
-    uint32_t h = name_hash(r->schema, r->name);
-    r->next_name = c->by_name[h];
-    c->by_name[h] = r;
-    r->next_oid = c->by_oid[r->oid % CAT_BUCKETS];
-    c->by_oid[r->oid % CAT_BUCKETS] = r;
-    c->nrels++;
-    return 0;
+    return catalog_add_json(c, (const char *)v, (size_t)vlen);
 }
 
 static bool system_schema(const char *schema)
@@ -272,31 +230,11 @@ int catalog_resolve(void *arg, const char *schema, const char *name, mask_relati
     }
     if (v->dirty && !system_schema(schema))
         return -1;
-    const rel_t *r = find_name(v->cat, schema, name);
-    if (!r)
-        return 0;
-    memset(out, 0, sizeof(*out));
-    out->kind = r->kind;
-    out->columns = (const char *const *)r->cols;
-    out->ncolumns = r->ncols;
-    out->view_sql = r->view_sql;
-    out->parents = (const char *const *)r->parents;
-    out->nparents = r->nparents;
-    return 1;
+    return mask_relset_get(v->cat->rels, schema, name, out);
 }
 
 int catalog_attname(void *arg, uint32_t table_oid, int16_t attnum, char *out, size_t outsz)
 {
     const catalog_view_t *v = arg;
-    if (!v->cat || !table_oid)
-        return 0;
-    const rel_t *r = find_oid(v->cat, table_oid);
-    if (!r)
-        return 0;
-    for (size_t i = 0; i < r->ncols; i++)
-        if (r->attnums[i] == attnum) {
-            snprintf(out, outsz, "%s.%s.%s", r->schema, r->name, r->cols[i]);
-            return 1;
-        }
-    return 0;
+    return v->cat ? mask_relset_attname(v->cat->rels, table_oid, attnum, out, outsz) : 0;
 }

@@ -215,6 +215,7 @@ struct server {
     int nheld;
     ev_async approvals_w;         /* the approval worker's notify: console decisions */
     struct appr_webhook *webhook; /* approvals.webhook_url's sender */
+    struct catsvc *catalogs;      /* masking catalog per target (catsvc.h), shared */
     uint64_t admin_tags;
     struct metrics *metrics; /* this loop's figures (NULL: no metrics_listen) */
     struct monitor *monitor; /* metrics_listen endpoint and health probes (monitor.h) */

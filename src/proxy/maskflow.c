@@ -28,6 +28,7 @@
 
 #include <pg_query.h>
 
+#include "proxy/catsvc.h"
 #include "proxy/internal.h"
 #include "proxy/maskflow.h"
 #include "metrics/metrics.h"
@@ -37,6 +38,11 @@
 #define MF_MAX_NAMED 10000 /* prepared statements, cursors, portals (each) */
 #define MF_CACHE 64        /* plan cache entries per session */
 #define MF_BUCKETS 64
+#define SHARED_WAIT_POLL 0.02 /* s: polling for the target's first shared read */
+#define SHARED_WAIT_MAX 10.0  /* s: then the session goes on without (masked whole) */
+#define SHARED_FRESH_MS 1000  /* a session's first statement trusts a check this recent */
+
+static void shared_wait_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 typedef struct portal {
     int refs;
@@ -133,6 +139,17 @@ struct maskflow {
     int undo_tries;
     double loaded_at;
     uint64_t gen; /* catalog generation (plans cached under it) */
+    /* the target's shared snapshot (catsvc.h) until the session's own DDL */
+    bool private_cat;      /* DDL passed here: in-band reads of its own from now on */
+    bool ddl_pending;      /* ... tell catsvc once its transaction has ended */
+    bool shared_wait;      /* waiting for the target's first shared read */
+    bool shared_gave_up;   /* waited SHARED_WAIT_MAX: go on without (masked whole) */
+    uint64_t shared_gen;   /* generation of the snapshot held (catsvc_get) */
+    bool shared_checked;   /* the first statement's freshness check was asked for */
+    uint64_t check_ticket; /* a freshness check this session waits for (catsvc_check) */
+    uint64_t epoch;        /* catsvc_epoch when it last found nothing new (0: never) */
+    double wait_since;
+    ev_timer wait_timer;
     /* the FIFO */
     item_t *head, *tail;
     size_t nitems;
@@ -448,6 +465,9 @@ maskflow_t *maskflow_new(session_t *s, bool *oom)
     mf->rules = mask_rules_retain(r);
     mf->scratch = s->srv->mask_scratch;
     buf_init(&mf->out, 0);
+    mf->shared_gen = UINT64_MAX - 1; /* no generation of catsvc's */
+    ev_init(&mf->wait_timer, shared_wait_cb);
+    mf->wait_timer.data = mf;
     return mf;
 }
 
@@ -495,6 +515,7 @@ void maskflow_free(maskflow_t *mf)
     reg_clear(&mf->portals);
     for (size_t i = 0; i < MF_CACHE; i++)
         cache_entry_clear(&mf->cache[i]);
+    ev_timer_stop(mf->s->srv->loop, &mf->wait_timer);
     catalog_free(mf->cat);
     catalog_free(mf->loading);
     mask_rules_release(mf->rules);
@@ -554,6 +575,8 @@ static void pop_to_sync(maskflow_t *mf)
 
 static bool catalog_due(const maskflow_t *mf)
 {
+    if (!mf->private_cat)
+        return false; /* the shared snapshot serves this session */
     if (!mf->loaded || mf->dirty)
         return true;
     double age_ms = (ev_now(mf->s->srv->loop) - mf->loaded_at) * 1000.0;
@@ -583,10 +606,87 @@ static bool start_catalog_read(maskflow_t *mf)
     return true;
 }
 
+/* Between statements, with nothing in flight: take the target's newest
+ * shared snapshot. False: its first read has not ended yet; wait (polled). */
+static bool shared_refresh(maskflow_t *mf)
+{
+    session_t *s = mf->s;
+    catalog_t *c = NULL;
+    /* the common case, without the lock: nothing asked for, nothing new */
+    uint64_t epoch = catsvc_epoch(s->srv->catalogs);
+    if (mf->epoch && epoch == mf->epoch && !mf->check_ticket && !mf->dirty && !mf->shared_wait)
+        return true;
+    /* The session's first statement, or the first after a result named a table
+     * the snapshot does not know (DDL from outside the gateway): wait for a
+     * check that the snapshot is current (a fingerprint; a read if it changed). */
+    if (!mf->check_ticket && (!mf->shared_checked || mf->dirty)) {
+        mf->check_ticket = catsvc_check(s->srv->catalogs, s->target_name,
+                                        mf->shared_checked ? 0 : SHARED_FRESH_MS);
+        mf->shared_checked = true;
+        if (!mf->check_ticket)
+            mf->dirty = false; /* none to wait for: the next result decides again */
+    }
+    bool checking =
+        mf->check_ticket && !catsvc_checked(s->srv->catalogs, s->target_name, mf->check_ticket);
+    if (mf->check_ticket && !checking) {
+        mf->check_ticket = 0;
+        mf->dirty = false; /* the snapshot below is as current as the server's catalog */
+    }
+    catsvc_state_t st = checking
+                            ? CATSVC_PENDING
+                            : catsvc_get(s->srv->catalogs, s->target_name, &mf->shared_gen, &c);
+    if (st == CATSVC_PENDING) {
+        double now = ev_now(s->srv->loop);
+        if (mf->shared_gave_up)
+            return true;
+        if (!mf->shared_wait) {
+            mf->shared_wait = true;
+            mf->wait_since = now;
+        } else if (now - mf->wait_since > SHARED_WAIT_MAX) {
+            mf->shared_wait = false;
+            mf->loaded = true;
+            if (checking) { /* go on with what it has (dirty: unknown relations masked whole) */
+                mf->check_ticket = 0;
+                return true;
+            }
+            mf->shared_gave_up = true;
+            log_event(LOG_WARN, "mask_catalog_wait",
+                      "session=%s target=%s detail=\"no catalog yet: every relation is masked "
+                      "whole until the target's first catalog read ends\"",
+                      s->id, s->target_name);
+            return true;
+        }
+        ev_timer_set(&mf->wait_timer, SHARED_WAIT_POLL, 0.);
+        ev_timer_start(s->srv->loop, &mf->wait_timer);
+        return false;
+    }
+    mf->shared_wait = false;
+    if (st == CATSVC_NEW) {
+        catalog_free(mf->cat);
+        mf->cat = c;
+        mf->gen++;
+        mf->loaded = true;
+        mf->dirty = false;
+    }
+    if (!mf->check_ticket && mf->shared_checked)
+        mf->epoch = epoch; /* read before catsvc_get: a change since is seen next time */
+    return true;
+}
+
+static void shared_wait_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    maskflow_t *mf = w->data;
+    if (mf->s->state == ST_RELAY)
+        session_resume(mf->s); /* c2u asks again (maskflow_c2u_ready) */
+}
+
 bool maskflow_c2u_ready(session_t *s, char type, size_t avail, size_t total)
 {
     maskflow_t *mf = s->mf;
-    if (mf->waiting)
+    if (mf->waiting || ev_is_active(&mf->wait_timer))
+        return false;
+    if ((type == 'Q' || type == 'P') && !mf->private_cat && upstream_idle(mf) &&
+        !shared_refresh(mf))
         return false;
     if (type == 'D' && avail < total && total <= 64 * 1024)
         return false; /* larger: malformed, see c2u_describe */
@@ -973,8 +1073,13 @@ int maskflow_plan(session_t *s, policy_session_t *ps, char kind, const char *stm
     for (size_t i = 0; i < nplans; i++)
         mask_plan_release(plans[i]);
     free(plans);
-    if (rc == 0 && may_change_catalog(r))
+    if (rc == 0 && may_change_catalog(r)) {
+        /* its own DDL (temporary objects, uncommitted definitions) is seen by
+         * nobody else: this session reads its own catalog from now on */
         mf->dirty = true;
+        mf->private_cat = true;
+        mf->ddl_pending = true;
+    }
     return rc;
 }
 
@@ -1260,7 +1365,8 @@ static mf_verdict_t on_rowdesc(maskflow_t *mf, const uint8_t *body, size_t len, 
     if (!plan || !known) {
         if (!known && mf->cat)
             mf->dirty = true; /* read the catalog again at the next idle point (without
-                               * one, not before catalog_refresh: no retry storm) */
+                               * one, not before catalog_refresh: no retry storm); a
+                               * session on the shared snapshot waits there for a check */
         if (!(unknown = mask_plan_unknown(mf->rules)))
             return MF_FAIL;
         plan = unknown;
@@ -1498,6 +1604,11 @@ mf_verdict_t maskflow_u2c(session_t *s, char type, const uint8_t *body, size_t l
         while (mf->head && !is_sync(mf->head))
             pop(mf);
         pop(mf);
+        if (mf->ddl_pending && len == 1 && body[0] == 'I') {
+            /* the DDL's transaction ended: others may see it now */
+            mf->ddl_pending = false;
+            catsvc_changed(s->srv->catalogs, s->target_name);
+        }
         return MF_PASS;
     case 'H':
         return on_copy_out(mf, body, len);

@@ -18,13 +18,18 @@
  *        NoticeResponse go through the detectors. All of this happens before
  *        the audit (record.c) observes the message.
  *
- * The catalog (catalog.c) is read on the session's own upstream connection,
- * between statements (nothing in flight; in the client's transaction within a
- * savepoint), by a Query whose replies are swallowed: before the first
- * statement, after DDL passed, and when older than masking.catalog_refresh.
- * Between a DDL statement and the next such point (a pipeline, an aborted
- * transaction), every relation outside pg_catalog/information_schema counts
- * as unknown (masked whole, filters on it denied).
+ * The catalog: the target's shared snapshot (catsvc.h), taken between
+ * statements (nothing in flight); a session waits for the target's first
+ * read. A session whose statement may change the catalog (DDL, DO, functions)
+ * reads its own copy from then on (catalog.c), on its own upstream
+ * connection, between statements (nothing in flight; in the client's
+ * transaction within a savepoint), by a Query whose replies are swallowed:
+ * after DDL passed, and when older than masking.catalog_refresh; and it tells
+ * catsvc once the DDL's transaction ended. Between a DDL statement and the
+ * next such point (a pipeline, an aborted transaction), and after a result
+ * named a table the catalog does not know, every relation outside
+ * pg_catalog/information_schema counts as unknown (masked whole, filters on
+ * it denied).
  *
  * A role with no column mask and no detector has no maskflow (s->mf NULL):
  * nothing here runs for it.
@@ -93,13 +98,19 @@ bool maskflow_resume_pending(struct session *s);
 /* ---- catalog.c ---- */
 typedef struct catalog catalog_t;
 catalog_t *catalog_new(void);
-void catalog_free(catalog_t *c);
+/* Snapshots are refcounted (atomically): shared by sessions on every loop. */
+catalog_t *catalog_retain(catalog_t *c);
+void catalog_free(catalog_t *c); /* drops one reference */
 /* The Query that reads it (search_path pinned to pg_catalog for view
  * definitions): outside a transaction, and inside the client's (a savepoint);
  * _undo restores the client's transaction when the latter failed. */
 extern const char catalog_query_idle[], catalog_query_in_tx[], catalog_query_undo[];
+/* The bare SELECT, for a connection whose search_path is pg_catalog (catsvc.c). */
+extern const char catalog_query_shared[];
 /* One DataRow of that query's result; -1 when out of memory or over the cap. */
 int catalog_add_row(catalog_t *c, const uint8_t *body, size_t len);
+/* The same from the row's one value (JSON text). */
+int catalog_add_json(catalog_t *c, const char *json, size_t len);
 /* mask_resolve_fn over a catalog; dirty: relations outside the system schemas count as unknown. */
 typedef struct catalog_view {
     const catalog_t *cat;
@@ -111,5 +122,8 @@ int catalog_attname(void *arg, uint32_t table_oid, int16_t attnum, char *out, si
 /* True when the table OID is known (0 counts as known: a computed column). */
 bool catalog_knows_oid(const catalog_t *c, uint32_t oid);
 size_t catalog_size(const catalog_t *c);
+size_t catalog_bytes(const catalog_t *c); /* memory held */
+/* The same rows were read into both (a digest of the rows, their count and size). */
+bool catalog_same(const catalog_t *a, const catalog_t *b);
 
 #endif

@@ -19,6 +19,7 @@
 
 #include "audit/audit.h"
 #include "metrics/metrics.h"
+#include "proxy/catsvc.h"
 #include "proxy/internal.h"
 #include "proxy/monitor.h"
 #include "proxy/workers.h"
@@ -286,8 +287,11 @@ static void route_metrics(void *arg, buf_t *out)
     }
     x.targets = th;
     x.n_targets = m->n;
-    metrics_t *loops[CFG_MAX_WORKERS];
-    metrics_render(out, loops, workers_metrics(srv->hub, loops, CFG_MAX_WORKERS), &x);
+    metrics_t *loops[CFG_MAX_WORKERS + 1];
+    size_t nloops = workers_metrics(srv->hub, loops, CFG_MAX_WORKERS);
+    if (catsvc_metrics(srv->catalogs)) /* the catalog thread's own registry */
+        loops[nloops++] = catsvc_metrics(srv->catalogs);
+    metrics_render(out, loops, nloops, &x);
     free(th);
 }
 

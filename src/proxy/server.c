@@ -21,6 +21,7 @@
 #include "audit/audit.h"
 #include "identity/ident.h"
 #include "pgwire/pgwire.h"
+#include "proxy/catsvc.h"
 #include "proxy/internal.h"
 #include "proxy/maskflow.h"
 #include "proxy/monitor.h"
@@ -452,6 +453,7 @@ static void reload(server_t *srv, const char *why)
         log_event(LOG_WARN, "reload_listen_unchanged", "reason=\"listen needs a restart\"");
     if (rt->cfg->workers != srv->rt->cfg->workers)
         log_event(LOG_WARN, "reload_workers_unchanged", "reason=\"workers needs a restart\"");
+    catsvc_sync(srv->catalogs, rt); /* before any session of rt can ask */
     runtime_t *old = srv->rt;
     srv->rt = rt; /* main's own reference */
     hub_runtime_set(srv->hub, rt);
@@ -772,12 +774,19 @@ static int shared_open(server_t *srv)
         log_event(LOG_ERROR, "audit_open_failed", "path=%s error=%s", srv->rt->cfg->audit.path,
                   log_q(q, sizeof(q), aerr));
     }
+    if ((srv->catalogs = catsvc_new()))
+        catsvc_sync(srv->catalogs, srv->rt);
+    else
+        log_event(LOG_ERROR, "catalog_unavailable",
+                  "error=\"cannot start its thread\" detail=\"masked relations are masked whole\"");
     return srv->keystore && srv->audit ? 0 : -1;
 }
 
 static void shared_close(server_t *srv)
 {
     approvals_close(srv);
+    catsvc_free(srv->catalogs);
+    srv->catalogs = NULL;
     audit_close(srv->audit);
     srv->audit = NULL;
     if (srv->keystore)

@@ -373,6 +373,7 @@ int workers_start(hub_t *h, void (*run_end)(server_t *srv))
         w->keystore = h->w[0]->keystore;
         w->approvals = h->w[0]->approvals;
         w->webhook = h->w[0]->webhook;
+        w->catalogs = h->w[0]->catalogs;
         w->listener_loopback = h->w[0]->listener_loopback;
         atomic_fetch_add(&h->running, 1);
         int rc = pthread_create(&h->threads[i], NULL, worker_main, w);
