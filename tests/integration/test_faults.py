@@ -220,13 +220,16 @@ def dead(pid):
 
 
 def crash(pg_):
-    """kill -9 the postmaster and every backend at once, as a host crash would."""
+    """kill -9 the postmaster and every backend at once, as a host crash would. They are
+    all stopped first: a backend still running when the postmaster dies would notice and
+    say FATAL 57P01 itself ("unexpected postmaster exit"), which no host crash does."""
     pids = pg_processes(pg_)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
     wait_for(lambda: all(dead(p) for p in pids), 10, "PostgreSQL's processes to die")
     # the postmaster may stay a zombie (nobody here reaps it), which pg_ctl would take
     # for a running server: the lock files go, as after a reboot
