@@ -4,7 +4,13 @@
 # Instruction counts do not depend on how loaded the machine is, unlike tps.
 #
 #   bench/profile.sh [--transactions N] [--clients C] [--protocol simple|extended]
-#                    [--durability MODE] [--keep DIR]
+#                    [--durability MODE] [--policy allow|rules|masking] [--keep DIR]
+#
+# --protocol takes pgbench's -M modes (simple, extended, prepared). --policy picks the
+# role's policy: allow (default: everything allowed, nothing masked), rules (the
+# realistic rule set of bench/policy.sh, every statement decided by rules) or masking
+# (allow, plus a column mask on pgbench_accounts and every content detector, so that
+# every result goes through the masking plan and the detectors).
 #
 # Counters are zeroed after pgbench has connected (callgrind_control -z during a
 # 1 s warm-up phase would race; instead the script runs a short warm-up pgbench,
@@ -18,7 +24,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${BULWARK_BIN:-$ROOT/build/bulwark}
-TX=2000 CLIENTS=4 PROTO=simple DUR=strict-writes KEEP=
+TX=2000 CLIENTS=4 PROTO=simple DUR=strict-writes KEEP= POLICY=allow
 while [ $# -gt 0 ]; do
     case "$1" in
         --transactions) TX=$2; shift ;;
@@ -26,6 +32,7 @@ while [ $# -gt 0 ]; do
         --protocol) PROTO=$2; shift ;;
         --durability) DUR=$2; shift ;;
         --keep) KEEP=$2; shift ;;
+        --policy) POLICY=$2; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/profile: unknown argument \"$1\" (try --help)" >&2; exit 2 ;;
     esac
@@ -86,21 +93,44 @@ cat > "$WORK/gw/bulwark.json" <<EOF
   "shutdown_grace": "1s"
 }
 EOF
-cat > "$WORK/gw/policies/bench.json" <<'EOF'
+case "$POLICY" in
+    allow) EXTRA='"default": "allow"' ;;
+    rules) EXTRA='"default": "deny",
+  "rules": [
+    { "id": "no-ddl", "action": "deny", "operations": ["ddl", "dcl", "truncate"] },
+    { "id": "no-session-changes", "action": "deny", "operations": ["session", "utility", "do"] },
+    { "id": "no-bulk-copy", "action": "deny", "operations": ["copy_to", "copy_from"] },
+    { "id": "no-secrets", "action": "deny", "relations": ["public.secrets", "internal.*"] },
+    { "id": "no-unbounded-writes", "action": "deny", "operations": ["update", "delete"], "without_where": true },
+    { "id": "read-bench", "action": "allow", "operations": ["select", "explain"], "relations": ["public.pgbench_*"] },
+    { "id": "write-bench", "action": "allow", "operations": ["insert", "update", "delete"],
+      "relations": ["public.pgbench_accounts", "public.pgbench_branches", "public.pgbench_tellers", "public.pgbench_history"] }
+  ]' ;;
+    masking) EXTRA='"default": "allow",
+  "masks": [
+    { "column": "public.pgbench_accounts.filler", "method": "redact" },
+    { "detectors": ["email", "credit_card", "us_ssn", "iban", "phone", "secret"], "method": "redact" }
+  ]' ;;
+    *) die "--policy must be allow, rules or masking" ;;
+esac
+cat > "$WORK/gw/policies/bench.json" <<EOF
 { "role": "bench", "identities": [ { "iss": "bench", "sub": "pgbench" } ],
   "upstream": { "bench": { "user": "bench", "password_file": "../../bench.password" } },
-  "default": "allow", "read_only": false, "catalog_reads": true }
+  "read_only": false, "catalog_reads": true,
+  $EXTRA }
 EOF
-say "starting Bulwark under callgrind on 127.0.0.1:$GWPORT (durability $DUR)"
+say "starting Bulwark under callgrind on 127.0.0.1:$GWPORT (durability $DUR, policy $POLICY)"
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/cg.out" \
     "$BIN" serve -c "$WORK/gw/bulwark.json" 2>"$WORK/gw.log" &
 GW=$!
 for _ in $(seq 600); do grep -q 'event=listening' "$WORK/gw.log" 2>/dev/null && break; sleep 0.1; done
 grep -q 'event=listening' "$WORK/gw.log" || { tail "$WORK/gw.log" >&2; die "Bulwark did not start"; }
 
-bench() { PGPASSWORD=$TOKEN pgbench -n -S -M "$PROTO" -c "$CLIENTS" -j 1 -t "$1" -h 127.0.0.1 -p "$GWPORT" -U bench bench; }
+bench() { PGPASSWORD=$TOKEN pgbench -n -S -M "$PROTO" -c "${2:-$CLIENTS}" -j 1 -t "$1" -h 127.0.0.1 -p "$GWPORT" -U bench bench; }
 say "warm-up"
-bench 50 >/dev/null 2>&1 || { tail "$WORK/gw.log" >&2; die "warm-up pgbench failed"; }
+# 16 clients, so that every worker loop has logged in upstream once (its SCRAM
+# cache filled) and the measured run counts statements, not PBKDF2
+bench 50 16 >/dev/null 2>&1 || { tail "$WORK/gw.log" >&2; die "warm-up pgbench failed"; }
 sleep 1
 callgrind_control -z "$GW" >/dev/null
 say "pgbench -S -M $PROTO -c $CLIENTS -t $TX"
@@ -109,6 +139,7 @@ STMTS=$(awk '/^number of transactions actually processed: / { split($6, a, "/");
 sleep 1   # the writer commits what is left
 callgrind_control -d "$GW" >/dev/null
 sleep 1
+LOOPS_IR=0
 for f in "$WORK"/cg.out.*-[0-9]*; do
     case "$f" in *.[0-9]*-[0-9]*) ;; *) continue ;; esac
     t=${f##*-}
@@ -119,6 +150,7 @@ for f in "$WORK"/cg.out.*-[0-9]*; do
     grep -q 'fn=.*ev_run' "$f" && role=loop
     grep -q 'fn=.*writer_main' "$f" && role=writer
     echo "RESULT thread=$((10#$t)) role=$role Ir=$ir statements=$STMTS Ir_per_statement=$((ir / STMTS))"
+    [ "$role" = loop ] && LOOPS_IR=$((LOOPS_IR + ir))
     if [ "$role" = loop ]; then
         say "loop thread, inclusive:"
         callgrind_annotate --inclusive=yes "$f" 2>/dev/null | sed -n '1,/^$/d; 1,45p' >&2 || true
@@ -126,3 +158,5 @@ for f in "$WORK"/cg.out.*-[0-9]*; do
         callgrind_annotate "$f" 2>/dev/null | sed -n '1,/^$/d; 1,45p' >&2 || true
     fi
 done
+# with workers > 1 the sessions are spread over several loops: their sum is the cost
+echo "RESULT loops Ir=$LOOPS_IR statements=$STMTS Ir_per_statement=$((LOOPS_IR / STMTS)) protocol=$PROTO policy=$POLICY"

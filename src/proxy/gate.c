@@ -464,7 +464,9 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
     uint64_t t0 = metrics_clock_ns();
     d->len = len;
     const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
-    if (!role || policy_check(role, s->srv->policy_cache, s->gate->ps, d->sql, len, &d->r) < 0)
+    /* with masking on, the policy's parse tree serves the masking plan too */
+    if (!role || policy_check_keep(role, s->srv->policy_cache, s->gate->ps, d->sql, len,
+                                   s->mf != NULL, &d->r) < 0)
         return GATE_FAILED;
     if (d->r.decision == POLICY_ALLOW)
         policy_session_apply(s->gate->ps, &d->r);
