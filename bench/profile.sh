@@ -12,13 +12,15 @@
 # (allow, plus a column mask on pgbench_accounts and every content detector, so that
 # every result goes through the masking plan and the detectors).
 #
-# Counters are zeroed after pgbench has connected (callgrind_control -z during a
-# 1 s warm-up phase would race; instead the script runs a short warm-up pgbench,
-# zeroes, runs the measured pgbench, dumps). Prints, per thread,
+# Counters are zeroed after a warm-up pgbench (callgrind_control -z during a 1 s
+# warm-up phase would race), then two measured pgbench runs are dumped one by one
+# (see measure below). Prints, per thread,
 #
-#   RESULT thread=1 role=loop Ir=123456789 statements=20000 Ir_per_statement=6172
+#   RESULT thread=1 role=loop Ir=123456789 statements=20000 Ir_per_statement=6172 marginal_Ir_per_statement=5900
+#   RESULT loops Ir=... statements=... Ir_per_statement=... marginal_Ir_per_statement=... (every loop thread)
 #
-# and the loop thread's top functions (inclusive and self) to stderr. --keep DIR
+# (marginal: per-connection costs left out, see below) and the loop threads' top
+# functions (inclusive) to stderr. --keep DIR
 # keeps the callgrind files for callgrind_annotate.
 set -euo pipefail
 
@@ -132,31 +134,47 @@ say "warm-up"
 # cache filled) and the measured run counts statements, not PBKDF2
 bench 50 16 >/dev/null 2>&1 || { tail "$WORK/gw.log" >&2; die "warm-up pgbench failed"; }
 sleep 1
+# Two measured runs with the same number of clients, each dumped on its own (a dump
+# zeroes the counters): a short one (TX/5 transactions per client) and the full one.
+# Both pay the same per-connection costs (login, catalog loads), so the difference
+# divided by the difference in statements is the marginal cost of a statement.
+measure() {
+    local out
+    out=$(bench "$1" 2>&1) || { echo "$out" >&2; die "pgbench failed"; }
+    awk '/^number of transactions actually processed: / { split($6, a, "/"); print a[1] }' <<<"$out"
+}
+SHORT=$(( TX / 5 > 0 ? TX / 5 : 1 ))
 callgrind_control -z "$GW" >/dev/null
-say "pgbench -S -M $PROTO -c $CLIENTS -t $TX"
-out=$(bench "$TX" 2>&1) || { echo "$out" >&2; die "pgbench failed"; }
-STMTS=$(awk '/^number of transactions actually processed: / { split($6, a, "/"); print a[1] }' <<<"$out")
+say "pgbench -S -M $PROTO -c $CLIENTS -t $SHORT, then -t $TX"
+STMTS1=$(measure "$SHORT")
 sleep 1   # the writer commits what is left
 callgrind_control -d "$GW" >/dev/null
+STMTS=$(measure "$TX")
 sleep 1
-LOOPS_IR=0
-for f in "$WORK"/cg.out.*-[0-9]*; do
-    case "$f" in *.[0-9]*-[0-9]*) ;; *) continue ;; esac
+callgrind_control -d "$GW" >/dev/null
+sleep 1
+thread_ir() {
+    local ir
+    ir=$(awk '/^summary:/ { print $2 }' "$1")
+    [ -n "$ir" ] || ir=$(awk '/^totals:/ { print $2 }' "$1")
+    echo "${ir:-0}"
+}
+LOOPS_IR=0 LOOPS_IR1=0
+for f in "$WORK"/cg.out.2-[0-9]*; do
+    [ -e "$f" ] || continue
     t=${f##*-}
-    ir=$(awk '/^summary:/ { print $2 }' "$f")
-    [ -n "$ir" ] || ir=$(awk '/^totals:/ { print $2 }' "$f")
-    [ -n "$ir" ] && [ "$ir" != 0 ] || continue
+    ir=$(thread_ir "$f")
+    [ "$ir" != 0 ] || continue
+    ir1=$(thread_ir "$WORK/cg.out.1-$t" 2>/dev/null || echo 0)
     role=other
     grep -q 'fn=.*ev_run' "$f" && role=loop
     grep -q 'fn=.*writer_main' "$f" && role=writer
-    echo "RESULT thread=$((10#$t)) role=$role Ir=$ir statements=$STMTS Ir_per_statement=$((ir / STMTS))"
-    [ "$role" = loop ] && LOOPS_IR=$((LOOPS_IR + ir))
+    echo "RESULT thread=$((10#$t)) role=$role Ir=$ir statements=$STMTS Ir_per_statement=$((ir / STMTS)) marginal_Ir_per_statement=$(( (ir - ir1) / (STMTS - STMTS1) ))"
     if [ "$role" = loop ]; then
+        LOOPS_IR=$((LOOPS_IR + ir)) LOOPS_IR1=$((LOOPS_IR1 + ir1))
         say "loop thread, inclusive:"
-        callgrind_annotate --inclusive=yes "$f" 2>/dev/null | sed -n '1,/^$/d; 1,45p' >&2 || true
-        say "loop thread, self:"
-        callgrind_annotate "$f" 2>/dev/null | sed -n '1,/^$/d; 1,45p' >&2 || true
+        callgrind_annotate --inclusive=yes "$f" 2>/dev/null | sed -n '/file:function/,/^$/p' | sed -n '3,45p' >&2 || true
     fi
 done
 # with workers > 1 the sessions are spread over several loops: their sum is the cost
-echo "RESULT loops Ir=$LOOPS_IR statements=$STMTS Ir_per_statement=$((LOOPS_IR / STMTS)) protocol=$PROTO policy=$POLICY"
+echo "RESULT loops Ir=$LOOPS_IR statements=$STMTS Ir_per_statement=$((LOOPS_IR / STMTS)) marginal_Ir_per_statement=$(( (LOOPS_IR - LOOPS_IR1) / (STMTS - STMTS1) )) protocol=$PROTO policy=$POLICY"
