@@ -605,6 +605,27 @@ static void kept_parse_tree_is_the_parsers_on_a_miss_only(void **state)
     policy_session_free(ps);
 }
 
+/* The tree reader's integer fast path reads what strtod would. */
+static void tree_numbers_read_as_strtod_would(void **state)
+{
+    (void)state;
+    static const char *const nums[] = {"0", "7", "-12", "007", "123456789012345", "12345678901234",
+                                       "1.5", "-0.25", "1e3", "2E-2", "9007199254740993", "-0"};
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        char text[64];
+        snprintf(text, sizeof(text), "[%s,1]", nums[i]);
+        jdoc_t *d = json_parse(text, strlen(text), 8);
+        assert_non_null(d);
+        const jnode_t *n = json_root(d)->child;
+        assert_int_equal(n->type, J_NUM);
+        assert_true(n->num == strtod(nums[i], NULL));
+        assert_int_equal(n->next->type, J_NUM);
+        json_free(d);
+    }
+    assert_null(json_parse("[-]", 3, 8));
+    assert_null(json_parse("[12", 3, 8));
+}
+
 /* ---- decisions and results ---- */
 
 static void results_say_what_decided(void **state)
@@ -752,6 +773,7 @@ int main(void)
         cmocka_unit_test(parse_errors_carry_message_and_position),
         cmocka_unit_test(cache_is_bounded_in_entries_and_bytes),
         cmocka_unit_test(kept_parse_tree_is_the_parsers_on_a_miss_only),
+        cmocka_unit_test(tree_numbers_read_as_strtod_would),
         cmocka_unit_test(results_say_what_decided),
         cmocka_unit_test(fingerprints_ignore_constants),
     };
