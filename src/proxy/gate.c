@@ -67,7 +67,7 @@ typedef struct stmt_info {
 typedef struct named {
     struct named *next;
     char *name;
-    stmt_info_t *info;       /* shared between a statement and its portals */
+    stmt_info_t *info;      /* shared between a statement and its portals */
     audit_fields_t *params; /* portals: the Bind values (one array value), or NULL */
     /* statements let through by an approval (held.c): the request, the
      * grant's end (-1: one execution only) and the executions so far */

@@ -609,8 +609,9 @@ static void kept_parse_tree_is_the_parsers_on_a_miss_only(void **state)
 static void tree_numbers_read_as_strtod_would(void **state)
 {
     (void)state;
-    static const char *const nums[] = {"0", "7", "-12", "007", "123456789012345", "12345678901234",
-                                       "1.5", "-0.25", "1e3", "2E-2", "9007199254740993", "-0"};
+    static const char *const nums[] = {
+        "0",   "7",     "-12", "007",  "123456789012345",  "12345678901234",
+        "1.5", "-0.25", "1e3", "2E-2", "9007199254740993", "-0"};
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
         char text[64];
         snprintf(text, sizeof(text), "[%s,1]", nums[i]);
