@@ -1059,6 +1059,12 @@ static int decide(const policy_role_t *role, policy_session_t *ps, const intent_
 int policy_check(const policy_role_t *role, policy_cache_t *cache, policy_session_t *ps,
                  const char *sql, size_t len, policy_result_t *out)
 {
+    return policy_check_keep(role, cache, ps, sql, len, false, out);
+}
+
+int policy_check_keep(const policy_role_t *role, policy_cache_t *cache, policy_session_t *ps,
+                      const char *sql, size_t len, bool keep_tree, policy_result_t *out)
+{
     memset(out, 0, sizeof(*out));
     out->arena = calloc(1, sizeof(policy_arena_t));
     if (!out->arena)
@@ -1078,6 +1084,7 @@ int policy_check(const policy_role_t *role, policy_cache_t *cache, policy_sessio
     }
     const intent_t *in = cache ? policy_cache_get(cache, sql, len) : NULL;
     intent_t *own = NULL;
+    char *tree = NULL;
     out->cache_hit = in != NULL;
     if (!in) {
         char *copy = malloc(len + 1);
@@ -1085,13 +1092,14 @@ int policy_check(const policy_role_t *role, policy_cache_t *cache, policy_sessio
             return oom_result(out);
         memcpy(copy, sql, len);
         copy[len] = '\0';
-        own = policy_extract(copy, len);
+        own = policy_extract_keep(copy, len, keep_tree ? &tree : NULL);
         free(copy);
         if (!own)
             return oom_result(out);
         in = own;
     }
     int rc = decide(role, ps, in, out);
+    out->tree = tree; /* after decide(), which may reset *out */
     if (own && cache)
         (void)policy_cache_put(cache, sql, len, own);
     else
@@ -1107,6 +1115,7 @@ void policy_result_free(policy_result_t *r)
         arena_free(r->arena);
         free(r->arena);
     }
+    free(r->tree);
     memset(r, 0, sizeof(*r));
 }
 

@@ -1603,6 +1603,13 @@ intent_t *policy_extract_tree(const char *json, size_t len)
 
 intent_t *policy_extract(const char *sql, size_t len)
 {
+    return policy_extract_keep(sql, len, NULL);
+}
+
+intent_t *policy_extract_keep(const char *sql, size_t len, char **tree)
+{
+    if (tree)
+        *tree = NULL;
     PgQueryParseResult r = pg_query_parse(sql);
     if (r.error) {
         intent_t *in = calloc(1, sizeof(*in));
@@ -1614,6 +1621,12 @@ intent_t *policy_extract(const char *sql, size_t len)
         return ret;
     }
     intent_t *in = policy_extract_tree(r.parse_tree, len);
+    if (in && tree) {
+        /* libpg_query returns the tree in plain malloc'd memory (its free function
+         * calls free() on it): hand it over instead of copying it */
+        *tree = r.parse_tree;
+        r.parse_tree = NULL;
+    }
     pg_query_free_parse_result(r);
     return in;
 }

@@ -122,6 +122,9 @@ typedef struct intent {
 /* Parse and extract sql (NUL-terminated, len bytes). NULL when out of memory;
  * a parse error is an intent with error set. */
 intent_t *policy_extract(const char *sql, size_t len);
+/* The same; tree (if not NULL) receives libpg_query's JSON parse tree (malloc'd, the
+ * caller frees it) when the text parsed, else NULL. */
+intent_t *policy_extract_keep(const char *sql, size_t len, char **tree);
 /* The same from a parse tree in libpg_query's JSON form (tests feed it trees
  * the parser would not produce, to check that the walker fails closed). */
 intent_t *policy_extract_tree(const char *json, size_t sql_len);

@@ -238,6 +238,19 @@ static jnode_t *jvalue(jdoc_t *d)
     } else if (c == '-' || (c >= '0' && c <= '9')) {
         char *e;
         n->type = J_NUM;
+        /* libpg_query's trees are mostly small integers ("location"): read
+         * those directly; anything else (fraction, exponent, hex, long) is strtod's */
+        const char *q = d->p + (c == '-');
+        int64_t v = 0;
+        int digits = 0;
+        while (q < d->end && *q >= '0' && *q <= '9' && digits < 15)
+            v = v * 10 + (*q++ - '0'), digits++;
+        if (digits > 0 && digits < 15 &&
+            (q == d->end || !strchr(".eExX0123456789", *q) || *q == '\0')) {
+            n->num = (double)(c == '-' ? -v : v);
+            d->p = q;
+            return n;
+        }
         n->num = strtod(d->p, &e);
         if (e == d->p || e > d->end)
             return NULL;

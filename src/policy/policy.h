@@ -138,6 +138,9 @@ typedef struct policy_result {
     size_t n_stmts;
     policy_effects_t *effects;
     struct policy_arena *arena; /* private: owns every string and array above */
+    char *tree; /* libpg_query's JSON parse tree of the text, when policy_check_keep was asked
+                   for it and parsed (a cache miss); NULL otherwise. Lets masking plan the
+                   statement without parsing it a second time. Freed by policy_result_free. */
 } policy_result_t;
 
 /* ---- compiled rules ---- */
@@ -214,6 +217,11 @@ const char *policy_session_user(const policy_session_t *ps);
  * no message; the caller refuses the statement). cache may be NULL. */
 int policy_check(const policy_role_t *role, policy_cache_t *cache, policy_session_t *ps,
                  const char *sql, size_t len, policy_result_t *out)
+    __attribute__((warn_unused_result));
+/* The same; with keep_tree, a text that was parsed (not found in the cache) leaves its
+ * parse tree in out->tree for the caller's second look at the statement (masking). */
+int policy_check_keep(const policy_role_t *role, policy_cache_t *cache, policy_session_t *ps,
+                      const char *sql, size_t len, bool keep_tree, policy_result_t *out)
     __attribute__((warn_unused_result));
 void policy_result_free(policy_result_t *r);
 

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "audit/audit.h"
 #include "pgwire/pgwire.h"
 #include "policy/policy.h"
 #include "proxy/internal.h"
@@ -49,16 +50,25 @@ typedef struct refused {
     char *message;
 } refused_t;
 
+/* What each execution of an allowed prepared statement records, made once at
+ * its Parse and shared by reference (refcounted, one loop only) with the
+ * portals bound to it: Bind and Execute come once per execution, and copying
+ * the intent there cost more than the policy check of a cached text. */
+typedef struct stmt_info {
+    unsigned refs;
+    bool writes;
+    char *rule;            /* the rule that allowed it, or NULL */
+    audit_fields_t intent; /* its accesses (rec_intent), for the STATEMENT record */
+    char sql[];            /* the statement's text */
+} stmt_info_t;
+
 /* Allowed prepared statements (for the audit: which STATEMENT record an
  * Execute belongs to) and the portals bound to them. */
 typedef struct named {
     struct named *next;
     char *name;
-    char *sql;     /* the statement's text */
-    char *rule;    /* the rule that allowed it, or NULL */
-    cJSON *intent; /* its accesses, for the STATEMENT record */
-    bool writes;
-    cJSON *params; /* portals: the Bind values */
+    stmt_info_t *info;      /* shared between a statement and its portals */
+    audit_fields_t *params; /* portals: the Bind values (one array value), or NULL */
     /* statements let through by an approval (held.c): the request, the
      * grant's end (-1: one execution only) and the executions so far */
     uint64_t approval;
@@ -102,13 +112,41 @@ fail:
     return NULL;
 }
 
+static void info_release(stmt_info_t *i)
+{
+    if (!i || --i->refs > 0)
+        return;
+    free(i->rule);
+    audit_fields_free(&i->intent);
+    free(i);
+}
+
+/* NULL when out of memory. */
+static stmt_info_t *info_new(const char *sql, const policy_result_t *r)
+{
+    size_t len = strlen(sql);
+    stmt_info_t *i = calloc(1, sizeof(*i) + len + 1);
+    if (!i)
+        return NULL;
+    i->refs = 1;
+    memcpy(i->sql, sql, len + 1);
+    i->writes = r->writes;
+    audit_fields_init(&i->intent, 0);
+    rec_intent(&i->intent, r);
+    if ((r->rule && !(i->rule = strdup(r->rule))) || !audit_fields_ok(&i->intent)) {
+        info_release(i);
+        return NULL;
+    }
+    return i;
+}
+
 static void named_free(named_t *n)
 {
     free(n->name);
-    free(n->sql);
-    free(n->rule);
-    cJSON_Delete(n->intent);
-    cJSON_Delete(n->params);
+    info_release(n->info);
+    if (n->params)
+        audit_fields_free(n->params);
+    free(n->params);
     free(n);
 }
 
@@ -164,19 +202,15 @@ static int named_put(named_t **list, const char *name, named_t *n, size_t *count
     return 0;
 }
 
-static named_t *named_new(const char *sql, const char *rule, const cJSON *intent, bool writes)
+/* Takes the reference on info (released here on failure). */
+static named_t *named_new(stmt_info_t *info)
 {
     named_t *n = calloc(1, sizeof(*n));
-    if (!n)
-        return NULL;
-    n->sql = strdup(sql ? sql : "");
-    n->rule = rule ? strdup(rule) : NULL;
-    n->intent = intent ? cJSON_Duplicate(intent, true) : NULL;
-    n->writes = writes;
-    if (!n->sql || (rule && !n->rule) || (intent && !n->intent)) {
-        named_free(n);
+    if (!n) {
+        info_release(info);
         return NULL;
     }
+    n->info = info;
     return n;
 }
 
@@ -307,23 +341,6 @@ typedef struct decided {
     char mask_msg[512]; /* a denial by masking (r.message points here) */
 } decided_t;
 
-/* The accesses a statement makes, for its STATEMENT record: [{"op","object"}...]. */
-static cJSON *intent_json(const policy_result_t *r)
-{
-    cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; arr && i < r->n_stmts; i++)
-        for (size_t j = 0; j < r->stmts[i].n_accesses; j++) {
-            const policy_access_t *a = &r->stmts[i].accesses[j];
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "op", policy_op_name(a->op));
-            if (a->object && *a->object)
-                cJSON_AddStringToObject(o, "object", a->object);
-            cJSON_AddStringToObject(o, "decision", policy_decision_name(a->decision));
-            cJSON_AddItemToArray(arr, o);
-        }
-    return arr;
-}
-
 static gate_verdict_t refuse(session_t *s, const decided_t *d, const char *sqlstate,
                              const char *message, int position, uint64_t seq)
 {
@@ -356,9 +373,8 @@ static gate_verdict_t parse_allowed(session_t *s, decided_t *d, uint64_t approva
     refused_forget(g, d->stmt);
     if (!s->srv->audit)
         return GATE_FORWARD;
-    cJSON *intent = intent_json(&d->r);
-    named_t *n = named_new(d->sql, d->r.rule, intent, d->r.writes);
-    cJSON_Delete(intent);
+    stmt_info_t *info = info_new(d->sql, &d->r);
+    named_t *n = info ? named_new(info) : NULL;
     if (n) {
         n->approval = approval;
         n->approval_until_us = until_us;
@@ -464,7 +480,9 @@ static gate_verdict_t decide(session_t *s, decided_t *d, size_t len)
     uint64_t t0 = metrics_clock_ns();
     d->len = len;
     const policy_role_t *role = policy_set_role(s->rt->policies, s->role_name);
-    if (!role || policy_check(role, s->srv->policy_cache, s->gate->ps, d->sql, len, &d->r) < 0)
+    /* with masking on, the policy's parse tree serves the masking plan too */
+    if (!role || policy_check_keep(role, s->srv->policy_cache, s->gate->ps, d->sql, len,
+                                   s->mf != NULL, &d->r) < 0)
         return GATE_FAILED;
     if (d->r.decision == POLICY_ALLOW)
         policy_session_apply(s->gate->ps, &d->r);
@@ -626,6 +644,22 @@ static bool approval_covers(named_t *st)
 
 /* Bind names its statement before its (maybe huge) parameters: body holds at
  * least the two names, and the whole message when whole is true. */
+/* The portal's Bind values for its STATEMENT records; none when the Bind is
+ * malformed (the server refuses it) or memory runs out. */
+static void bind_params(session_t *s, named_t *p, bool whole, const uint8_t *body, size_t n)
+{
+    if (!(p->params = malloc(sizeof(*p->params))))
+        return;
+    audit_fields_init(p->params, 0);
+    if (!whole)
+        audit_f_cstr(p->params, NULL, "(not captured: Bind larger than 64 KiB)");
+    if (whole ? rec_bind_params(s, body, n, p->params) < 0 : !audit_fields_ok(p->params)) {
+        audit_fields_free(p->params);
+        free(p->params);
+        p->params = NULL;
+    }
+}
+
 static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool whole)
 {
     const char *portal = (const char *)body;
@@ -656,12 +690,12 @@ static gate_verdict_t on_bind(session_t *s, const uint8_t *body, size_t n, bool 
         return send_sentinel(s, 'P', name, "42501", msg, 0) < 0 ? GATE_FAILED : GATE_SKIP;
     }
     if (st && s->srv->audit) {
-        named_t *p = named_new(st->sql, st->rule, st->intent, st->writes);
+        st->info->refs++;
+        named_t *p = named_new(st->info);
         if (!p)
             return GATE_FAILED;
         p->approval = st->approval;
-        p->params = whole ? rec_bind_params(s, body, n)
-                          : cJSON_CreateString("(not captured: Bind larger than 64 KiB)");
+        bind_params(s, p, whole, body, n);
         if (named_put(&g->portals, portal, p, NULL) < 0)
             return GATE_FAILED;
     }
@@ -679,13 +713,13 @@ static gate_verdict_t on_execute(session_t *s, const uint8_t *body, size_t len)
     if (!p)
         return GATE_FORWARD; /* not recording, or the server will refuse it */
     rec_stmt_t st = {.protocol = "extended",
-                     .sql = p->sql,
+                     .sql = p->info->sql,
                      .decision = p->approval ? "review" : "allow",
                      .approval = p->approval,
-                     .rule = p->rule,
+                     .rule = p->info->rule,
                      .params = p->params,
-                     .intent = p->intent,
-                     .writes = p->writes};
+                     .intent = &p->info->intent,
+                     .writes = p->info->writes};
     uint64_t seq;
     bool wait;
     if (rec_statement(s, &st, &seq, &wait) < 0 && !s->rt->cfg->audit.on_failure_allow) {

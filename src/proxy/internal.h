@@ -295,11 +295,15 @@ typedef struct rec_stmt {
     const char *sql;
     const char *decision; /* "allow" | "deny" | "review" */
     const char *rule, *message;
-    const cJSON *params, *intent;  /* read (copied into the record), not consumed */
-    const policy_result_t *policy; /* the intent, read without cJSON (instead of intent) */
+    const struct audit_fields *params; /* one array value (rec_bind_params), copied in */
+    const struct audit_fields *intent; /* rendered by rec_intent (a Parse's, kept), or */
+    const policy_result_t *policy;     /* the intent, rendered from the result */
     bool writes, refused;
     uint64_t approval; /* the approval request that let it through (or holds it), 0 = none */
 } rec_stmt_t;
+/* The "intent" member of a STATEMENT record (every access of r) as one value, for a
+ * statement whose record is written later (a Parse, recorded at each Execute). */
+void rec_intent(struct audit_fields *f, const policy_result_t *r);
 void rec_login_failed(session_t *s, const char *reason, const char *sqlstate);
 void rec_session_start(session_t *s);
 void rec_session_end(session_t *s, const char *reason);
@@ -309,9 +313,10 @@ bool rec_durable(const session_t *s, uint64_t seq);
 bool rec_failing(const session_t *s);
 void rec_refused_result(session_t *s, uint64_t seq, const char *sqlstate, const char *message);
 void rec_inflight_push(session_t *s, uint64_t seq, char kind, uint64_t sync_index, cJSON *params);
-/* A whole Bind's parameter values for its STATEMENT records: text as is,
- * binary as \x hex, every content detector's hit redacted; NULL if malformed. */
-cJSON *rec_bind_params(session_t *s, const uint8_t *body, size_t len);
+/* A whole Bind's parameter values for its STATEMENT records, added to out as
+ * one array value: text as is, binary as \x hex, every content detector's hit
+ * redacted; -1 if malformed or out of memory. */
+int rec_bind_params(session_t *s, const uint8_t *body, size_t len, struct audit_fields *out);
 /* A loop thread's reusable record buffer: freed when its loop has ended. */
 void rec_thread_end(void);
 bool rec_inflight(const session_t *s);

@@ -845,20 +845,35 @@ static bool same_shape(const mask_plan_t *a, const mask_plan_t *b)
     return true;
 }
 
-/* Plans every statement of sql under each search_path candidate. Where the
- * candidates disagree, the plan masks every column (denials of any count). */
-static int plan_all(maskflow_t *mf, const char *sql, const paths_t *P, mask_plan_t ***out,
-                    size_t *nout)
+/* libpg_query's tree of sql as cJSON: from the policy's parse of the same text
+ * when it kept one (tree), else parsed here. NULL and *bad set when it does not parse. */
+static cJSON *parse_tree(const char *sql, const char *tree, bool *bad)
 {
-    *out = NULL;
-    *nout = 0;
+    *bad = false;
+    if (tree)
+        return cJSON_Parse(tree);
     PgQueryParseResult pr = pg_query_parse(sql);
     if (pr.error) {
         pg_query_free_parse_result(pr);
-        return 1; /* the policy has refused it already; refuse again */
+        *bad = true;
+        return NULL;
     }
     cJSON *root = cJSON_Parse(pr.parse_tree);
     pg_query_free_parse_result(pr);
+    return root;
+}
+
+/* Plans every statement of sql under each search_path candidate. Where the
+ * candidates disagree, the plan masks every column (denials of any count). */
+static int plan_all(maskflow_t *mf, const char *sql, const char *tree, const paths_t *P,
+                    mask_plan_t ***out, size_t *nout)
+{
+    *out = NULL;
+    *nout = 0;
+    bool bad;
+    cJSON *root = parse_tree(sql, tree, &bad);
+    if (bad)
+        return 1; /* the policy has refused it already; refuse again */
     if (!root)
         return -1;
     const cJSON *stmts = cJSON_GetObjectItemCaseSensitive(root, "stmts");
@@ -923,8 +938,8 @@ static uint32_t hash_bytes(const char *p, size_t n)
 
 /* Cached by text and search_path under the catalog generation; the plans
  * returned are retained for the caller. */
-static int plan_cached(maskflow_t *mf, const char *sql, size_t len, const paths_t *P,
-                       mask_plan_t ***out, size_t *nout)
+static int plan_cached(maskflow_t *mf, const char *sql, size_t len, const char *tree,
+                       const paths_t *P, mask_plan_t ***out, size_t *nout)
 {
     size_t klen = len + 1 + strlen(P->key);
     bool cacheable = P->key[0] && klen <= 64 * 1024 && !mf->dirty;
@@ -946,7 +961,7 @@ static int plan_cached(maskflow_t *mf, const char *sql, size_t len, const paths_
             return 0;
         }
     }
-    int rc = plan_all(mf, sql, P, out, nout);
+    int rc = plan_all(mf, sql, tree, P, out, nout);
     if (rc == 0 && e) {
         cache_entry_clear(e);
         e->plans = calloc(*nout ? *nout : 1, sizeof(mask_plan_t *));
@@ -1022,7 +1037,7 @@ int maskflow_plan(session_t *s, policy_session_t *ps, char kind, const char *stm
         return -1;
     mask_plan_t **plans;
     size_t n;
-    int rc = plan_cached(mf, sql, len, &P, &plans, &n);
+    int rc = plan_cached(mf, sql, len, r->tree, &P, &plans, &n);
     paths_free(&P);
     if (rc < 0)
         return -1;

@@ -188,10 +188,10 @@ void rec_session_end(session_t *s, const char *reason)
     (void)append(s, AUDIT_REC_SESSION_END, s->id, f, NULL);
 }
 
-/* The intent as gate.c's intent_json has it for a Parse: every access. */
-static void put_intent(audit_fields_t *f, const policy_result_t *r)
+/* The intent of a statement: every access. */
+static void put_intent(audit_fields_t *f, const char *key, const policy_result_t *r)
 {
-    audit_f_open(f, "intent", '[');
+    audit_f_open(f, key, '[');
     for (size_t i = 0; i < r->n_stmts; i++)
         for (size_t j = 0; j < r->stmts[i].n_accesses; j++) {
             const policy_access_t *a = &r->stmts[i].accesses[j];
@@ -203,6 +203,11 @@ static void put_intent(audit_fields_t *f, const policy_result_t *r)
             audit_f_close(f);
         }
     audit_f_close(f);
+}
+
+void rec_intent(audit_fields_t *f, const policy_result_t *r)
+{
+    put_intent(f, NULL, r);
 }
 
 int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
@@ -223,11 +228,11 @@ int rec_statement(session_t *s, const rec_stmt_t *st, uint64_t *seq, bool *wait)
     if (st->message)
         audit_f_cstr(f, "message", st->message);
     if (st->params)
-        audit_f_json(f, "params", st->params);
+        audit_f_splice(f, "params", st->params);
     if (st->policy)
-        put_intent(f, st->policy);
+        put_intent(f, "intent", st->policy);
     else if (st->intent)
-        audit_f_json(f, "intent", st->intent);
+        audit_f_splice(f, "intent", st->intent);
     if (st->approval)
         audit_f_int(f, "approval", (int64_t)st->approval);
     audit_f_bool(f, "writes", st->writes);
@@ -286,13 +291,13 @@ static void param_rules_compile(void)
     cJSON_Delete(masks);
 }
 
-/* text with every detector hit redacted, as a new cJSON string; NULL when it
- * cannot be scanned (the caller then records no value: fail closed). */
-static cJSON *scrubbed(server_t *srv, const char *text, size_t len)
+/* text with every detector hit redacted, added to the array f builds; false
+ * when it cannot be scanned (the caller then records no value: fail closed). */
+static bool scrubbed(server_t *srv, audit_fields_t *f, const char *text, size_t len)
 {
     pthread_once(&param_rules_once, param_rules_compile);
     if (!param_rules || (!srv->mask_scratch && !(srv->mask_scratch = mask_scratch_new())))
-        return NULL;
+        return false;
     /* The public detector entry point for a lone text is the NOTIFY payload
      * rewriter: wrap the value as a NotificationResponse body. */
     buf_t in, out;
@@ -302,32 +307,34 @@ static cJSON *scrubbed(server_t *srv, const char *text, size_t len)
     buf_put_u8(&in, 0); /* channel "" */
     buf_append(&in, text, len);
     buf_put_u8(&in, 0);
-    cJSON *v = NULL;
+    bool ok = true;
     pgw_notification_t nt;
     int rc = in.failed
                  ? -1
                  : mask_rewrite_notification(param_rules, srv->mask_scratch, in.data, in.len, &out);
     if (rc == 0)
-        v = cJSON_CreateString((const char *)in.data + 5);
+        audit_f_cstr(f, NULL, (const char *)in.data + 5);
     else if (rc == 1 && out.len > 5 && pgw_read_notification(out.data + 5, out.len - 5, &nt) == 0)
-        v = cJSON_CreateString(nt.payload);
+        audit_f_cstr(f, NULL, nt.payload);
+    else
+        ok = false;
     buf_free(&in);
     buf_free(&out);
-    return v;
+    return ok;
 }
 
-cJSON *rec_bind_params(session_t *s, const uint8_t *body, size_t len)
+int rec_bind_params(session_t *s, const uint8_t *body, size_t len, audit_fields_t *out)
 {
     pgw_bind_t b;
     if (pgw_read_bind(body, len, &b) < 0)
-        return NULL;
-    cJSON *arr = cJSON_CreateArray();
+        return -1;
+    audit_f_open(out, NULL, '[');
     const uint8_t *v;
     int32_t vlen;
     pgw_iter_t it = b.params;
-    for (unsigned i = 0; arr && pgw_values_next(&it, &v, &vlen) == 1; i++) {
+    for (unsigned i = 0; pgw_values_next(&it, &v, &vlen) == 1; i++) {
         if (vlen < 0) {
-            cJSON_AddItemToArray(arr, cJSON_CreateNull());
+            audit_f_null(out, NULL);
             continue;
         }
         char *str;
@@ -343,13 +350,12 @@ cJSON *rec_bind_params(session_t *s, const uint8_t *body, size_t len)
         } else {
             str = strndup((const char *)v, (size_t)vlen); /* text: up to a NUL, as before */
         }
-        cJSON *item = str ? scrubbed(s->srv, str, strlen(str)) : NULL;
-        cJSON_AddItemToArray(
-            arr,
-            item ? item : cJSON_CreateString("(not recorded: the detectors could not scan it)"));
+        if (!str || !scrubbed(s->srv, out, str, strlen(str)))
+            audit_f_cstr(out, NULL, "(not recorded: the detectors could not scan it)");
         free(str);
     }
-    return arr;
+    audit_f_close(out);
+    return audit_fields_ok(out) ? 0 : -1;
 }
 
 /* ---- results of statements that went upstream ------------------------------------- */

@@ -26,6 +26,7 @@
 
 #include <cjson/cJSON.h>
 #include <cmocka.h>
+#include <pg_query.h>
 
 #include "helpers.h"
 
@@ -556,6 +557,65 @@ static void cache_is_bounded_in_entries_and_bytes(void **state)
     policy_session_free(ps);
 }
 
+/* Masking plans the statement from the policy's parse: the tree is kept on a
+ * parse (cache miss) when asked, and only then. */
+static void kept_parse_tree_is_the_parsers_on_a_miss_only(void **state)
+{
+    (void)state;
+    policy_session_t *ps = policy_session_new(NULL, "x");
+    policy_cache_t *c = policy_cache_new(8, 1 << 20);
+    policy_result_t res;
+    const char *sql = "SELECT id FROM orders WHERE id = 7";
+    assert_int_equal(policy_check(role("agent"), c, ps, sql, strlen(sql), &res), 0);
+    assert_null(res.tree); /* not asked */
+    policy_result_free(&res);
+    sql = "SELECT total FROM orders WHERE id = 8";
+    assert_int_equal(policy_check_keep(role("agent"), c, ps, sql, strlen(sql), true, &res), 0);
+    assert_false(res.cache_hit);
+    assert_non_null(res.tree);
+    PgQueryParseResult pr = pg_query_parse(sql);
+    assert_null(pr.error);
+    assert_string_equal(res.tree, pr.parse_tree);
+    pg_query_free_parse_result(pr);
+    policy_result_free(&res);
+    assert_null(res.tree);
+    /* a hit has no tree: the caller parses for itself */
+    assert_int_equal(policy_check_keep(role("agent"), c, ps, sql, strlen(sql), true, &res), 0);
+    assert_true(res.cache_hit);
+    assert_null(res.tree);
+    policy_result_free(&res);
+    /* nor has a text that does not parse */
+    sql = "SELEC 1";
+    assert_int_equal(policy_check_keep(role("agent"), c, ps, sql, strlen(sql), true, &res), 0);
+    assert_int_equal(res.decision, POLICY_DENY);
+    assert_null(res.tree);
+    policy_result_free(&res);
+    policy_cache_free(c);
+    policy_session_free(ps);
+}
+
+/* The tree reader's integer fast path reads what strtod would. */
+static void tree_numbers_read_as_strtod_would(void **state)
+{
+    (void)state;
+    static const char *const nums[] = {
+        "0",   "7",     "-12", "007",  "123456789012345",  "12345678901234",
+        "1.5", "-0.25", "1e3", "2E-2", "9007199254740993", "-0"};
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        char text[64];
+        snprintf(text, sizeof(text), "[%s,1]", nums[i]);
+        jdoc_t *d = json_parse(text, strlen(text), 8);
+        assert_non_null(d);
+        const jnode_t *n = json_root(d)->child;
+        assert_int_equal(n->type, J_NUM);
+        assert_true(n->num == strtod(nums[i], NULL));
+        assert_int_equal(n->next->type, J_NUM);
+        json_free(d);
+    }
+    assert_null(json_parse("[-]", 3, 8));
+    assert_null(json_parse("[12", 3, 8));
+}
+
 /* ---- decisions and results ---- */
 
 static void results_say_what_decided(void **state)
@@ -702,6 +762,8 @@ int main(void)
         cmocka_unit_test(statements_over_max_bytes_are_refused_unparsed),
         cmocka_unit_test(parse_errors_carry_message_and_position),
         cmocka_unit_test(cache_is_bounded_in_entries_and_bytes),
+        cmocka_unit_test(kept_parse_tree_is_the_parsers_on_a_miss_only),
+        cmocka_unit_test(tree_numbers_read_as_strtod_would),
         cmocka_unit_test(results_say_what_decided),
         cmocka_unit_test(fingerprints_ignore_constants),
     };
