@@ -175,6 +175,11 @@ int audit_append_fields(audit_t *a, audit_rec_type_t type, const char *session_i
 uint64_t audit_durable_seq(const audit_t *a);
 /* True while the store cannot write; appends are refused meanwhile. */
 bool audit_failing(const audit_t *a);
+/* True while the queue of accepted, uncommitted records is past 3/4 of its limits
+ * (and the store is not failing): the loops stop taking statements from clients
+ * until the writer catches up (backpressure instead of refusals); the notify is
+ * called when it ends. */
+bool audit_congested(const audit_t *a);
 
 /* Block until every record appended so far is durable, or timeout_ms passes,
  * or the store fails. 0 when durable. For tests and the CLI — never on a loop. */

@@ -95,6 +95,7 @@ struct audit {
 
     _Atomic uint64_t durable_seq;
     _Atomic bool failing;
+    _Atomic bool congested;     /* the queue is past 3/4 of a limit (audit_congested) */
     _Atomic int shared_readers; /* audit_reader_shared: the env must stay open */
     _Atomic bool env_shared;    /* audit_env() was called: never reopen */
     pthread_rwlock_t env_lock;  /* audit_env_enter/leave vs grow_map */
@@ -197,6 +198,20 @@ static int refuse(audit_t *a, const char *why)
     return -1;
 }
 
+/* Under a->mu, after the queue changed: true when congestion just ended. */
+static bool update_congested(audit_t *a)
+{
+    bool now =
+        a->q_count >= a->o.queue_max_records / 4 * 3 || a->q_bytes >= a->o.queue_max_bytes / 4 * 3;
+    bool was = atomic_exchange(&a->congested, now);
+    return was && !now;
+}
+
+bool audit_congested(const audit_t *a)
+{
+    return atomic_load(&((audit_t *)a)->congested) && !atomic_load(&((audit_t *)a)->failing);
+}
+
 /* Queue an encoded record; the caller has checked everything else. */
 static int enqueue(audit_t *a, entry_t *e, bool internal, uint64_t *seq_out)
 {
@@ -229,6 +244,7 @@ static int enqueue(audit_t *a, entry_t *e, bool internal, uint64_t *seq_out)
     a->q_tail = e;
     a->q_count++;
     a->q_bytes += e->cost;
+    update_congested(a);
     a->st.appended++;
     uint64_t seq = e->seq; /* e belongs to the writer once the lock is released */
     pthread_cond_signal(&a->cv);
@@ -845,7 +861,10 @@ static void write_next(audit_t *a, bool force_cp)
             a->q_tail = NULL;
         last->next = NULL;
     }
+    bool relieved = n && update_congested(a);
     pthread_mutex_unlock(&a->mu);
+    if (relieved && a->notify)
+        a->notify(a->notify_arg); /* paused sessions read their clients again */
     if (n)
         entries_free(done);
     clear_failing(a);

@@ -136,6 +136,7 @@ struct session {
     char peer[64];
     bool client_tls;
     bool client_paused, upstream_paused;
+    bool audit_paused; /* the audit queue is congested: statements wait (audit_congested) */
     bool hs_want_read; /* client TLS handshake direction */
     bool upstream_open;
     /* relay framing: bytes of the current message still to pass through, or
@@ -252,6 +253,8 @@ void session_update_watchers(session_t *s);
 void session_try_login(session_t *s, const char *tok, size_t toklen);
 /* The audit store made progress: a held statement may go on. */
 void session_resume(session_t *s);
+/* The audit queue may have drained: a session paused by audit_congested reads on. */
+void session_audit_relieved(session_t *s);
 void session_flush_client(session_t *s);
 void upstream_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 void session_free(session_t *s);

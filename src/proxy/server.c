@@ -591,6 +591,8 @@ static void audit_progress(struct ev_loop *loop, ev_async *w, int revents)
         next = s->next;
         if (s->state == ST_RELAY && s->holding)
             session_resume(s);
+        else if (s->state == ST_RELAY && s->audit_paused)
+            session_audit_relieved(s);
     }
 }
 

@@ -141,7 +141,7 @@ void session_update_watchers(session_t *s)
         cr = s->hs_want_read;
         break;
     case ST_RELAY:
-        cr = !s->client_paused;
+        cr = !s->client_paused && !s->audit_paused;
         ur = !s->upstream_paused;
         break;
     case ST_UPSTREAM_LOGIN:
@@ -815,6 +815,16 @@ static void relay_c2u(session_t *s)
         }
         if (s->mf && !s->holding && !maskflow_c2u_ready(s, h.type, buf_unread(&c->in) - 5, h.len))
             break;
+        /* A statement makes audit records: while the writer is behind, it waits here
+         * (and the client's socket is not read) rather than being refused. */
+        if (!s->holding && (h.type == 'Q' || h.type == 'P' || h.type == 'E') && s->srv->audit &&
+            audit_congested(s->srv->audit)) {
+            if (!s->audit_paused) {
+                s->audit_paused = true;
+                session_update_watchers(s);
+            }
+            break;
+        }
         int g = gate_message(s, &h);
         if (g > 0)
             metrics_upstream_sent(&s->mx, h.type);
@@ -880,7 +890,7 @@ static void client_process(session_t *s)
 static void client_readable(session_t *s)
 {
     for (int rounds = 0; rounds < 4 && !DEAD(s); rounds++) {
-        if (s->state == ST_RELAY && s->client_paused)
+        if (s->state == ST_RELAY && (s->client_paused || s->audit_paused))
             return;
         io_status_t st = ep_fill(&s->client);
         if (st == IO_EOF || st == IO_ERR) {
@@ -917,6 +927,15 @@ static void client_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 void session_resume(session_t *s)
 {
+    relay_c2u(s);
+}
+
+void session_audit_relieved(session_t *s)
+{
+    if (!s->audit_paused || audit_congested(s->srv->audit))
+        return;
+    s->audit_paused = false;
+    session_update_watchers(s);
     relay_c2u(s);
 }
 

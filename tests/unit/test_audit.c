@@ -964,6 +964,35 @@ static void retention_by_age_retires_old_records(void **state)
     fx_free(f);
 }
 
+/* ---- backpressure ---- */
+
+/* Appending faster than the writer commits (a commit is an fsync) makes the queue
+ * congested before it refuses; once the writer catches up the flag clears and the
+ * notify tells the loops so. */
+static void congestion_is_signalled_before_the_queue_refuses_and_clears_after(void **state)
+{
+    fx_t *f = fx_new(64u << 20, false);
+    char err[512] = "";
+    audit_opts_t o = {.queue_max_records = 64, .now_us = fake_clock};
+    audit_t *a = audit_open(&f->cfg, &o, count_notify, NULL, err, sizeof(err));
+    if (!a)
+        fail_msg("audit_open: %s", err);
+    bool seen = false;
+    int refused = 0, before = atomic_load(&notified);
+    for (int i = 0; i < 20000 && !(seen && refused); i++) {
+        uint64_t s;
+        if (audit_append(a, AUDIT_REC_STATEMENT, "c1", stmt_fields(i), &s) != 0)
+            refused++;
+        seen = seen || audit_congested(a);
+    }
+    assert_true(seen);
+    assert_int_equal(audit_flush(a, 10000), 0);
+    assert_false(audit_congested(a));
+    assert_true(atomic_load(&notified) > before);
+    audit_close(a);
+    fx_free(f);
+}
+
 /* ---- concurrency ---- */
 
 typedef struct worker {
@@ -1268,6 +1297,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_full_map_grows_up_to_max_map_size_then_fails),
         cmocka_unit_test(retention_by_size_keeps_a_tiny_map_writing_and_verifiable),
         cmocka_unit_test(retention_by_age_retires_old_records),
+        cmocka_unit_test(congestion_is_signalled_before_the_queue_refuses_and_clears_after),
         cmocka_unit_test(appends_from_many_threads_keep_one_linear_chain),
         cmocka_unit_test(another_process_reads_while_the_writer_runs),
         cmocka_unit_test(measures_throughput_and_group_commit),

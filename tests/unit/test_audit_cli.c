@@ -623,15 +623,29 @@ static void replay_escapes_bytes_that_are_not_utf8(void **state)
     present_replay_t *l = present_replay_new();
     assert_non_null(l);
     cJSON *d1 = cJSON_CreateObject(), *d2 = cJSON_CreateObject();
-    cJSON_AddStringToObject(d1, "sql", "SELECT '\x9b" "31m', '\xc3(', '\xe2\x80\xae'");
+    cJSON_AddStringToObject(d1, "sql",
+                            "SELECT '\x9b"
+                            "31m', '\xc3(', '\xe2\x80\xae'");
     cJSON_AddStringToObject(d1, "decision", "allow");
     cJSON_AddNumberToObject(d1, "start", 1e300); /* beyond int64: ignored, not converted */
     cJSON_AddStringToObject(d2, "x", "y");
-    audit_record_t r1 = {.key = 1, .seq = 1, .ts = 1714564800000000, .type = AUDIT_REC_STATEMENT,
-                         .type_name = "statement", .session = "s-1", .data = d1,
-                         .parsed = true, .hash_ok = true};
-    audit_record_t r2 = {.key = 2, .seq = 2, .ts = 1714564800001000, .type_name = "no\x9bte",
-                         .session = "s-1", .data = d2, .parsed = true, .hash_ok = true};
+    audit_record_t r1 = {.key = 1,
+                         .seq = 1,
+                         .ts = 1714564800000000,
+                         .type = AUDIT_REC_STATEMENT,
+                         .type_name = "statement",
+                         .session = "s-1",
+                         .data = d1,
+                         .parsed = true,
+                         .hash_ok = true};
+    audit_record_t r2 = {.key = 2,
+                         .seq = 2,
+                         .ts = 1714564800001000,
+                         .type_name = "no\x9bte",
+                         .session = "s-1",
+                         .data = d2,
+                         .parsed = true,
+                         .hash_ok = true};
     assert_int_equal(present_replay_add(l, &r1), 0);
     assert_int_equal(present_replay_add(l, &r2), 0);
     char *text = NULL;
