@@ -154,6 +154,12 @@ appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t
 
 /* A one-use grant was used. */
 appr_rc_t appr_consume(appr_store_t *st, uint64_t id);
+/* Use a one-use grant only if it is still usable, atomically (in one
+ * transaction: for the shared store the row is locked, so of two replicas
+ * racing for it exactly one gets APPR_OK). APPR_NOT_GRANT with why ("already
+ * used", "revoked", "not approved") when it cannot be used; APPR_ERR with why
+ * when the store cannot be written. A timed grant is never used up (APPR_OK). */
+appr_rc_t appr_claim(appr_store_t *st, uint64_t id, char *why, size_t whysz);
 
 /* A usable grant of fingerprint to this identity: its request id and end
  * (0 = one use). skip(arg, id) true: ignore this id (uses not yet written).
@@ -208,6 +214,11 @@ int appr_worker_create(appr_worker_t *w, appr_req_t *r);
 int appr_worker_close_pending(appr_worker_t *w, uint64_t id, appr_state_t to);
 /* Marks id used at once for appr_worker_used(), and queues the write. */
 int appr_worker_consume(appr_worker_t *w, uint64_t id);
+/* Like consume, but the write is appr_claim and its outcome comes back
+ * through appr_worker_results() under tag (res.claim set): with the shared
+ * store a statement using a one-use grant waits for it (docs/replicas.md).
+ * Counted at once for appr_worker_used() until the write is done. */
+int appr_worker_claim(appr_worker_t *w, uint64_t id, uint64_t tag);
 /* True while a use of id is queued but not yet written (a skip function for appr_find_grant). */
 bool appr_worker_used(void *w, uint64_t id);
 
@@ -222,6 +233,7 @@ void appr_worker_remember_pending(appr_worker_t *w, uint64_t key, uint64_t id);
 int appr_worker_decide(appr_worker_t *w, uint64_t id, const appr_decision_t *d, uint64_t tag);
 typedef struct appr_result {
     uint64_t tag, id;
+    bool claim; /* appr_worker_claim's outcome (else a console decision's) */
     appr_rc_t rc;
     appr_state_t state; /* the request's state after the attempt */
     int64_t grant_until_us;

@@ -30,6 +30,7 @@ struct appr_store {
 int appr_req_parse(const char *text, size_t len, appr_req_t *r);
 bool appr_grant_usable(const appr_req_t *r, int64_t now_us);
 appr_rc_t appr_copy(const appr_req_t *src, appr_req_t *dst);
+const char *appr_claim_refusal(const appr_req_t *r); /* appr_claim: NULL = usable */
 
 /* pg.c */
 void apg_close(apg_t *p);
@@ -41,6 +42,7 @@ appr_rc_t apg_close_pending(apg_t *p, uint64_t id, appr_state_t to, int64_t now_
 appr_rc_t apg_revoke(apg_t *p, uint64_t id, const char *by, int64_t now_us, char *err,
                      size_t errsz);
 appr_rc_t apg_consume(apg_t *p, uint64_t id);
+appr_rc_t apg_claim(apg_t *p, uint64_t id, char *why, size_t whysz);
 appr_rc_t apg_prune(apg_t *p, int64_t before_us, int64_t now_us, size_t max, size_t *pruned);
 appr_rc_t apg_find_grant(apg_t *p, const appr_key_t *k, int64_t now_us,
                          bool (*skip)(void *arg, uint64_t id), void *arg, uint64_t *id,

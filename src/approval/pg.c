@@ -550,6 +550,41 @@ appr_rc_t apg_consume(apg_t *p, uint64_t id)
     return write_tx(p, id, m_consume, NULL, NULL, NULL, 0);
 }
 
+/* A one-use grant's use, confirmed: the row is read FOR UPDATE under the
+ * writes lock, so of two replicas racing for it exactly one finds it unused. */
+typedef struct {
+    char *why;
+    size_t whysz;
+} claim_ctx_t;
+
+static appr_rc_t m_claim(void *ctx, appr_req_t *r)
+{
+    claim_ctx_t *c = ctx;
+    const char *no = appr_claim_refusal(r);
+    if (no) {
+        snprintf(c->why, c->whysz, "%s", no);
+        return APPR_NOT_GRANT;
+    }
+    if (!r->grant_until_us)
+        r->used = true;
+    return APPR_OK;
+}
+
+appr_rc_t apg_claim(apg_t *p, uint64_t id, char *why, size_t whysz)
+{
+    claim_ctx_t c = {.why = why, .whysz = whysz};
+    appr_req_t out;
+    appr_rc_t rc = write_tx(p, id, m_claim, &c, &out, why, whysz);
+    if (rc == APPR_NOT_GRANT && p->gateway && out.id) {
+        /* used elsewhere: this replica's table learns it now, not at the next poll */
+        pthread_mutex_lock(&p->mu);
+        mput(p, &out, 0, mfind(p, id) != NULL);
+        pthread_mutex_unlock(&p->mu);
+    }
+    appr_req_free(&out);
+    return rc;
+}
+
 appr_rc_t apg_prune(apg_t *p, int64_t before_us, int64_t now_us, size_t max, size_t *pruned)
 {
     char before[24], now[24], lim[24], err[300];

@@ -631,6 +631,46 @@ appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
     return rc;
 }
 
+/* Why a one-use grant cannot be used (NULL: it can). */
+const char *appr_claim_refusal(const appr_req_t *r)
+{
+    if (r->state != APPR_APPROVED)
+        return "not approved";
+    if (r->revoked)
+        return "revoked";
+    if (!r->grant_until_us && (r->used || !r->reject))
+        return r->used ? "already used" : "not a grant";
+    return NULL;
+}
+
+appr_rc_t appr_claim(appr_store_t *st, uint64_t id, char *why, size_t whysz)
+{
+    if (st->pg)
+        return apg_claim(st->pg, id, why, whysz);
+    MDB_txn *txn;
+    appr_req_t r;
+    appr_rc_t rc = load_for_write(st, id, &txn, &r, why, whysz);
+    if (rc != APPR_OK)
+        return rc;
+    const char *no = appr_claim_refusal(&r);
+    if (no) {
+        snprintf(why, whysz, "%s", no);
+        txn_abort(st, txn);
+        appr_req_free(&r);
+        return APPR_NOT_GRANT;
+    }
+    int w = 0;
+    if (!r.grant_until_us) { /* a timed grant is never used up */
+        r.used = true;
+        w = put_in(txn, st, &r);
+        if (!w)
+            w = grant_put(txn, st, &r, false);
+    }
+    rc = commit(st, txn, w, why, whysz);
+    appr_req_free(&r);
+    return rc;
+}
+
 appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
                      size_t *pruned)
 {

@@ -9,6 +9,11 @@
  * creates requests: the audit store's writer.lock), continuing after the
  * highest stored id. A use of a one-use grant counts at once (appr_worker_used)
  * so that two sessions cannot both use it before the write lands.
+ *
+ * Two kinds of write report back (appr_worker_results, under the caller's
+ * tag): a console decision, and a claim of a one-use grant (the shared store:
+ * another replica may race for the same grant, so the statement waits for
+ * the database's answer; src/proxy/held.c).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -25,7 +30,7 @@
 #define PRUNE_EVERY_US (3600LL * 1000000)
 #define PRUNE_BATCH 10000
 
-typedef enum { OP_CREATE, OP_CLOSE, OP_CONSUME, OP_DECIDE } op_kind_t;
+typedef enum { OP_CREATE, OP_CLOSE, OP_CONSUME, OP_DECIDE, OP_CLAIM } op_kind_t;
 
 typedef struct op {
     struct op *next;
@@ -45,7 +50,7 @@ struct appr_worker {
     pthread_cond_t cv;
     op_t *head, *tail;
     size_t n;
-    op_t *done; /* OP_DECIDE results, newest first */
+    op_t *done; /* OP_DECIDE and OP_CLAIM results, newest first */
     void (*notify)(void *arg);
     void *notify_arg;
     bool stopping;
@@ -102,6 +107,11 @@ static void run_op(appr_worker_t *w, op_t *op)
         appr_req_free(&out);
         return; /* the outcome goes back to the console */
     }
+    case OP_CLAIM:
+        op->res.id = op->id;
+        op->res.claim = true;
+        op->res.rc = appr_claim(w->st, op->id, op->res.err, sizeof(op->res.err));
+        return; /* the outcome goes back to the waiting statement */
     }
     if (rc != APPR_OK)
         log_event(LOG_ERROR, "approval_write_failed", "id=%llu op=%d rc=%d error=\"%s\"",
@@ -168,10 +178,10 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&w->mu);
         run_op(w, op);
         pthread_mutex_lock(&w->mu);
-        if (op->kind == OP_CONSUME)
+        if (op->kind == OP_CONSUME || op->kind == OP_CLAIM)
             forget_use(w, op->id);
         appr_req_free(&op->req);
-        if (op->kind == OP_DECIDE) {
+        if (op->kind == OP_DECIDE || op->kind == OP_CLAIM) {
             op->next = w->done;
             w->done = op;
             if (w->notify)
@@ -237,11 +247,12 @@ uint64_t appr_worker_next_id(appr_worker_t *w)
 static int enqueue(appr_worker_t *w, op_t *op)
 {
     pthread_mutex_lock(&w->mu);
-    if (w->n >= QUEUE_MAX || w->stopping || (op->kind == OP_CONSUME && w->nused >= QUEUE_MAX)) {
+    bool use = op->kind == OP_CONSUME || op->kind == OP_CLAIM;
+    if (w->n >= QUEUE_MAX || w->stopping || (use && w->nused >= QUEUE_MAX)) {
         pthread_mutex_unlock(&w->mu);
         return -1;
     }
-    if (op->kind == OP_CONSUME)
+    if (use)
         w->used[w->nused++] = op->id;
     if (w->tail)
         w->tail->next = op;
@@ -295,6 +306,21 @@ int appr_worker_close_pending(appr_worker_t *w, uint64_t id, appr_state_t to)
 int appr_worker_consume(appr_worker_t *w, uint64_t id)
 {
     return simple(w, OP_CONSUME, id, 0);
+}
+
+int appr_worker_claim(appr_worker_t *w, uint64_t id, uint64_t tag)
+{
+    op_t *op = calloc(1, sizeof(*op));
+    if (!op)
+        return -1;
+    op->kind = OP_CLAIM;
+    op->id = id;
+    op->res.tag = tag;
+    if (enqueue(w, op) < 0) {
+        free(op);
+        return -1;
+    }
+    return 0;
 }
 
 bool appr_worker_used(void *arg, uint64_t id)

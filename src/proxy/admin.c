@@ -474,6 +474,10 @@ static void record_decision(session_t *s, const appr_result_t *res)
 
 void admin_decided(server_t *srv, const appr_result_t *res)
 {
+    if (res->claim) { /* not the console's: a statement using a one-use grant (held.c) */
+        approval_claimed(srv, res);
+        return;
+    }
     session_t *s = srv->sessions;
     while (s && !(s->admin && s->admin_wait == res->tag && s->state == ST_RELAY))
         s = s->next;

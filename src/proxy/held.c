@@ -22,6 +22,19 @@
  * with the approver and reason), or, past the rule's timeout, to 57014. A
  * cancel request for the session ends the hold with 57014 and withdraws the
  * request; so does the client going away.
+ *
+ * With the shared store (state.backend "postgres", several replicas) a
+ * one-use grant found in this replica's table may be in use on another
+ * replica at the same moment, so its use is not taken on trust: the
+ * statement is held the same way (a `held` with claim set: no NOTICE, no
+ * request, nothing withdrawn) while the approval worker claims the grant
+ * in the database (appr_claim: one locked, conditional write). Its answer
+ * comes back under the hold's tag (approval_claimed): confirmed, the
+ * statement runs; already used (or revoked) elsewhere, 42501 naming the
+ * approval; the store failing or unavailable, 42501 too (fail closed). A
+ * cancel ends the wait with 57014; the claim, once sent, may still spend
+ * the grant. The LMDB store (one gateway) needs none of this: its uses are
+ * counted at once in this process (appr_worker_used).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +46,7 @@
 #include "metrics/metrics.h"
 #include "pgwire/pgwire.h"
 #include "proxy/internal.h"
+#include "proxy/workers.h"
 #include "util/dur.h"
 #include "util/log.h"
 
@@ -133,6 +147,38 @@ static uint64_t reuse_pending(session_t *s, uint64_t rkey)
     return pending ? id : 0;
 }
 
+/* The shared store: hold the statement until the worker's claim of grant gid
+ * is confirmed (approval_claimed). */
+static review_t claim_grant(session_t *s, const policy_result_t *r, uint64_t gid,
+                            review_out_t *out)
+{
+    held_t *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(out->message, sizeof(out->message), "%s; out of memory", r->message);
+        return REVIEW_REFUSE;
+    }
+    h->claim = true;
+    h->claim_tag = worker_tag(s->srv);
+    if (appr_worker_claim(s->srv->approvals, gid, h->claim_tag) < 0) {
+        free(h);
+        snprintf(out->message, sizeof(out->message), "%s; the approval store is busy",
+                 r->message);
+        return REVIEW_REFUSE;
+    }
+    h->id = gid;
+    h->notice_sent = true; /* nobody is asked: nothing to tell */
+    h->expires_us = wall_us() + r->review.timeout_ms * 1000;
+    h->timeout_ms = r->review.timeout_ms;
+    snprintf(h->rule, sizeof(h->rule), "%s", r->rule ? r->rule : "");
+    s->held = h;
+    s->srv->nheld++;
+    out->approval = gid;
+    log_event(LOG_DEBUG, "approval_grant_claim", "session=%s id=%llu", s->id,
+              (unsigned long long)gid);
+    poll_arm(s->srv);
+    return REVIEW_HOLD;
+}
+
 review_t approval_review(session_t *s, const char *sql, size_t len, const policy_result_t *r,
                          review_out_t *out)
 {
@@ -162,6 +208,8 @@ review_t approval_review(session_t *s, const char *sql, size_t len, const policy
     int64_t until;
     if (appr_find_grant(appr_worker_store(w), &key, wall_us(), appr_worker_used, w, &gid, &until) ==
         APPR_OK) {
+        if (!until && appr_shared(appr_worker_store(w)))
+            return claim_grant(s, r, gid, out); /* another replica may be using it too */
         if (!until && appr_worker_consume(w, gid) < 0) {
             snprintf(out->message, sizeof(out->message), "%s; the approval store is busy",
                      r->message);
@@ -243,6 +291,12 @@ int approval_record(session_t *s)
     if (h->noted)
         return 0;
     h->noted = true;
+    if (h->claim) {
+        /* nobody decided anything: the statement's own record (its approval
+         * named) is what must be durable before it runs */
+        h->note_seq = h->stmt_seq;
+        return 0;
+    }
     if (!s->srv->audit)
         return 0;
     cJSON *f = cJSON_CreateObject();
@@ -276,9 +330,12 @@ void approval_end(session_t *s, const char *why)
     held_t *h = s->held;
     if (!h)
         return;
-    if (h->outcome == HELD_PENDING)
+    if (h->outcome == HELD_PENDING && h->claim)
+        log_event(LOG_INFO, "approval_claim_abandoned", "session=%s id=%llu reason=\"%s\"", s->id,
+                  (unsigned long long)h->id, why);
+    else if (h->outcome == HELD_PENDING)
         metrics_approvals_pending(s->srv->metrics, s->role_name, -1);
-    if (h->outcome == HELD_PENDING && s->srv->approvals) {
+    if (h->outcome == HELD_PENDING && !h->claim && s->srv->approvals) {
         (void)appr_worker_close_pending(s->srv->approvals, h->id, APPR_WITHDRAWN);
         log_event(LOG_INFO, "approval_withdrawn", "session=%s id=%llu reason=\"%s\"", s->id,
                   (unsigned long long)h->id, why);
@@ -291,7 +348,7 @@ void approval_end(session_t *s, const char *why)
 static void settle_outcome(session_t *s, held_outcome_t o, const char *sqlstate, const char *msg)
 {
     held_t *h = s->held;
-    if (h->outcome == HELD_PENDING && o != HELD_PENDING)
+    if (h->outcome == HELD_PENDING && o != HELD_PENDING && !h->claim)
         metrics_approvals_pending(s->srv->metrics, s->role_name, -1);
     h->outcome = o;
     snprintf(h->sqlstate, sizeof(h->sqlstate), "%s", sqlstate);
@@ -304,6 +361,17 @@ bool approval_cancel(session_t *s)
     if (!h || h->outcome != HELD_PENDING)
         return false;
     char msg[200];
+    if (h->claim) {
+        /* the claim is on its way: it may still spend the grant */
+        snprintf(msg, sizeof(msg),
+                 "canceling statement due to user request (approval %llu was not used)",
+                 (unsigned long long)h->id);
+        settle_outcome(s, HELD_REFUSED, "57014", msg);
+        log_event(LOG_INFO, "approval_claim_cancelled", "session=%s id=%llu", s->id,
+                  (unsigned long long)h->id);
+        session_resume(s);
+        return true;
+    }
     snprintf(msg, sizeof(msg),
              "canceling statement due to user request (approval request %llu withdrawn)",
              (unsigned long long)h->id);
@@ -315,10 +383,74 @@ bool approval_cancel(session_t *s)
     return true;
 }
 
+/* A claim still unanswered: fail closed once the shared store is down (its
+ * answer cannot be trusted to come) or the rule's timeout has passed. */
+static void poll_claim(session_t *s, int64_t now)
+{
+    held_t *h = s->held;
+    char why[200], msg[600], dur[32];
+    if (!appr_available(appr_worker_store(s->srv->approvals), why, sizeof(why))) {
+        snprintf(msg, sizeof(msg),
+                 "bulwark: approval %llu could not be used: the approvals state store "
+                 "(PostgreSQL) is unavailable: %s",
+                 (unsigned long long)h->id, why);
+        settle_outcome(s, HELD_REFUSED, "42501", msg);
+    } else if (now >= h->expires_us) {
+        snprintf(msg, sizeof(msg),
+                 "bulwark: canceling statement: the use of approval %llu was not confirmed "
+                 "within %s",
+                 (unsigned long long)h->id, dur_format(h->timeout_ms, dur, sizeof(dur)));
+        settle_outcome(s, HELD_REFUSED, "57014", msg);
+    }
+}
+
+void approval_claimed(server_t *srv, const appr_result_t *res)
+{
+    session_t *s = srv->sessions;
+    while (s && !(s->state == ST_RELAY && s->held && s->held->claim &&
+                  s->held->claim_tag == res->tag && s->held->outcome == HELD_PENDING))
+        s = s->next;
+    if (!s) {
+        /* the session went away or stopped waiting; the grant is spent if rc is 0 */
+        log_event(LOG_INFO, "approval_claim_orphaned", "id=%llu rc=%d", (unsigned long long)res->id,
+                  res->rc);
+        return;
+    }
+    held_t *h = s->held;
+    char msg[600];
+    if (res->rc == APPR_OK) {
+        settle_outcome(s, HELD_APPROVED, "", "");
+        log_event(LOG_INFO, "approval_grant_used", "session=%s id=%llu confirmed=yes", s->id,
+                  (unsigned long long)h->id);
+    } else {
+        if (res->rc == APPR_NOT_GRANT)
+            snprintf(msg, sizeof(msg),
+                     "bulwark: approval %llu was %s; run the statement again to ask for a new "
+                     "approval",
+                     (unsigned long long)h->id, res->err[0] ? res->err : "already used");
+        else if (res->rc == APPR_NOT_FOUND)
+            snprintf(msg, sizeof(msg), "bulwark: approval %llu no longer exists",
+                     (unsigned long long)h->id);
+        else
+            snprintf(msg, sizeof(msg),
+                     "bulwark: approval %llu could not be used: the approvals state store "
+                     "(PostgreSQL) is unavailable: %s",
+                     (unsigned long long)h->id, res->err[0] ? res->err : "cannot write");
+        settle_outcome(s, HELD_REFUSED, "42501", msg);
+        log_event(LOG_INFO, "approval_grant_refused", "session=%s id=%llu rc=%d reason=\"%s\"",
+                  s->id, (unsigned long long)h->id, res->rc, res->err);
+    }
+    session_resume(s);
+}
+
 /* One held session: what its request says now. */
 static void poll_one(session_t *s, int64_t now)
 {
     held_t *h = s->held;
+    if (h->claim) {
+        poll_claim(s, now);
+        return;
+    }
     appr_req_t r;
     appr_rc_t rc = appr_get(appr_worker_store(s->srv->approvals), h->id, &r);
     char msg[600], dur[32];

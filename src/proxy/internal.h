@@ -336,6 +336,8 @@ struct held {
     int64_t expires_us, timeout_ms, grant_until_us;
     held_outcome_t outcome;
     bool notice_sent, noted;
+    bool claim;         /* not a human's decision: a one-use grant's use being confirmed */
+    uint64_t claim_tag; /* ... by the approval worker (appr_worker_claim), under this tag */
     char rule[128], by[256], by_role[128], via[16];
     char sqlstate[6];
     char message[600];
@@ -357,6 +359,9 @@ void approval_end(session_t *s, const char *why);
 bool approval_cancel(session_t *s);
 /* The server's poll timer. */
 void approval_poll(server_t *srv);
+struct appr_result;
+/* The approval worker's answer to a claim (held.c; on the session's own worker). */
+void approval_claimed(server_t *srv, const struct appr_result *res);
 
 /* admin.c: the admin console (the target "bulwark"; see admin.c). */
 struct appr_result;

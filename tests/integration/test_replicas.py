@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import subprocess
+import threading
 import time
 
 import psycopg2
@@ -306,6 +307,70 @@ def test_one_use_grant_used_on_a_is_gone_on_b(env):
         run_sql(env.b, "DELETE FROM items WHERE id = 4")
     assert ei.value.pgcode == "42501" and "approval request" in str(ei.value)
     assert f"approval request {req['id']} " not in str(ei.value), "a new request, not the used one"
+
+
+def shows_grant(gw, rid) -> bool:
+    """The replica's own table (its console reads only that) lists grant rid."""
+    console = gw.endpoint(role="dba", target="bulwark", sub="alice",
+                          application_name="bwit-console")
+    r = psql(console, "-A", "-t", "-c", "SHOW GRANTS")
+    assert r.returncode == 0, r.stderr
+    return any(ln.split("|")[0] == str(rid) for ln in r.stdout.splitlines())
+
+
+def test_one_use_grant_raced_on_both_replicas_runs_exactly_once(env):
+    # both replicas have the one-use grant in their tables; a session on each sends the
+    # statement at the same moment: the use is claimed in the state database before the
+    # statement runs, so exactly one runs and the other gets 42501 naming the approval
+    sql = "UPDATE items SET note = note || '+' WHERE id = 1"
+    rounds, raced = 6, 0
+    conns = {gw.name: connect(gw) for gw in (env.a, env.b)}
+    try:
+        for n in range(1, rounds + 1):
+            with pytest.raises(psycopg2.Error) as ei:
+                run_sql(env.a if n % 2 else env.b, sql)
+            m = re.search(r"approval request (\d+)", str(ei.value))
+            assert ei.value.pgcode == "42501" and m, str(ei.value)
+            rid = int(m.group(1))
+            cli(env, env.b, "approve", str(rid), "--as", "alice")
+            for gw in (env.a, env.b):
+                harness.wait_for(lambda: shows_grant(gw, rid), 10,
+                                 f"grant {rid} in {gw.name}'s table", interval=0.05)
+            barrier = threading.Barrier(2)
+
+            def use(conn):
+                def go():
+                    barrier.wait(10)
+                    with conn.cursor() as cur:
+                        cur.execute(sql)
+                        return cur.rowcount
+                return go
+            bgs = {name: Background(use(c)) for name, c in conns.items()}
+            for bg in bgs.values():
+                bg.join(30)
+            ran = [name for name, bg in bgs.items() if bg.error is None]
+            refused = {name: bg.error for name, bg in bgs.items() if bg.error is not None}
+            assert len(ran) == 1, f"round {n}: ran on {ran}, refused {refused}"
+            assert bgs[ran[0]].result == 1
+            (loser, err), = refused.items()
+            assert isinstance(err, psycopg2.Error) and err.pgcode == "42501", repr(err)
+            if f"approval {rid} was already used" in str(err):
+                raced += 1  # both claimed it: the state database chose
+            else:  # the loser's replica had already learnt of the use: a new request
+                assert "approval request" in str(err), str(err)
+            # the session that was refused goes on
+            with conns[loser].cursor() as cur:
+                cur.execute("SELECT count(*) FROM items")
+                assert cur.fetchone()[0] == 5
+        note = env.pg.admin_query("select note from items where id = 1", dbname=DB)[0][0]
+        assert note == "row 1" + "+" * rounds, f"{note!r}: the statement ran once per grant"
+        assert raced >= 1, "no round had both replicas claim the same grant"
+        refusals = env.a.log_text().count("event=approval_grant_refused") + \
+            env.b.log_text().count("event=approval_grant_refused")
+        assert refusals >= raced
+    finally:
+        for c in conns.values():
+            c.close()
 
 
 WORKER_OF = re.compile(r"event=session_start .*application_name=\"?([\w-]+)\"? worker=(\d+)")

@@ -293,6 +293,54 @@ static void worker_writes_in_order_and_counts_uses_at_once(void **state)
     appr_req_free(&got);
 }
 
+static void claim_result(void *arg, const appr_result_t *r)
+{
+    appr_result_t *out = arg; /* tags 5, 6, 7 */
+    if (r->tag >= 5 && r->tag <= 7)
+        out[r->tag - 5] = *r;
+}
+
+/* appr_claim: a conditional use (the shared store does it in one locked
+ * transaction; here LMDB's write transaction), reported back by the worker. */
+static void claims_a_one_use_grant_once_and_reports_why_not(void **state)
+{
+    appr_store_t *st = *state;
+    char err[200], why[100] = "";
+    create(st, request(20, true, "c"));
+    assert_int_equal(appr_claim(st, 20, why, sizeof(why)), APPR_NOT_GRANT); /* pending */
+    assert_string_equal(why, "not approved");
+    appr_decision_t d = approve_at(T0, 0);
+    assert_int_equal(appr_decide(st, 20, &d, NULL, err, sizeof(err)), APPR_OK);
+    create(st, request(21, true, "c2"));
+    assert_int_equal(appr_decide(st, 21, &d, NULL, err, sizeof(err)), APPR_OK);
+    assert_int_equal(appr_revoke(st, 21, "alice", T0 + 1, err, sizeof(err)), APPR_OK);
+    assert_int_equal(appr_claim(st, 99, why, sizeof(why)), APPR_NOT_FOUND);
+
+    appr_worker_t *w = appr_worker_new(st, NULL, NULL);
+    assert_non_null(w);
+    assert_int_equal(appr_worker_claim(w, 20, 5), 0);
+    assert_int_equal(appr_worker_claim(w, 20, 6), 0);
+    assert_int_equal(appr_worker_claim(w, 21, 7), 0);
+    appr_result_t res[3];
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < 2500 && !(res[0].tag && res[1].tag && res[2].tag); i++) {
+        appr_worker_results(w, claim_result, res);
+        usleep(2000);
+    }
+    assert_int_equal(res[0].tag, 5);
+    assert_true(res[0].claim);
+    assert_int_equal(res[0].rc, APPR_OK); /* the first claim wins ... */
+    assert_int_equal(res[1].rc, APPR_NOT_GRANT); /* ... the second finds it used */
+    assert_string_equal(res[1].err, "already used");
+    assert_int_equal(res[2].rc, APPR_NOT_GRANT);
+    assert_string_equal(res[2].err, "revoked");
+    appr_worker_free(w);
+    appr_req_t got;
+    assert_int_equal(appr_get(st, 20, &got), APPR_OK);
+    assert_true(got.used);
+    appr_req_free(&got);
+}
+
 static void prunes_old_decided_requests_but_keeps_pending_and_grants(void **state)
 {
     appr_store_t *st = *state;
@@ -357,6 +405,8 @@ int main(void)
         cmocka_unit_test(only_listed_roles_decide_and_never_the_requester),
         cmocka_unit_test(cli_approver_must_match_an_approver_roles_identity),
         cmocka_unit_test_setup_teardown(worker_writes_in_order_and_counts_uses_at_once, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(claims_a_one_use_grant_once_and_reports_why_not, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(prunes_old_decided_requests_but_keeps_pending_and_grants,
                                         setup, teardown),

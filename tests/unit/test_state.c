@@ -170,6 +170,10 @@ static void gateway_store_fails_closed_while_unreachable(void **state)
     int rows = 0;
     assert_int_equal(appr_list(st, APPR_LIST_ALL, 0, 0, count_row, &rows), 0);
     assert_int_equal(rows, 0);
+    /* a one-use grant's claim (a write: the approval worker's) fails, saying why */
+    char cwhy[200] = "";
+    assert_int_equal(appr_claim(st, 1, cwhy, sizeof(cwhy)), APPR_ERR);
+    assert_true(cwhy[0] != 0);
     assert_int_equal(changes, 0);
     appr_close(st); /* joins the state thread */
     cfg_release(c);
