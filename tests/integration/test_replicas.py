@@ -373,6 +373,41 @@ def test_one_use_grant_raced_on_both_replicas_runs_exactly_once(env):
             c.close()
 
 
+def test_one_use_grant_claimed_in_the_extended_protocol(env):
+    # node-pg sends Parse/Bind/Execute: the Parse that uses the grant waits for the claim
+    # with its whole group; once confirmed it runs once, and the session goes on
+    text = "UPDATE items SET note = $1 WHERE id = $2"
+
+    def node(gw, cases):
+        out = harness.node_script("audit_checks.js", gw.endpoint(
+            role="agent", target=DB, sub=AGENT_SUB, application_name="bwit-replicas-node"),
+            timeout=60, extra_env={"BWIT_AUDIT_CASES": json.dumps(cases)})
+        assert "fatal" not in out, out
+        return {r["name"]: r for r in out["results"]}
+    first = node(env.a, [{"name": "ask", "text": text, "values": ["asked", 2]}])["ask"]
+    assert first["error"]["code"] == "42501", first
+    rid = int(re.search(r"approval request (\d+)", first["error"]["message"]).group(1))
+    cli(env, env.a, "approve", str(rid), "--as", "alice")
+    for gw in (env.a, env.b):
+        harness.wait_for(lambda: shows_grant(gw, rid), 10, f"grant {rid} in {gw.name}'s table",
+                         interval=0.05)
+    res = node(env.b, [{"name": "use", "text": text, "values": ["granted", 2]},
+                       {"name": "again", "text": text, "values": ["again", 2]},
+                       {"name": "after", "text": "SELECT note FROM items WHERE id = $1",
+                        "values": [2]}])
+    assert res["use"].get("rowCount") == 1, res
+    assert res["again"]["error"]["code"] == "42501", res
+    assert f"approval request {rid} " not in res["again"]["error"]["message"]
+    assert res["after"]["rows"] == [["granted"]], res
+    # used on B: gone on A as well
+    late = node(env.a, [{"name": "late", "text": text, "values": ["late", 2]}])["late"]
+    assert late["error"]["code"] == "42501", late
+    assert env.pg.admin_query("select note from items where id = 2", dbname=DB) == [("granted",)]
+    recs = [r for r in audit_records(env, env.b)
+            if r["type"] == "statement" and r["data"].get("approval") == rid]
+    assert recs and all(r["data"]["decision"] == "review" for r in recs), recs
+
+
 WORKER_OF = re.compile(r"event=session_start .*application_name=\"?([\w-]+)\"? worker=(\d+)")
 
 
