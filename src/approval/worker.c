@@ -2,8 +2,9 @@
  * The gateway's approval writer: one thread that performs every approval
  * write transaction of the gateway (new requests, timeouts, withdrawals,
  * uses of one-use grants), so that the event loop never waits for LMDB's
- * writer lock or an fsync. Writes are fire-and-forget: the loop learns of
- * decisions by reading (appr_get), not from here.
+ * writer lock or an fsync. Most writes are fire-and-forget: the loop learns
+ * of decisions by reading (appr_get), not from here (the two exceptions
+ * are below).
  *
  * Ids are handed out in memory (the gateway is the only process that
  * creates requests: the audit store's writer.lock), continuing after the
