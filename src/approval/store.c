@@ -610,25 +610,37 @@ appr_rc_t appr_revoke(appr_store_t *st, uint64_t id, const char *by, int64_t now
     return rc;
 }
 
-appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
+/* Marks a one-use grant used (a timed grant is never used up); with `check`, only
+ * when appr_claim_refusal finds nothing against it (APPR_NOT_GRANT, why says what). */
+static appr_rc_t use_grant(appr_store_t *st, uint64_t id, bool check, char *why, size_t whysz)
 {
-    if (st->pg)
-        return apg_consume(st->pg, id);
     MDB_txn *txn;
     appr_req_t r;
-    appr_rc_t rc = load_for_write(st, id, &txn, &r, NULL, 0);
+    appr_rc_t rc = load_for_write(st, id, &txn, &r, why, whysz);
     if (rc != APPR_OK)
         return rc;
+    const char *no = check ? appr_claim_refusal(&r) : NULL;
+    if (no) {
+        snprintf(why, whysz, "%s", no);
+        txn_abort(st, txn);
+        appr_req_free(&r);
+        return APPR_NOT_GRANT;
+    }
     int w = 0;
-    if (!r.grant_until_us) { /* a timed grant is never used up */
+    if (!r.grant_until_us) {
         r.used = true;
         w = put_in(txn, st, &r);
         if (!w)
             w = grant_put(txn, st, &r, false);
     }
-    rc = commit(st, txn, w, NULL, 0);
+    rc = commit(st, txn, w, why, whysz);
     appr_req_free(&r);
     return rc;
+}
+
+appr_rc_t appr_consume(appr_store_t *st, uint64_t id)
+{
+    return st->pg ? apg_consume(st->pg, id) : use_grant(st, id, false, NULL, 0);
 }
 
 /* Why a one-use grant cannot be used (NULL: it can). */
@@ -645,30 +657,7 @@ const char *appr_claim_refusal(const appr_req_t *r)
 
 appr_rc_t appr_claim(appr_store_t *st, uint64_t id, char *why, size_t whysz)
 {
-    if (st->pg)
-        return apg_claim(st->pg, id, why, whysz);
-    MDB_txn *txn;
-    appr_req_t r;
-    appr_rc_t rc = load_for_write(st, id, &txn, &r, why, whysz);
-    if (rc != APPR_OK)
-        return rc;
-    const char *no = appr_claim_refusal(&r);
-    if (no) {
-        snprintf(why, whysz, "%s", no);
-        txn_abort(st, txn);
-        appr_req_free(&r);
-        return APPR_NOT_GRANT;
-    }
-    int w = 0;
-    if (!r.grant_until_us) { /* a timed grant is never used up */
-        r.used = true;
-        w = put_in(txn, st, &r);
-        if (!w)
-            w = grant_put(txn, st, &r, false);
-    }
-    rc = commit(st, txn, w, why, whysz);
-    appr_req_free(&r);
-    return rc;
+    return st->pg ? apg_claim(st->pg, id, why, whysz) : use_grant(st, id, true, why, whysz);
 }
 
 appr_rc_t appr_prune(appr_store_t *st, int64_t before_us, int64_t now_us, size_t max,
