@@ -284,8 +284,22 @@ static bool emit_object(buf_t *out, rd_t *r, int depth)
         m[i].val = r->p;
         (void)skip_value(r, depth + 1); /* checked above */
     }
-    if (n > 1)
+    if (n > 32) {
         qsort(m, n, sizeof(*m), fmember_cmp);
+    } else {
+        /* Insertion sort: stable, so equal names keep their stream order (the
+         * first one stays); the loop's records come nearly sorted. */
+        for (size_t i = 1; i < n; i++) {
+            fmember_t x = m[i];
+            size_t j = i;
+            while (j > 0 && canon_name_cmp(m[j - 1].name, m[j - 1].name_len, x.name,
+                                           x.name_len) > 0) {
+                m[j] = m[j - 1];
+                j--;
+            }
+            m[j] = x;
+        }
+    }
     bool ok = true;
     buf_put_u8(out, '{');
     for (size_t i = 0, written = 0; i < n && ok; i++) {
@@ -327,12 +341,12 @@ static bool emit_value(buf_t *out, rd_t *r, int depth)
         memcpy(&v, r->p, 8);
         r->p += 8;
         char tmp[24];
-        int len = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
+        size_t len = canon_i64(tmp, v);
         bool exact = v >= -9007199254740992LL && v <= 9007199254740992LL;
         if (exact) /* integers beyond 2^53 are strings, as canon_json stores them */
-            buf_append(out, tmp, (size_t)len);
+            buf_append(out, tmp, len);
         else
-            canon_string(out, tmp, (size_t)len);
+            canon_string(out, tmp, len);
         return true;
     }
     case 's': {

@@ -91,6 +91,7 @@ struct audit {
     size_t group_limit, group_max_bytes;
     bool env_broken, retire_soon;
     buf_t canon; /* fields streams made canonical */
+    chain_hasher_t hasher;
     bool full;   /* stopped at the headroom: resume only below map_size - 2 * headroom */
 
     _Atomic uint64_t durable_seq;
@@ -416,7 +417,7 @@ static int put_record(audit_t *a, MDB_txn *txn, const entry_t *e, const uint8_t 
     entry_canon(a, e, &data, &data_len);
     const void *parts[] = {CANON_HEAD, data, tail};
     const size_t lens[] = {CANON_HEAD_LEN, data_len, tl};
-    chain_hash(hash, prev, parts, lens, 3);
+    chain_hash_with(&a->hasher, hash, prev, parts, lens, 3);
     uint8_t kb[8];
     be64_put(kb, e->seq);
     MDB_val k = {8, kb}, v = {AUDIT_VALUE_HDR + CANON_HEAD_LEN + data_len + tl, NULL};
@@ -1076,6 +1077,7 @@ static void free_audit(audit_t *a)
     EVP_PKEY_free(a->key);
     entries_free(a->q_head);
     buf_free(&a->canon);
+    chain_hasher_free(&a->hasher);
     pthread_mutex_destroy(&a->mu);
     pthread_rwlock_destroy(&a->env_lock);
     pthread_cond_destroy(&a->cv);
@@ -1099,6 +1101,7 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
     }
     a->lock_fd = -1;
     buf_init(&a->canon, 0);
+    chain_hasher_init(&a->hasher);
     pthread_mutex_init(&a->mu, NULL);
     pthread_rwlock_init(&a->env_lock, NULL);
     pthread_condattr_t ca;
