@@ -75,11 +75,30 @@ static void put_utf8(buf_t *b, uint32_t cp)
     buf_append(b, o, n);
 }
 
+/* Bytes canon_string copies as they are: printable ASCII but '"' and '\\'. */
+static const uint8_t plain[256] = {
+    [0x20 ... 0x21] = 1, /* 0x22 '"' */
+    [0x23 ... 0x5b] = 1, /* 0x5c '\\' */
+    [0x5d ... 0x7f] = 1,
+};
+
 void canon_string(buf_t *b, const char *s, size_t len)
 {
     const unsigned char *u = (const unsigned char *)s;
-    buf_put_u8(b, '"');
     size_t i = 0, run = 0; /* run: start of bytes copied verbatim */
+    while (i < len && plain[u[i]])
+        i++;
+    if (i == len) { /* nothing to escape or repair: the usual case, one copy */
+        if (buf_reserve(b, len + 2)) {
+            uint8_t *p = b->data + b->len;
+            p[0] = '"';
+            memcpy(p + 1, u, len);
+            p[len + 1] = '"';
+            b->len += len + 2;
+        }
+        return;
+    }
+    buf_put_u8(b, '"');
     while (i < len) {
         unsigned char c = u[i];
         if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {

@@ -426,6 +426,44 @@ static void names_and_envelope_tails_match_their_references(void **state)
     assert_int_equal(strlen(tail), n);
 }
 
+static void fields_objects_of_many_members_are_canonical_like_cjson(void **state)
+{
+    (void)state;
+    /* 20, 30 and 40 members (the writer's member list starts on the stack,
+     * grows past 24 and sorts with qsort past 32), in reverse order, with a
+     * duplicate name in each */
+    for (int n = 20; n <= 40; n += 10) {
+        cJSON *j = cJSON_CreateObject();
+        audit_fields_t f;
+        audit_fields_init(&f, 0);
+        for (int i = n; i >= 0; i--) {
+            char k[16];
+            snprintf(k, sizeof(k), "m%02d%s", i % n, i % n % 3 ? "" : "\xc3\xa9");
+            cJSON *o = cJSON_AddObjectToObject(j, k);
+            audit_f_open(&f, k, '{');
+            for (int m = 0; m < n; m++) {
+                char v[16];
+                snprintf(v, sizeof(v), "v%d", (m * 7) % n);
+                cJSON_AddNumberToObject(o, v, m);
+                audit_f_int(&f, v, m);
+            }
+            audit_f_close(&f);
+        }
+        assert_true(audit_fields_ok(&f));
+        buf_t want, got;
+        buf_init(&want, 0);
+        buf_init(&got, 0);
+        assert_true(canon_json(&want, j));
+        assert_true(fields_canon(&got, f.b.data, f.b.len));
+        assert_int_equal(got.len, want.len);
+        assert_memory_equal(got.data, want.data, want.len);
+        buf_free(&want);
+        buf_free(&got);
+        audit_fields_free(&f);
+        cJSON_Delete(j);
+    }
+}
+
 static void fields_stream_is_canonical_like_cjson(void **state)
 {
     (void)state;
@@ -1381,6 +1419,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(canonical_json_sorts_keys_and_escapes_minimally),
         cmocka_unit_test(canonical_json_replaces_invalid_utf8),
         cmocka_unit_test(fields_stream_is_canonical_like_cjson),
+        cmocka_unit_test(fields_objects_of_many_members_are_canonical_like_cjson),
         cmocka_unit_test(names_and_envelope_tails_match_their_references),
         cmocka_unit_test(fields_records_are_stored_canonical_and_oversized_ones_say_so),
         cmocka_unit_test(appends_while_writer_commits_and_reopen_continues_chain),
