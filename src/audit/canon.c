@@ -75,11 +75,30 @@ static void put_utf8(buf_t *b, uint32_t cp)
     buf_append(b, o, n);
 }
 
+/* Bytes canon_string copies as they are: printable ASCII but '"' and '\\'. */
+static const uint8_t plain[256] = {
+    [0x20 ... 0x21] = 1, /* 0x22 '"' */
+    [0x23 ... 0x5b] = 1, /* 0x5c '\\' */
+    [0x5d ... 0x7f] = 1,
+};
+
 void canon_string(buf_t *b, const char *s, size_t len)
 {
     const unsigned char *u = (const unsigned char *)s;
-    buf_put_u8(b, '"');
     size_t i = 0, run = 0; /* run: start of bytes copied verbatim */
+    while (i < len && plain[u[i]])
+        i++;
+    if (i == len) { /* nothing to escape or repair: the usual case, one copy */
+        if (buf_reserve(b, len + 2)) {
+            uint8_t *p = b->data + b->len;
+            p[0] = '"';
+            memcpy(p + 1, u, len);
+            p[len + 1] = '"';
+            b->len += len + 2;
+        }
+        return;
+    }
+    buf_put_u8(b, '"');
     while (i < len) {
         unsigned char c = u[i];
         if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
@@ -139,8 +158,21 @@ static int u16_next(u16it_t *it)
 
 int canon_name_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
-    u16it_t x = {(const unsigned char *)a, alen, 0, 0};
-    u16it_t y = {(const unsigned char *)b, blen, 0, 0};
+    /* ASCII prefix: one byte is one code unit, so bytes compare as UTF-16
+     * would (the writer sorts about ten plain names per record). */
+    size_t i = 0, n = alen < blen ? alen : blen;
+    for (; i < n; i++) {
+        unsigned char ca = (unsigned char)a[i], cb = (unsigned char)b[i];
+        if ((ca | cb) >= 0x80)
+            break;
+        if (ca != cb)
+            return ca < cb ? -1 : 1;
+    }
+    if (i == n) /* a prefix of the other: whatever follows is at least one code unit */
+        return alen == blen ? 0 : alen < blen ? -1 : 1;
+    /* the rest by code units; the ASCII prefix decodes the same from anywhere */
+    u16it_t x = {(const unsigned char *)a + i, alen - i, 0, 0};
+    u16it_t y = {(const unsigned char *)b + i, blen - i, 0, 0};
     for (;;) {
         int ux = u16_next(&x), uy = u16_next(&y);
         if (ux != uy)
@@ -276,22 +308,77 @@ bool canon_sid_ok(const char *s)
     return n > 0;
 }
 
+size_t canon_u64(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+size_t canon_i64(char *out, int64_t v)
+{
+    if (v >= 0)
+        return canon_u64(out, (uint64_t)v);
+    out[0] = '-';
+    return 1 + canon_u64(out + 1, 0 - (uint64_t)v); /* INT64_MIN too */
+}
+
+/* Appends to a fixed buffer without snprintf (the writer does this per record). */
+typedef struct tailw {
+    char *p, *end;
+    bool over;
+} tailw_t;
+
+static void tw_put(tailw_t *w, const char *s, size_t n)
+{
+    if (w->over || (size_t)(w->end - w->p) < n) {
+        w->over = true;
+        return;
+    }
+    memcpy(w->p, s, n);
+    w->p += n;
+}
+
+#define TW_LIT(w, lit) tw_put((w), (lit), sizeof(lit) - 1)
+
 size_t canon_tail(char *out, uint64_t seq, const char *sid, int64_t ts, const char *type,
                   const char *replica)
 {
-    char rep[96] = "";
-    if (replica && strlen(replica) <= 64) /* config-checked: letters, digits, . _ - */
-        snprintf(rep, sizeof(rep), ",\"replica\":\"%s\"", replica);
-    int n;
-    if (sid)
-        n = snprintf(out, CANON_TAIL_MAX,
-                     "%s,\"seq\":%llu,\"session\":\"%s\",\"ts\":%lld,\"type\":\"%s\",\"v\":1}", rep,
-                     (unsigned long long)seq, sid, (long long)ts, type);
-    else
-        n = snprintf(out, CANON_TAIL_MAX,
-                     "%s,\"seq\":%llu,\"session\":null,\"ts\":%lld,\"type\":\"%s\",\"v\":1}", rep,
-                     (unsigned long long)seq, (long long)ts, type);
-    return n < 0 || n >= CANON_TAIL_MAX ? 0 : (size_t)n;
+    /* The bytes are those of the snprintf format
+     *   [,"replica":"R"],"seq":N,"session":"ID"|null,"ts":T,"type":"NAME","v":1}
+     * and, like snprintf's, they must end below CANON_TAIL_MAX (room for a NUL). */
+    tailw_t w = {out, out + CANON_TAIL_MAX - 1, false};
+    char num[24];
+    if (replica) {
+        size_t rl = strlen(replica);
+        if (rl <= 64) { /* config-checked: letters, digits, . _ - */
+            TW_LIT(&w, ",\"replica\":\"");
+            tw_put(&w, replica, rl);
+            TW_LIT(&w, "\"");
+        }
+    }
+    TW_LIT(&w, ",\"seq\":");
+    tw_put(&w, num, canon_u64(num, seq));
+    if (sid) {
+        TW_LIT(&w, ",\"session\":\"");
+        tw_put(&w, sid, strlen(sid));
+        TW_LIT(&w, "\",\"ts\":");
+    } else {
+        TW_LIT(&w, ",\"session\":null,\"ts\":");
+    }
+    tw_put(&w, num, canon_i64(num, ts));
+    TW_LIT(&w, ",\"type\":\"");
+    tw_put(&w, type, strlen(type));
+    TW_LIT(&w, "\",\"v\":1}");
+    if (w.over)
+        return 0;
+    *w.p = 0;
+    return (size_t)(w.p - out);
 }
 
 void hex_encode(char *out, const uint8_t *in, size_t n)
@@ -338,22 +425,51 @@ uint64_t be64_get(const uint8_t *p)
     return v;
 }
 
-void chain_hash(uint8_t out[AUDIT_HASH_LEN], const uint8_t prev[AUDIT_HASH_LEN],
-                const void *const *parts, const size_t *lens, size_t nparts)
+static void hash_parts(EVP_MD_CTX *ctx, const EVP_MD *md, uint8_t out[AUDIT_HASH_LEN],
+                       const uint8_t prev[AUDIT_HASH_LEN], const void *const *parts,
+                       const size_t *lens, size_t nparts)
 {
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned int olen = 0;
-    if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) ||
+    if (!ctx || !EVP_DigestInit_ex(ctx, md, NULL) ||
         !EVP_DigestUpdate(ctx, prev, AUDIT_HASH_LEN)) {
         memset(out, 0, AUDIT_HASH_LEN); /* never matches a real hash: verify reports it */
-        EVP_MD_CTX_free(ctx);
         return;
     }
     for (size_t i = 0; i < nparts; i++)
         (void)EVP_DigestUpdate(ctx, parts[i], lens[i]);
     if (!EVP_DigestFinal_ex(ctx, out, &olen))
         memset(out, 0, AUDIT_HASH_LEN);
+}
+
+void chain_hash(uint8_t out[AUDIT_HASH_LEN], const uint8_t prev[AUDIT_HASH_LEN],
+                const void *const *parts, const size_t *lens, size_t nparts)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    hash_parts(ctx, EVP_sha256(), out, prev, parts, lens, nparts);
     EVP_MD_CTX_free(ctx);
+}
+
+void chain_hasher_init(chain_hasher_t *h)
+{
+    h->md = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    h->ctx = h->md ? EVP_MD_CTX_new() : NULL;
+}
+
+void chain_hasher_free(chain_hasher_t *h)
+{
+    EVP_MD_CTX_free(h->ctx);
+    EVP_MD_free(h->md);
+    h->ctx = NULL, h->md = NULL;
+}
+
+void chain_hash_with(chain_hasher_t *h, uint8_t out[AUDIT_HASH_LEN],
+                     const uint8_t prev[AUDIT_HASH_LEN], const void *const *parts,
+                     const size_t *lens, size_t nparts)
+{
+    if (h && h->ctx)
+        hash_parts(h->ctx, h->md, out, prev, parts, lens, nparts);
+    else
+        chain_hash(out, prev, parts, lens, nparts);
 }
 
 bool rec_view(const void *val, size_t len, rec_view_t *out)

@@ -257,49 +257,82 @@ static int fmember_cmp(const void *pa, const void *pb)
 
 static bool emit_value(buf_t *out, rd_t *r, int depth);
 
-/* The members up to ')' or the end, sorted as RFC 8785 wants; the first of
- * duplicate names stays. */
+/* One byte; the writer's canonical JSON is mostly single-byte punctuation. */
+static inline void put1(buf_t *b, uint8_t c)
+{
+    if (b->len < b->cap && !b->failed)
+        b->data[b->len++] = c;
+    else
+        buf_put_u8(b, c);
+}
+
+/* The members up to ')' or the end (r is left there), sorted as RFC 8785
+ * wants; the first of duplicate names stays. One pass finds the members
+ * (and checks the whole body) before anything is written. */
 static bool emit_object(buf_t *out, rd_t *r, int depth)
 {
-    rd_t scan = *r;
-    size_t n = 0;
-    while (scan.p < scan.end && *scan.p != ')') {
-        if (scan.end - scan.p < 2 || *scan.p != 'k' || (size_t)(scan.end - scan.p) < 2u + scan.p[1])
-            return false;
-        scan.p += 2 + scan.p[1];
-        if (!skip_value(&scan, depth + 1))
-            return false;
-        n++;
-    }
-    fmember_t stack[16], *m = n <= 16 ? stack : malloc(n * sizeof(*m));
-    if (!m) {
-        out->failed = true;
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        m[i].name = (const char *)r->p + 2;
-        m[i].name_len = r->p[1];
-        m[i].index = i;
-        r->p += 2 + r->p[1];
-        m[i].val = r->p;
-        (void)skip_value(r, depth + 1); /* checked above */
-    }
-    if (n > 1)
-        qsort(m, n, sizeof(*m), fmember_cmp);
+    fmember_t stack[24], *m = stack;
+    size_t n = 0, cap = sizeof(stack) / sizeof(stack[0]);
     bool ok = true;
-    buf_put_u8(out, '{');
+    while (r->p < r->end && *r->p != ')') {
+        if (r->end - r->p < 2 || *r->p != 'k' || (size_t)(r->end - r->p) < 2u + r->p[1]) {
+            ok = false;
+            break;
+        }
+        if (n == cap) {
+            fmember_t *g = m == stack ? malloc(2 * cap * sizeof(*m))
+                                      : realloc(m, 2 * cap * sizeof(*m));
+            if (!g) {
+                out->failed = true;
+                ok = false;
+                break;
+            }
+            if (m == stack)
+                memcpy(g, stack, sizeof(stack));
+            m = g, cap *= 2;
+        }
+        m[n].name = (const char *)r->p + 2;
+        m[n].name_len = r->p[1];
+        m[n].index = n;
+        r->p += 2 + r->p[1];
+        m[n].val = r->p;
+        n++;
+        if (!skip_value(r, depth + 1)) {
+            ok = false;
+            break;
+        }
+    }
+    if (ok && n > 32) {
+        qsort(m, n, sizeof(*m), fmember_cmp);
+    } else if (ok) {
+        /* Insertion sort: stable, so equal names keep their stream order (the
+         * first one stays); the loop's records come nearly sorted. */
+        for (size_t i = 1; i < n; i++) {
+            fmember_t x = m[i];
+            size_t j = i;
+            while (j > 0 && canon_name_cmp(m[j - 1].name, m[j - 1].name_len, x.name,
+                                           x.name_len) > 0) {
+                m[j] = m[j - 1];
+                j--;
+            }
+            m[j] = x;
+        }
+    }
+    if (ok)
+        put1(out, '{');
     for (size_t i = 0, written = 0; i < n && ok; i++) {
         if (i > 0 &&
             canon_name_cmp(m[i - 1].name, m[i - 1].name_len, m[i].name, m[i].name_len) == 0)
             continue;
         if (written++)
-            buf_put_u8(out, ',');
+            put1(out, ',');
         canon_string(out, m[i].name, m[i].name_len);
-        buf_put_u8(out, ':');
+        put1(out, ':');
         rd_t v = {m[i].val, r->end};
         ok = emit_value(out, &v, depth + 1);
     }
-    buf_put_u8(out, '}');
+    if (ok)
+        put1(out, '}');
     if (m != stack)
         free(m);
     return ok && !out->failed;
@@ -327,12 +360,12 @@ static bool emit_value(buf_t *out, rd_t *r, int depth)
         memcpy(&v, r->p, 8);
         r->p += 8;
         char tmp[24];
-        int len = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
+        size_t len = canon_i64(tmp, v);
         bool exact = v >= -9007199254740992LL && v <= 9007199254740992LL;
         if (exact) /* integers beyond 2^53 are strings, as canon_json stores them */
-            buf_append(out, tmp, (size_t)len);
+            buf_append(out, tmp, len);
         else
-            canon_string(out, tmp, (size_t)len);
+            canon_string(out, tmp, len);
         return true;
     }
     case 's': {
@@ -348,27 +381,24 @@ static bool emit_value(buf_t *out, rd_t *r, int depth)
         return true;
     }
     case '[': {
-        buf_put_u8(out, '[');
+        put1(out, '[');
         for (size_t i = 0; r->p < r->end && *r->p != ')'; i++) {
             if (i)
-                buf_put_u8(out, ',');
+                put1(out, ',');
             if (!emit_value(out, r, depth + 1))
                 return false;
         }
         if (r->p >= r->end)
             return false;
         r->p++;
-        buf_put_u8(out, ']');
+        put1(out, ']');
         return true;
     }
-    case '{': {
-        rd_t body = *r;
-        if (!skip_members(r, depth + 1, true) || r->p >= r->end)
+    case '{':
+        if (!emit_object(out, r, depth) || r->p >= r->end)
             return false;
-        body.end = r->p;
-        r->p++;
-        return emit_object(out, &body, depth);
-    }
+        r->p++; /* ')' */
+        return true;
     default:
         return false;
     }

@@ -77,6 +77,9 @@ bool canon_sid_ok(const char *s);
 #define CANON_TAIL_MAX (256 + 80 + AUDIT_SID_MAX)
 size_t canon_tail(char *out, uint64_t seq, const char *sid, int64_t ts, const char *type,
                   const char *replica);
+/* Decimal digits of v (no NUL); out needs 20 (u64) / 21 (i64) bytes. Returns the length. */
+size_t canon_u64(char *out, uint64_t v);
+size_t canon_i64(char *out, int64_t v);
 
 void hex_encode(char *out, const uint8_t *in, size_t n); /* 2n chars + NUL */
 bool hex_decode(uint8_t *out, const char *in, size_t n); /* exactly 2n hex chars */
@@ -86,6 +89,18 @@ uint64_t be64_get(const uint8_t *p);
 /* hash = SHA-256(prev || parts...) */
 void chain_hash(uint8_t out[AUDIT_HASH_LEN], const uint8_t prev[AUDIT_HASH_LEN],
                 const void *const *parts, const size_t *lens, size_t nparts);
+/* The same hash with SHA-256 fetched once and one context reused (the writer
+ * thread's; one hasher per thread). chain_hasher_init leaves ctx NULL when
+ * OpenSSL fails, and chain_hash_with then falls back to chain_hash. */
+typedef struct chain_hasher {
+    EVP_MD *md;
+    EVP_MD_CTX *ctx;
+} chain_hasher_t;
+void chain_hasher_init(chain_hasher_t *h);
+void chain_hasher_free(chain_hasher_t *h);
+void chain_hash_with(chain_hasher_t *h, uint8_t out[AUDIT_HASH_LEN],
+                     const uint8_t prev[AUDIT_HASH_LEN], const void *const *parts,
+                     const size_t *lens, size_t nparts);
 
 /* A stored record value, split; false if too short or of an unknown version. */
 typedef struct rec_view {

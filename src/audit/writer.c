@@ -91,6 +91,10 @@ struct audit {
     size_t group_limit, group_max_bytes;
     bool env_broken, retire_soon;
     buf_t canon; /* fields streams made canonical */
+    chain_hasher_t hasher;
+    struct sref *srefs; /* a group's session_recs entries, put per session (index_sessions) */
+    uint8_t *svals;
+    size_t srefs_cap;
     bool full;   /* stopped at the headroom: resume only below map_size - 2 * headroom */
 
     _Atomic uint64_t durable_seq;
@@ -416,7 +420,7 @@ static int put_record(audit_t *a, MDB_txn *txn, const entry_t *e, const uint8_t 
     entry_canon(a, e, &data, &data_len);
     const void *parts[] = {CANON_HEAD, data, tail};
     const size_t lens[] = {CANON_HEAD_LEN, data_len, tl};
-    chain_hash(hash, prev, parts, lens, 3);
+    chain_hash_with(&a->hasher, hash, prev, parts, lens, 3);
     uint8_t kb[8];
     be64_put(kb, e->seq);
     MDB_val k = {8, kb}, v = {AUDIT_VALUE_HDR + CANON_HEAD_LEN + data_len + tl, NULL};
@@ -513,14 +517,90 @@ static int index_session_end(audit_t *a, MDB_txn *txn, const entry_t *e)
     return rc;
 }
 
-static int index_record(audit_t *a, MDB_txn *txn, const entry_t *e)
+/* The session_recs entries of a group: collected per record, then sorted by
+ * session and put with one MDB_MULTIPLE call per session (DUPFIXED), so a
+ * session's records in a group pay for one key lookup, not one each. The
+ * entries are the same as one mdb_put per record would make. */
+typedef struct sref {
+    const char *sid;
+    size_t sid_len;
+    uint64_t seq;
+} sref_t;
+
+static int sref_cmp(const void *pa, const void *pb)
+{
+    const sref_t *x = pa, *y = pb;
+    size_t n = x->sid_len < y->sid_len ? x->sid_len : y->sid_len;
+    int c = memcmp(x->sid, y->sid, n);
+    if (c)
+        return c;
+    if (x->sid_len != y->sid_len)
+        return x->sid_len < y->sid_len ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Room for n entries; false (and one mdb_put per record instead) if memory is short. */
+static bool srefs_reserve(audit_t *a, size_t n)
+{
+    if (n <= a->srefs_cap)
+        return true;
+    sref_t *r = realloc(a->srefs, n * sizeof(*r));
+    if (r)
+        a->srefs = r;
+    uint8_t *v = r ? realloc(a->svals, n * 8) : NULL;
+    if (v)
+        a->svals = v;
+    if (!r || !v)
+        return false;
+    a->srefs_cap = n;
+    return true;
+}
+
+static int put_session_rec(audit_t *a, MDB_txn *txn, const char *sid, size_t sl, uint64_t seq)
+{
+    uint8_t sb[8];
+    be64_put(sb, seq);
+    MDB_val k = {sl, (void *)sid}, v = {8, sb};
+    return mdb_put(txn, a->dbs.session_recs, &k, &v, 0);
+}
+
+static bool same_sid(const sref_t *x, const sref_t *y)
+{
+    return x->sid_len == y->sid_len && memcmp(x->sid, y->sid, x->sid_len) == 0;
+}
+
+static int index_sessions(audit_t *a, MDB_txn *txn, size_t n)
+{
+    if (!n)
+        return 0;
+    if (n > 1)
+        qsort(a->srefs, n, sizeof(*a->srefs), sref_cmp);
+    MDB_cursor *c = NULL;
+    int rc = mdb_cursor_open(txn, a->dbs.session_recs, &c);
+    for (size_t i = 0, j; i < n && !rc; i = j) {
+        for (j = i; j < n && same_sid(&a->srefs[i], &a->srefs[j]); j++)
+            be64_put(a->svals + 8 * (j - i), a->srefs[j].seq);
+        MDB_val k = {a->srefs[i].sid_len, (void *)a->srefs[i].sid};
+        MDB_val d[2] = {{8, a->svals}, {j - i, NULL}};
+        rc = mdb_cursor_put(c, &k, d, MDB_MULTIPLE);
+        if (!rc && d[1].mv_size != j - i)
+            rc = EIO; /* not all stored: the caller aborts the transaction */
+    }
+    if (c)
+        mdb_cursor_close(c);
+    return rc;
+}
+
+static int index_record(audit_t *a, MDB_txn *txn, const entry_t *e, size_t *nrefs)
 {
     if (!e->sid)
         return 0;
-    uint8_t sb[8];
-    be64_put(sb, e->seq);
-    MDB_val k = {strlen(e->sid), e->sid}, v = {8, sb};
-    int rc = mdb_put(txn, a->dbs.session_recs, &k, &v, 0);
+    size_t sl = strlen(e->sid);
+    int rc = 0;
+    if (nrefs)
+        a->srefs[(*nrefs)++] = (sref_t){e->sid, sl, e->seq};
+    else
+        rc = put_session_rec(a, txn, e->sid, sl, e->seq);
     if (rc)
         return rc;
     if (e->type == AUDIT_REC_SESSION_START)
@@ -658,11 +738,13 @@ static int write_group(audit_t *a, entry_t *g, size_t n, size_t bytes, bool forc
     memcpy(prev, a->head_hash, sizeof(prev));
     uint64_t last = a->written_seq, cp_seq = a->cp_seq, ncp = 0, cp_bytes = a->cp_bytes;
     a->group_bytes = 0;
+    size_t nrefs = 0;
+    size_t *batch = srefs_reserve(a, n) ? &nrefs : NULL;
     entry_t *e = g;
     for (size_t i = 0; i < n && !rc; i++) {
         rc = put_record(a, txn, e, prev, hash);
         if (!rc)
-            rc = index_record(a, txn, e);
+            rc = index_record(a, txn, e, batch);
         memcpy(prev, hash, sizeof(prev));
         last = e->seq;
         cp_bytes += AUDIT_VALUE_HDR + e->data_len + CANON_TAIL_MAX / 2;
@@ -673,6 +755,8 @@ static int write_group(audit_t *a, entry_t *g, size_t n, size_t bytes, bool forc
         if (i + 1 < n) /* the last one's next may be being linked by a producer */
             e = e->next;
     }
+    if (!rc)
+        rc = index_sessions(a, txn, nrefs);
     if (!rc && a->retention_size && store_live_bytes(txn, &a->dbs) > a->retention_size)
         a->retire_soon = true;
     if (!rc && last > cp_seq && (force_cp || mono_ms() >= a->cp_due_ms)) {
@@ -1076,6 +1160,9 @@ static void free_audit(audit_t *a)
     EVP_PKEY_free(a->key);
     entries_free(a->q_head);
     buf_free(&a->canon);
+    chain_hasher_free(&a->hasher);
+    free(a->srefs);
+    free(a->svals);
     pthread_mutex_destroy(&a->mu);
     pthread_rwlock_destroy(&a->env_lock);
     pthread_cond_destroy(&a->cv);
@@ -1099,6 +1186,7 @@ audit_t *audit_open(const cfg_t *cfg, const audit_opts_t *opts, void (*notify)(v
     }
     a->lock_fd = -1;
     buf_init(&a->canon, 0);
+    chain_hasher_init(&a->hasher);
     pthread_mutex_init(&a->mu, NULL);
     pthread_rwlock_init(&a->env_lock, NULL);
     pthread_condattr_t ca;

@@ -325,6 +325,145 @@ static void canonical_json_replaces_invalid_utf8(void **state)
 
 /* The fast path's fields stream gives exactly the bytes canon_json gives for
  * the same fields as cJSON: same order, escapes, numbers, duplicates. */
+/* Reference: names by UTF-16 code units, decoded without any shortcut. */
+static int ref_u16_units(const char *s, size_t n, uint16_t *out)
+{
+    buf_t b;
+    buf_init(&b, 0);
+    canon_string(&b, s, n); /* invalid UTF-8 -> U+FFFD, as the writer sorts it */
+    int k = 0;
+    for (size_t i = 1; i + 1 < b.len;) {
+        unsigned char c = b.data[i];
+        uint32_t cp;
+        size_t l = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+        if (c == '\\') { /* only controls and quotes: single units */
+            if (b.data[i + 1] == 'u') {
+                cp = (uint32_t)strtoul((char[5]){(char)b.data[i + 2], (char)b.data[i + 3],
+                                                 (char)b.data[i + 4], (char)b.data[i + 5], 0},
+                                       NULL, 16);
+                l = 6;
+            } else {
+                const char *m = strchr("b\bt\tn\nf\fr\r\"\"\\\\", b.data[i + 1]);
+                cp = (unsigned char)m[1];
+                l = 2;
+            }
+        } else {
+            cp = l == 1 ? c : l == 2 ? c & 0x1f : l == 3 ? c & 0x0f : c & 0x07;
+            for (size_t j = 1; j < l; j++)
+                cp = cp << 6 | (b.data[i + j] & 0x3f);
+        }
+        i += l;
+        if (cp >= 0x10000) {
+            cp -= 0x10000;
+            out[k++] = (uint16_t)(0xd800 | cp >> 10);
+            out[k++] = (uint16_t)(0xdc00 | (cp & 0x3ff));
+        } else {
+            out[k++] = (uint16_t)cp;
+        }
+    }
+    buf_free(&b);
+    return k;
+}
+
+static void names_and_envelope_tails_match_their_references(void **state)
+{
+    (void)state;
+    static const char *const parts[] = {"a", "b", "sql", "z", "\xc3\xa9", "\xef\xbd\xa1",
+                                        "\xf0\x9f\x98\x80", "\xff", "\x01", "", "\xe2\x82"};
+    const size_t np = sizeof(parts) / sizeof(parts[0]);
+    char x[32], y[32];
+    uint16_t ux[64], uy[64];
+    for (size_t i = 0; i < np * np * np; i++) {
+        for (size_t j = 0; j < np * np * np; j++) {
+            snprintf(x, sizeof(x), "%s%s%s", parts[i % np], parts[i / np % np], parts[i / np / np]);
+            snprintf(y, sizeof(y), "%s%s%s", parts[j % np], parts[j / np % np], parts[j / np / np]);
+            int nx = ref_u16_units(x, strlen(x), ux), ny = ref_u16_units(y, strlen(y), uy);
+            int want = 0;
+            for (int k = 0; !want && (k < nx || k < ny); k++)
+                want = k >= nx ? -1 : k >= ny ? 1 : ux[k] < uy[k] ? -1 : ux[k] > uy[k];
+            int got = canon_name_cmp(x, strlen(x), y, strlen(y));
+            if ((got > 0) - (got < 0) != want)
+                fail_msg("canon_name_cmp(\"%s\", \"%s\") = %d, want %d", x, y, got, want);
+        }
+    }
+
+    /* canon_tail: the bytes of its snprintf format */
+    static const uint64_t seqs[] = {0, 1, 9, 10, 12345678901234ULL, UINT64_MAX};
+    static const int64_t tss[] = {0, -1, 1714564800000000, INT64_MIN, INT64_MAX};
+    static const char *const sids[] = {NULL, "s1", "a-session.id_0123"};
+    static const char *const reps[] = {NULL, "eu-1", ""};
+    char tail[CANON_TAIL_MAX], want[CANON_TAIL_MAX + 64], rep[96];
+    for (size_t a = 0; a < 6; a++)
+        for (size_t b = 0; b < 5; b++)
+            for (size_t c = 0; c < 3; c++)
+                for (size_t d = 0; d < 3; d++) {
+                    size_t n = canon_tail(tail, seqs[a], sids[c], tss[b], "statement", reps[d]);
+                    rep[0] = 0;
+                    if (reps[d])
+                        snprintf(rep, sizeof(rep), ",\"replica\":\"%s\"", reps[d]);
+                    if (sids[c])
+                        snprintf(want, sizeof(want),
+                                 "%s,\"seq\":%llu,\"session\":\"%s\",\"ts\":%lld,\"type\":\"%s\","
+                                 "\"v\":1}",
+                                 rep, (unsigned long long)seqs[a], sids[c], (long long)tss[b],
+                                 "statement");
+                    else
+                        snprintf(want, sizeof(want),
+                                 "%s,\"seq\":%llu,\"session\":null,\"ts\":%lld,\"type\":\"%s\","
+                                 "\"v\":1}",
+                                 rep, (unsigned long long)seqs[a], (long long)tss[b], "statement");
+                    assert_int_equal(n, strlen(want));
+                    assert_memory_equal(tail, want, n);
+                }
+    char sid[AUDIT_SID_MAX + 1];
+    memset(sid, 'x', AUDIT_SID_MAX);
+    sid[AUDIT_SID_MAX] = 0;
+    char longrep[65];
+    memset(longrep, 'r', 64);
+    longrep[64] = 0;
+    size_t n = canon_tail(tail, UINT64_MAX, sid, INT64_MIN, "session_start", longrep);
+    assert_true(n > 0 && n < CANON_TAIL_MAX);
+    assert_int_equal(strlen(tail), n);
+}
+
+static void fields_objects_of_many_members_are_canonical_like_cjson(void **state)
+{
+    (void)state;
+    /* 20, 30 and 40 members (the writer's member list starts on the stack,
+     * grows past 24 and sorts with qsort past 32), in reverse order, with a
+     * duplicate name in each */
+    for (int n = 20; n <= 40; n += 10) {
+        cJSON *j = cJSON_CreateObject();
+        audit_fields_t f;
+        audit_fields_init(&f, 0);
+        for (int i = n; i >= 0; i--) {
+            char k[16];
+            snprintf(k, sizeof(k), "m%02d%s", i % n, i % n % 3 ? "" : "\xc3\xa9");
+            cJSON *o = cJSON_AddObjectToObject(j, k);
+            audit_f_open(&f, k, '{');
+            for (int m = 0; m < n; m++) {
+                char v[16];
+                snprintf(v, sizeof(v), "v%d", (m * 7) % n);
+                cJSON_AddNumberToObject(o, v, m);
+                audit_f_int(&f, v, m);
+            }
+            audit_f_close(&f);
+        }
+        assert_true(audit_fields_ok(&f));
+        buf_t want, got;
+        buf_init(&want, 0);
+        buf_init(&got, 0);
+        assert_true(canon_json(&want, j));
+        assert_true(fields_canon(&got, f.b.data, f.b.len));
+        assert_int_equal(got.len, want.len);
+        assert_memory_equal(got.data, want.data, want.len);
+        buf_free(&want);
+        buf_free(&got);
+        audit_fields_free(&f);
+        cJSON_Delete(j);
+    }
+}
+
 static void fields_stream_is_canonical_like_cjson(void **state)
 {
     (void)state;
@@ -1022,6 +1161,23 @@ static int count_rec(void *arg, const audit_record_t *rec)
     return 0;
 }
 
+typedef struct sess_check {
+    const char *sid;
+    int n;
+    uint64_t last;
+    bool ok;
+} sess_check_t;
+
+static int check_sess_rec(void *arg, const audit_record_t *rec)
+{
+    sess_check_t *sc = arg;
+    if (!rec->session || strcmp(rec->session, sc->sid) || rec->seq <= sc->last)
+        sc->ok = false;
+    sc->last = rec->seq;
+    sc->n++;
+    return 0;
+}
+
 static void appends_from_many_threads_keep_one_linear_chain(void **state)
 {
     (void)state;
@@ -1036,9 +1192,11 @@ static void appends_from_many_threads_keep_one_linear_chain(void **state)
     }
     for (int i = 0; i < T; i++)
         pthread_join(th[i], NULL);
+    uint64_t lasts[T];
     for (int i = 0; i < T; i++) {
         for (int k = 1; k < N; k++)
             assert_true(w[i].seqs[k] > w[i].seqs[k - 1]);
+        lasts[i] = w[i].seqs[N - 1];
         free(w[i].seqs);
     }
     audit_stats_t st;
@@ -1051,9 +1209,17 @@ static void appends_from_many_threads_keep_one_linear_chain(void **state)
     assert_int_equal(res.records, T * N + 2);
     char err[256];
     audit_reader_t *r = audit_reader_open(f->store, err, sizeof(err));
-    int n = 0;
-    assert_int_equal(audit_reader_session_records(r, "t3", count_rec, &n), 0);
-    assert_int_equal(n, N);
+    /* every session's index lists exactly its records, in order (the writer puts
+     * a group's entries per session, interleaved sessions sorted apart) */
+    for (int i = 0; i < T; i++) {
+        char sid[8];
+        snprintf(sid, sizeof(sid), "t%d", i);
+        sess_check_t sc = {sid, 0, 0, true};
+        assert_int_equal(audit_reader_session_records(r, sid, check_sess_rec, &sc), 0);
+        assert_int_equal(sc.n, N);
+        assert_true(sc.ok);
+        assert_int_equal(sc.last, lasts[i]);
+    }
     audit_reader_close(r);
     fx_free(f);
 }
@@ -1280,6 +1446,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(canonical_json_sorts_keys_and_escapes_minimally),
         cmocka_unit_test(canonical_json_replaces_invalid_utf8),
         cmocka_unit_test(fields_stream_is_canonical_like_cjson),
+        cmocka_unit_test(fields_objects_of_many_members_are_canonical_like_cjson),
+        cmocka_unit_test(names_and_envelope_tails_match_their_references),
         cmocka_unit_test(fields_records_are_stored_canonical_and_oversized_ones_say_so),
         cmocka_unit_test(appends_while_writer_commits_and_reopen_continues_chain),
         cmocka_unit_test(refuses_bad_arguments_without_consuming_a_seq),
