@@ -430,8 +430,7 @@ static void hash_parts(EVP_MD_CTX *ctx, const EVP_MD *md, uint8_t out[AUDIT_HASH
                        const size_t *lens, size_t nparts)
 {
     unsigned int olen = 0;
-    if (!ctx || !EVP_DigestInit_ex(ctx, md, NULL) ||
-        !EVP_DigestUpdate(ctx, prev, AUDIT_HASH_LEN)) {
+    if (!ctx || !EVP_DigestInit_ex(ctx, md, NULL) || !EVP_DigestUpdate(ctx, prev, AUDIT_HASH_LEN)) {
         memset(out, 0, AUDIT_HASH_LEN); /* never matches a real hash: verify reports it */
         return;
     }

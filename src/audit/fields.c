@@ -280,8 +280,8 @@ static bool emit_object(buf_t *out, rd_t *r, int depth)
             break;
         }
         if (n == cap) {
-            fmember_t *g = m == stack ? malloc(2 * cap * sizeof(*m))
-                                      : realloc(m, 2 * cap * sizeof(*m));
+            fmember_t *g =
+                m == stack ? malloc(2 * cap * sizeof(*m)) : realloc(m, 2 * cap * sizeof(*m));
             if (!g) {
                 out->failed = true;
                 ok = false;
@@ -310,8 +310,8 @@ static bool emit_object(buf_t *out, rd_t *r, int depth)
         for (size_t i = 1; i < n; i++) {
             fmember_t x = m[i];
             size_t j = i;
-            while (j > 0 && canon_name_cmp(m[j - 1].name, m[j - 1].name_len, x.name,
-                                           x.name_len) > 0) {
+            while (j > 0 &&
+                   canon_name_cmp(m[j - 1].name, m[j - 1].name_len, x.name, x.name_len) > 0) {
                 m[j] = m[j - 1];
                 j--;
             }

@@ -95,7 +95,7 @@ struct audit {
     struct sref *srefs; /* a group's session_recs entries, put per session (index_sessions) */
     uint8_t *svals;
     size_t srefs_cap;
-    bool full;   /* stopped at the headroom: resume only below map_size - 2 * headroom */
+    bool full; /* stopped at the headroom: resume only below map_size - 2 * headroom */
 
     _Atomic uint64_t durable_seq;
     _Atomic bool failing;

@@ -149,8 +149,7 @@ static uint64_t reuse_pending(session_t *s, uint64_t rkey)
 
 /* The shared store: hold the statement until the worker's claim of grant gid
  * is confirmed (approval_claimed). */
-static review_t claim_grant(session_t *s, const policy_result_t *r, uint64_t gid,
-                            review_out_t *out)
+static review_t claim_grant(session_t *s, const policy_result_t *r, uint64_t gid, review_out_t *out)
 {
     held_t *h = calloc(1, sizeof(*h));
     if (!h) {
@@ -161,8 +160,7 @@ static review_t claim_grant(session_t *s, const policy_result_t *r, uint64_t gid
     h->claim_tag = worker_tag(s->srv);
     if (appr_worker_claim(s->srv->approvals, gid, h->claim_tag) < 0) {
         free(h);
-        snprintf(out->message, sizeof(out->message), "%s; the approval store is busy",
-                 r->message);
+        snprintf(out->message, sizeof(out->message), "%s; the approval store is busy", r->message);
         return REVIEW_REFUSE;
     }
     h->id = gid;

@@ -329,7 +329,7 @@ static void claims_a_one_use_grant_once_and_reports_why_not(void **state)
     }
     assert_int_equal(res[0].tag, 5);
     assert_true(res[0].claim);
-    assert_int_equal(res[0].rc, APPR_OK); /* the first claim wins ... */
+    assert_int_equal(res[0].rc, APPR_OK);        /* the first claim wins ... */
     assert_int_equal(res[1].rc, APPR_NOT_GRANT); /* ... the second finds it used */
     assert_string_equal(res[1].err, "already used");
     assert_int_equal(res[2].rc, APPR_NOT_GRANT);

@@ -368,8 +368,9 @@ static int ref_u16_units(const char *s, size_t n, uint16_t *out)
 static void names_and_envelope_tails_match_their_references(void **state)
 {
     (void)state;
-    static const char *const parts[] = {"a", "b", "sql", "z", "\xc3\xa9", "\xef\xbd\xa1",
-                                        "\xf0\x9f\x98\x80", "\xff", "\x01", "", "\xe2\x82"};
+    static const char *const parts[] = {
+        "a",    "b",    "sql", "z",       "\xc3\xa9", "\xef\xbd\xa1", "\xf0\x9f\x98\x80",
+        "\xff", "\x01", "",    "\xe2\x82"};
     const size_t np = sizeof(parts) / sizeof(parts[0]);
     char x[32], y[32];
     uint16_t ux[64], uy[64];
