@@ -1213,7 +1213,7 @@ static void appends_from_many_threads_keep_one_linear_chain(void **state)
     /* every session's index lists exactly its records, in order (the writer puts
      * a group's entries per session, interleaved sessions sorted apart) */
     for (int i = 0; i < T; i++) {
-        char sid[8];
+        char sid[16];
         snprintf(sid, sizeof(sid), "t%d", i);
         sess_check_t sc = {sid, 0, 0, true};
         assert_int_equal(audit_reader_session_records(r, sid, check_sess_rec, &sc), 0);
